@@ -1,0 +1,24 @@
+//! Compiles `proto/` into the Rust API (messages, clients and servers) and writes the
+//! file descriptor set that the service's reflection endpoint serves to grpcurl.
+//!
+//! prost needs a `protoc` binary; `.cargo/config.toml` points `PROTOC` at
+//! `scripts/protoc`, which finds the real one or says how to install it.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/deephardway/v1/jobs.proto",
+        "proto/deephardway/v1/models.proto",
+        "proto/deephardway/v1/workers.proto",
+    ];
+    let descriptor = PathBuf::from(env::var("OUT_DIR")?).join("deephardway_descriptor.bin");
+    tonic_prost_build::configure()
+        // `Workers.Connect` would collide with the generated `connect` constructor;
+        // clients are built from a channel instead (see `deephardway::connect`).
+        .build_transport(false)
+        .file_descriptor_set_path(&descriptor)
+        .compile_protos(&protos, &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

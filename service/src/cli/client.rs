@@ -1,0 +1,292 @@
+//! The client commands: `submit`, `watch`, `cancel`, `jobs`, `models`.
+
+use std::{io::Write, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use deephardway::v1::{
+    job_event::Event, job_result, jobs_client::JobsClient, models_client::ModelsClient, submit_request::Input,
+    CancelRequest, DiagnosticInput, EmbedInput, GenerateInput, Job, JobKind, JobResult, JobState, ListJobsRequest,
+    ListModelsRequest, SubmitRequest, WatchRequest,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::transport::Channel;
+
+#[derive(Args)]
+pub struct ServerArg {
+    /// The service's URL.
+    #[arg(long, env = "DEEPHARDWAY_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    server: String,
+}
+
+impl ServerArg {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        deephardway::connect(&self.server).await.with_context(|| format!("cannot reach {}", self.server))
+    }
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Model to run it with (default: the kind's default model).
+    #[arg(long, global = true, default_value = "")]
+    model: String,
+    /// Higher runs first, -100 to 100.
+    #[arg(long, global = true, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Idempotency key: submitting again with it returns the same job.
+    #[arg(long, global = true, default_value = "")]
+    request_id: String,
+    /// Running-time limit in milliseconds (0: the server's default).
+    #[arg(long, global = true, default_value_t = 0)]
+    timeout_ms: u32,
+    /// Watch the job until it ends.
+    #[arg(long, short, global = true)]
+    watch: bool,
+    #[command(subcommand)]
+    input: InputArgs,
+}
+
+#[derive(Subcommand)]
+enum InputArgs {
+    /// The built-in test job: timed steps with progress.
+    Diagnostic {
+        #[arg(long, default_value_t = 5)]
+        steps: u32,
+        #[arg(long, default_value_t = 200)]
+        step_ms: u32,
+        /// Fail at this step (0: never).
+        #[arg(long, default_value_t = 0)]
+        fail_at_step: u32,
+        /// Text returned in the result.
+        #[arg(long, default_value = "")]
+        echo: String,
+    },
+    /// Generate text from a prompt.
+    Generate {
+        prompt: String,
+        #[arg(long, default_value_t = 0)]
+        max_tokens: u32,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+    },
+    /// Embed sentences.
+    Embed { texts: Vec<String> },
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let input = match args.input {
+        InputArgs::Diagnostic { steps, step_ms, fail_at_step, echo } => {
+            Input::Diagnostic(DiagnosticInput { steps, step_ms, fail_at_step, echo, ..Default::default() })
+        }
+        InputArgs::Generate { prompt, max_tokens, temperature } => {
+            Input::Generate(GenerateInput { prompt, max_tokens, temperature, ..Default::default() })
+        }
+        InputArgs::Embed { texts } => Input::Embed(EmbedInput { texts }),
+    };
+    let request = SubmitRequest {
+        input: Some(input),
+        model: args.model,
+        priority: args.priority,
+        request_id: args.request_id,
+        timeout_ms: args.timeout_ms,
+        ..Default::default()
+    };
+    let mut client = JobsClient::new(args.server.channel().await?);
+    let response = client.submit(request).await.map_err(status_error)?.into_inner();
+    let job = response.job.context("the service returned no job")?;
+    if response.deduplicated {
+        eprintln!("request id seen before: returning the existing job");
+    }
+    println!("{}", job.id);
+    if args.watch {
+        return follow(&mut client, &job.id, 0).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// The job to watch.
+    job_id: String,
+    /// Show only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    after_seq: u64,
+}
+
+pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    let mut client = JobsClient::new(args.server.channel().await?);
+    follow(&mut client, &args.job_id, args.after_seq).await
+}
+
+/// Streams a job's events with a progress bar, resuming after a dropped connection.
+async fn follow(client: &mut JobsClient<Channel>, job_id: &str, after_seq: u64) -> anyhow::Result<ExitCode> {
+    let bar = ProgressBar::new(1000);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
+            .expect("valid template"),
+    );
+    let mut last = after_seq;
+    let mut retries = 0;
+    loop {
+        let stream = client.watch(WatchRequest { job_id: job_id.to_string(), after_seq: last }).await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable && retries < 10 => {
+                retries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(status) => return Err(status_error(status)),
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(event)) => {
+                    last = event.seq;
+                    retries = 0;
+                    let Some(event) = event.event else { continue };
+                    match event {
+                        Event::Queued(q) => bar.set_message(format!("queued, position {} (attempt {})", q.position, q.attempt)),
+                        Event::Started(s) => bar.set_message(format!("running on {} ({})", s.worker_name, s.device)),
+                        Event::Progress(p) => {
+                            bar.set_position((p.fraction * 1000.0) as u64);
+                            bar.set_message(p.message);
+                        }
+                        Event::Output(o) => bar.suspend(|| {
+                            print!("{}", o.text);
+                            let _ = std::io::stdout().flush();
+                        }),
+                        Event::Result(r) => {
+                            bar.finish_and_clear();
+                            print_result(&r);
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        Event::Failed(f) => {
+                            bar.abandon();
+                            eprintln!("job failed ({:?}): {}", tonic::Code::from_i32(f.code), f.message);
+                            return Ok(ExitCode::from(2));
+                        }
+                        Event::Cancelled(c) => {
+                            bar.abandon();
+                            eprintln!("job cancelled: {}", c.reason);
+                            return Ok(ExitCode::from(3));
+                        }
+                    }
+                }
+                Ok(None) => return Ok(ExitCode::SUCCESS),
+                Err(status) if status.code() == tonic::Code::Unavailable && retries < 10 => {
+                    retries += 1;
+                    bar.set_message("connection lost; resuming");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    break;
+                }
+                Err(status) => return Err(status_error(status)),
+            }
+        }
+    }
+}
+
+fn print_result(result: &JobResult) {
+    match &result.value {
+        Some(job_result::Value::Diagnostic(d)) => println!("done: {} steps, echo {:?}", d.steps, d.echo),
+        Some(job_result::Value::Generate(g)) => println!(
+            "\n[{} prompt + {} completion tokens, finished: {}]",
+            g.prompt_tokens, g.completion_tokens, g.finish_reason
+        ),
+        Some(job_result::Value::Embed(e)) => {
+            for (i, v) in e.embeddings.iter().enumerate() {
+                let head: Vec<String> = v.values.iter().take(4).map(|x| format!("{x:.4}")).collect();
+                println!("{i}: [{} …] ({} dims)", head.join(", "), v.values.len());
+            }
+        }
+        Some(job_result::Value::Classify(c)) => {
+            for (i, p) in c.predictions.iter().enumerate() {
+                println!("{i}: {} ({:.1}%)", p.label, 100.0 * p.probabilities.get(&p.label).copied().unwrap_or(0.0));
+            }
+        }
+        Some(job_result::Value::Train(t)) => println!(
+            "trained {}: loss {:.4}, train accuracy {:.3}, validation accuracy {:.3}",
+            t.model, t.loss, t.train_accuracy, t.validation_accuracy
+        ),
+        None => println!("done"),
+    }
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    job_id: String,
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let mut client = JobsClient::new(args.server.channel().await?);
+    let job = client
+        .cancel(CancelRequest { job_id: args.job_id, reason: args.reason })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{} {}", job.id, state_name(&job));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Only jobs in this state: queued, running, succeeded, failed, cancelled.
+    #[arg(long)]
+    state: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+}
+
+pub async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
+    let state = match &args.state {
+        None => JobState::Unspecified,
+        Some(s) => JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
+            .with_context(|| format!("--state {s}: expected queued, running, succeeded, failed or cancelled"))?,
+    };
+    let mut client = JobsClient::new(args.server.channel().await?);
+    let list = client
+        .list(ListJobsRequest { state: state as i32, limit: args.limit, ..Default::default() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{:<36}  {:<10}  {:<24}  {:>5}  {:>8}", "ID", "STATE", "MODEL", "TRIES", "PROGRESS");
+    for job in list.jobs {
+        println!(
+            "{:<36}  {:<10}  {:<24}  {:>5}  {:>7.0}%",
+            job.id,
+            state_name(&job),
+            job.model,
+            job.attempts,
+            job.progress * 100.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn models(args: ServerArg) -> anyhow::Result<ExitCode> {
+    let mut client = ModelsClient::new(args.channel().await?);
+    let list = client.list(ListModelsRequest::default()).await.map_err(status_error)?.into_inner();
+    println!("{:<28}  {:<10}  {:>7}  DEVICES", "MODEL", "KIND", "WORKERS");
+    for m in list.models {
+        let kind = JobKind::try_from(m.kind).map_or("?".into(), |k| k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase());
+        println!("{:<28}  {:<10}  {:>7}  {}", m.name, kind, m.workers, m.devices.join(","));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_name(job: &Job) -> String {
+    JobState::try_from(job.state).map_or("?".into(), |s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}

@@ -1,0 +1,61 @@
+//! The `deephardway` command line: one binary for the service, the worker and the
+//! client commands. `deephardway --help` lists them; each has its own `--help`.
+
+mod bench;
+mod client;
+mod logging;
+mod server;
+mod worker;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "deephardway", version, about = "Run deep-learning jobs and watch them live over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format: text or json. RUST_LOG sets the level (default: info).
+    #[arg(long, global = true, env = "DEEPHARDWAY_LOG_FORMAT", default_value = "text")]
+    log_format: logging::Format,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything on one machine: the service on an embedded store plus a local worker.
+    Up(server::UpArgs),
+    /// The service alone (workers connect to it), on the embedded store or etcd.
+    Serve(server::ServeArgs),
+    /// A worker that connects to a service and runs jobs.
+    Worker(worker::WorkerArgs),
+    /// Submit a job (and optionally watch it).
+    Submit(client::SubmitArgs),
+    /// Watch a job's events until it ends, with a progress bar.
+    Watch(client::WatchArgs),
+    /// Cancel a job.
+    Cancel(client::CancelArgs),
+    /// List jobs.
+    Jobs(client::JobsArgs),
+    /// List the models the connected workers serve.
+    Models(client::ServerArg),
+    /// Measure job throughput and latency on each store against raw etcd puts.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses the command line and runs it.
+pub async fn main() -> anyhow::Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    let client_command = !matches!(cli.command, Command::Up(_) | Command::Serve(_) | Command::Worker(_));
+    // The benchmark's own server and worker would otherwise log every job.
+    logging::init(cli.log_format, if client_command { "warn" } else { "info" })?;
+    match cli.command {
+        Command::Up(args) => server::up(args).await,
+        Command::Serve(args) => server::serve(args).await,
+        Command::Worker(args) => worker::run(args).await,
+        Command::Submit(args) => client::submit(args).await,
+        Command::Watch(args) => client::watch(args).await,
+        Command::Cancel(args) => client::cancel(args).await,
+        Command::Jobs(args) => client::jobs(args).await,
+        Command::Models(args) => client::models(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

@@ -1,0 +1,155 @@
+//! `deephardway up` and `deephardway serve`.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::worker;
+use crate::{
+    config::ServiceConfig,
+    server::{self, Cors},
+    store::{embedded::EmbeddedStore, etcd::EtcdStore, SharedStore},
+};
+
+#[derive(Args, Clone)]
+pub struct ServiceFlags {
+    /// Address to serve gRPC, grpc-web and reflection on.
+    #[arg(long, env = "DEEPHARDWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Directory of the embedded store (default: ~/.local/share/deephardway).
+    #[arg(long, env = "DEEPHARDWAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Origins allowed to call through grpc-web, comma-separated; `*` allows any.
+    #[arg(long, env = "DEEPHARDWAY_CORS_ORIGINS", default_value = "*")]
+    cors_origins: String,
+    /// Most jobs waiting in line; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 10_000)]
+    max_queue_depth: usize,
+    /// Attempts per job when the request does not say.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Running-time limit per job when the request does not say, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    job_timeout_s: u64,
+    /// How long finished jobs are kept, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    retention_s: u64,
+    /// Seconds a worker's jobs stay claimed after its replica stops renewing its lease.
+    #[arg(long, default_value_t = 10)]
+    worker_lease_s: u64,
+}
+
+impl ServiceFlags {
+    fn config(&self) -> ServiceConfig {
+        ServiceConfig {
+            max_queue_depth: self.max_queue_depth,
+            default_max_attempts: self.max_attempts.clamp(1, 10),
+            default_timeout: Duration::from_secs(self.job_timeout_s),
+            retention: Duration::from_secs(self.retention_s),
+            worker_lease_ttl: Duration::from_secs(self.worker_lease_s.max(1)),
+            ..ServiceConfig::default()
+        }
+    }
+
+    fn cors(&self) -> Cors {
+        if self.cors_origins.trim() == "*" {
+            Cors::Any
+        } else {
+            Cors::Origins(self.cors_origins.split(',').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect())
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".local/share/deephardway"))
+                .unwrap_or_else(|| PathBuf::from("deephardway-data"))
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    service: ServiceFlags,
+    /// The job store: `embedded` (on this machine, in --data-dir) or `etcd:URL[,URL…]`.
+    #[arg(long, env = "DEEPHARDWAY_STORE", default_value = "embedded")]
+    store: String,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    service: ServiceFlags,
+    #[command(flatten)]
+    worker: worker::LocalWorkerFlags,
+}
+
+async fn open_store(spec: &str, data_dir: PathBuf) -> anyhow::Result<SharedStore> {
+    if spec == "embedded" {
+        let store = EmbeddedStore::open(&data_dir)
+            .await
+            .with_context(|| format!("cannot open the embedded store in {}", data_dir.display()))?;
+        tracing::info!(dir = %data_dir.display(), "embedded store open");
+        return Ok(Arc::new(store));
+    }
+    if let Some(urls) = spec.strip_prefix("etcd:") {
+        let endpoints: Vec<String> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+        anyhow::ensure!(!endpoints.is_empty(), "--store etcd: needs at least one URL, e.g. etcd:http://127.0.0.1:2379");
+        let store = EtcdStore::connect(&endpoints).await.context("cannot connect to etcd")?;
+        return Ok(Arc::new(store));
+    }
+    anyhow::bail!("--store {spec}: expected `embedded` or `etcd:URL[,URL…]`")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    let store = open_store(&args.store, args.service.data_dir()).await?;
+    let listener = bind(&args.service.listen).await?;
+    server::serve(listener, store, args.service.config(), args.service.cors(), shutdown_signal()).await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
+    let store = open_store("embedded", args.service.data_dir()).await?;
+    let listener = bind(&args.service.listen).await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let worker_stop = stop.clone();
+    let url = format!("http://{addr}");
+    let worker_options = args.worker.options(url.clone())?;
+    let worker = tokio::spawn(async move { deephardway_worker::run(worker_options, worker_stop).await });
+    eprintln!("deephardway is up on {url} (embedded store in {})", args.service.data_dir().display());
+    eprintln!("  try: grpcurl -plaintext -d '{{\"diagnostic\":{{\"steps\":5,\"step_ms\":200}}}}' {addr} deephardway.v1.Jobs/Run");
+    let signal = stop.clone();
+    let served = server::serve(listener, store, args.service.config(), args.service.cors(), async move {
+        shutdown_signal().await;
+        signal.cancel();
+    })
+    .await;
+    stop.cancel();
+    let _ = worker.await;
+    served?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,152 @@
+//! Hands queued jobs to this replica's connected workers.
+//!
+//! One task owns the list of local workers and their free slots; worker sessions talk
+//! to it through a [`Dispatcher`] handle. It runs a dispatch round whenever something
+//! may have changed (a queue entry appeared, a slot freed, a worker connected) and once
+//! a second regardless. A round claims, for each worker with free slots, the best queued
+//! jobs among the models it serves; claims are transactions, so replicas racing for
+//! the same job cannot both win.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    hub::Hub,
+    jobs::{Claimed, JobLifecycle, WorkerRecord},
+    keys,
+    store::KeyValue,
+};
+
+enum Command {
+    Register { worker: WorkerRecord, lease: i64, assignments: mpsc::Sender<Claimed> },
+    SlotFreed { worker_id: String },
+    Deregister { worker_id: String },
+}
+
+/// A handle to the replica's dispatcher.
+#[derive(Clone)]
+pub struct Dispatcher {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+struct LocalWorker {
+    record: WorkerRecord,
+    lease: i64,
+    free_slots: u32,
+    assignments: mpsc::Sender<Claimed>,
+}
+
+impl Dispatcher {
+    pub fn start(lifecycle: JobLifecycle, hub: &Hub, shutdown: CancellationToken) -> Dispatcher {
+        let (commands, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(lifecycle, hub.clone(), rx, shutdown));
+        Dispatcher { commands }
+    }
+
+    /// Starts offering jobs to a worker; they arrive on `assignments`.
+    pub fn register(&self, worker: WorkerRecord, lease: i64, assignments: mpsc::Sender<Claimed>) {
+        let _ = self.commands.send(Command::Register { worker, lease, assignments });
+    }
+
+    /// The worker finished (or lost) one job and can take another.
+    pub fn slot_freed(&self, worker_id: &str) {
+        let _ = self.commands.send(Command::SlotFreed { worker_id: worker_id.to_string() });
+    }
+
+    pub fn deregister(&self, worker_id: &str) {
+        let _ = self.commands.send(Command::Deregister { worker_id: worker_id.to_string() });
+    }
+}
+
+async fn run(
+    lifecycle: JobLifecycle,
+    hub: Hub,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let mut workers: HashMap<String, LocalWorker> = HashMap::new();
+    let mut changes = hub.changes();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let wake = tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                apply(&mut workers, command);
+                while let Ok(command) = commands.try_recv() {
+                    apply(&mut workers, command);
+                }
+                true
+            }
+            change = changes.recv() => match change {
+                Ok(change) => change.kv.key.starts_with(keys::QUEUE),
+                Err(RecvError::Lagged(_)) => true,
+                Err(RecvError::Closed) => return,
+            },
+            _ = tick.tick() => true,
+            _ = shutdown.cancelled() => return,
+        };
+        if wake && workers.values().any(|w| w.free_slots > 0) {
+            // Changes that arrived during this round are covered by it.
+            while changes.try_recv().is_ok() {}
+            if let Err(e) = round(&lifecycle, &mut workers).await {
+                tracing::warn!(error = %e, "dispatch round failed");
+            }
+        }
+    }
+}
+
+fn apply(workers: &mut HashMap<String, LocalWorker>, command: Command) {
+    match command {
+        Command::Register { worker, lease, assignments } => {
+            let free_slots = worker.slots.max(1);
+            workers.insert(worker.worker_id.clone(), LocalWorker { record: worker, lease, free_slots, assignments });
+        }
+        Command::SlotFreed { worker_id } => {
+            if let Some(w) = workers.get_mut(&worker_id) {
+                w.free_slots = (w.free_slots + 1).min(w.record.slots.max(1));
+            }
+        }
+        Command::Deregister { worker_id } => {
+            workers.remove(&worker_id);
+        }
+    }
+}
+
+/// The part of a queue key after the model, which orders jobs across models.
+fn order_key(kv: &KeyValue) -> &str {
+    let rest = &kv.key[keys::QUEUE.len()..];
+    rest.split_once('/').map_or(rest, |(_, tail)| tail)
+}
+
+async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWorker>) -> Result<(), tonic::Status> {
+    let store = lifecycle.store();
+    for worker in workers.values_mut() {
+        if worker.free_slots == 0 || worker.assignments.is_closed() {
+            continue;
+        }
+        let mut candidates = Vec::new();
+        let mut models: Vec<&str> = worker.record.models.iter().map(|m| m.name.as_str()).collect();
+        models.dedup();
+        for model in models {
+            let limit = worker.free_slots as usize * 2;
+            let range = store.range(&keys::queue(model), limit).await.map_err(crate::jobs::store_status)?;
+            candidates.extend(range.kvs);
+        }
+        candidates.sort_by(|a, b| order_key(a).cmp(order_key(b)));
+        for entry in candidates {
+            if worker.free_slots == 0 {
+                break;
+            }
+            if let Some(claimed) = lifecycle.claim(&entry, &worker.record, worker.lease).await? {
+                worker.free_slots -= 1;
+                if worker.assignments.send(claimed).await.is_err() {
+                    // The session ended; its lease revocation puts the job back in line.
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}

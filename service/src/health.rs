@@ -1,0 +1,50 @@
+//! `grpc.health.v1`: SERVING while the job store answers, NOT_SERVING while it does not.
+//! Load balancers and `grpc_health_probe` read it; the check is a cheap revision read.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic_health::{server::HealthReporter, ServingStatus};
+
+use crate::store::SharedStore;
+
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The services whose status follows the store's ("" is the server as a whole).
+const SERVICES: &[&str] = &["", "deephardway.v1.Jobs", "deephardway.v1.Models", "deephardway.v1.Workers"];
+
+pub fn start(store: SharedStore, reporter: HealthReporter, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut last = None;
+        let mut tick = tokio::time::interval(CHECK_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => {
+                    for service in SERVICES {
+                        reporter.set_service_status(*service, ServingStatus::NotServing).await;
+                    }
+                    return;
+                }
+            }
+            let status = match tokio::time::timeout(CHECK_TIMEOUT, store.revision()).await {
+                Ok(Ok(_)) => ServingStatus::Serving,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "job store health check failed");
+                    ServingStatus::NotServing
+                }
+                Err(_) => {
+                    tracing::warn!("job store health check timed out");
+                    ServingStatus::NotServing
+                }
+            };
+            if last != Some(status) {
+                for service in SERVICES {
+                    reporter.set_service_status(*service, status).await;
+                }
+                last = Some(status);
+            }
+        }
+    });
+}

@@ -1,0 +1,142 @@
+//! The replica's one watch on the store, fanned out in memory.
+//!
+//! Every replica opens a single watch on `/dhw/` and routes what it sees: job events go
+//! to the `Jobs.Watch` streams subscribed to that job (ten thousand browser tabs cost
+//! ten thousand channel sends, not ten thousand store watches); everything else (queue
+//! entries, claims, job records) goes to the replica's own background tasks through a
+//! broadcast channel. If the watch breaks it resumes from the next revision; if that
+//! revision was compacted away, every subscriber is dropped so that it re-lists.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use deephardway::v1::JobEvent;
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    keys,
+    store::{EventKind, SharedStore, StoreError, WatchEvent},
+};
+
+/// Events buffered per subscriber before it is considered too slow and dropped (it then
+/// re-lists from the store, so a slow client loses nothing).
+const SUBSCRIBER_BUFFER: usize = 1024;
+/// Changes buffered for the replica's background tasks; one that lags resynchronises.
+const CHANGES_BUFFER: usize = 16 * 1024;
+
+enum Command {
+    Subscribe { job_id: String, tx: mpsc::Sender<JobEvent>, ack: oneshot::Sender<()> },
+}
+
+/// A cheap handle to the replica's watch.
+#[derive(Clone)]
+pub struct Hub {
+    commands: mpsc::Sender<Command>,
+    changes: broadcast::Sender<Arc<WatchEvent>>,
+}
+
+impl Hub {
+    /// Starts watching from the store's next revision.
+    pub async fn start(store: SharedStore, shutdown: CancellationToken) -> Result<Hub, StoreError> {
+        let start = store.revision().await? + 1;
+        let (commands, rx) = mpsc::channel(256);
+        let (changes, _) = broadcast::channel(CHANGES_BUFFER);
+        let task = HubTask { store, subscribers: HashMap::new(), changes: changes.clone(), next_revision: start };
+        tokio::spawn(task.run(rx, shutdown));
+        Ok(Hub { commands, changes })
+    }
+
+    /// Events of `job_id` committed after this call returns. The channel closes if the
+    /// subscriber falls behind or the watch had to restart: re-list, then subscribe again.
+    pub async fn subscribe(&self, job_id: &str) -> Option<mpsc::Receiver<JobEvent>> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let (ack, acked) = oneshot::channel();
+        self.commands.send(Command::Subscribe { job_id: job_id.to_string(), tx, ack }).await.ok()?;
+        acked.await.ok()?;
+        Some(rx)
+    }
+
+    /// Every change outside `/dhw/events/`, for the replica's background tasks.
+    pub fn changes(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
+        self.changes.subscribe()
+    }
+}
+
+struct HubTask {
+    store: SharedStore,
+    subscribers: HashMap<String, Vec<mpsc::Sender<JobEvent>>>,
+    changes: broadcast::Sender<Arc<WatchEvent>>,
+    next_revision: i64,
+}
+
+impl HubTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut stream = match self.store.watch(keys::ROOT, self.next_revision).await {
+                Ok(stream) => stream,
+                Err(StoreError::Compacted { oldest, .. }) => {
+                    tracing::warn!(oldest, "watch start was compacted; subscribers will re-list");
+                    self.subscribers.clear();
+                    self.next_revision = self.store.revision().await.unwrap_or(oldest) + 1;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "store watch failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    command = commands.recv() => match command {
+                        Some(Command::Subscribe { job_id, tx, ack }) => {
+                            self.subscribers.entry(job_id).or_default().push(tx);
+                            let _ = ack.send(());
+                        }
+                        None => return,
+                    },
+                    item = stream.next() => match item {
+                        Some(Ok(event)) => {
+                            backoff = Duration::from_millis(100);
+                            self.next_revision = event.kv.mod_revision + 1;
+                            self.route(event);
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "store watch ended; resuming");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, event: WatchEvent) {
+        if let Some(job_id) = keys::event_job_id(&event.kv.key) {
+            if event.kind != EventKind::Put {
+                return;
+            }
+            let Some(subscribers) = self.subscribers.get_mut(job_id) else { return };
+            let Ok(job_event) = JobEvent::decode(event.kv.value.as_slice()) else {
+                tracing::error!(key = %event.kv.key, "undecodable job event");
+                return;
+            };
+            // A full or closed channel drops the subscriber; a full one re-lists.
+            subscribers.retain(|tx| tx.try_send(job_event.clone()).is_ok());
+            if subscribers.is_empty() {
+                self.subscribers.remove(job_id);
+            }
+            return;
+        }
+        let _ = self.changes.send(Arc::new(event));
+    }
+}

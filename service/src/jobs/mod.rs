@@ -1,0 +1,607 @@
+//! The job lifecycle, written once on top of the [`Store`](crate::store::Store) trait.
+//!
+//! ```text
+//!            submit                claim (worker lease)          result / failed / cancelled
+//!   ───────▶ QUEUED ─────────────▶ RUNNING ─────────────────────▶ SUCCEEDED | FAILED | CANCELLED
+//!              ▲                      │ claim vanished (worker or replica lost)
+//!              └──────────────────────┘ attempts < max_attempts, else FAILED
+//! ```
+//!
+//! Every transition is one store transaction that checks the job record's revision,
+//! writes the new record, appends the transition's events (so the event log and the
+//! record never disagree) and moves the queue entry or claim. Workers' reports carry a
+//! *fence*, the revision that created their claim; a report is applied only while that
+//! same claim exists, so a worker presumed dead cannot overwrite a rerun.
+
+pub mod validate;
+
+use std::time::{Duration, SystemTime};
+
+use deephardway::{
+    is_final, kind_of,
+    v1::{
+        job_event::Event, submit_request::Input, Cancelled, Job, JobEvent, JobFailed, JobKind,
+        JobState, Queued, Started, SubmitRequest,
+    },
+};
+use prost::Message;
+use prost_types::Timestamp;
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status};
+
+use crate::{
+    config::ServiceConfig,
+    keys,
+    store::{Compare, KeyValue, Op, SharedStore, StoreError, Txn},
+};
+
+/// How many times a transition is retried when another writer got there first.
+const MAX_CONFLICT_RETRIES: usize = 64;
+
+/// The default model for each kind of job, used when a request names none.
+pub fn default_model(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Diagnostic => "diagnostic",
+        JobKind::Generate => "smollm2-135m-instruct",
+        JobKind::Embed => "all-minilm-l6-v2",
+        JobKind::Classify => "catvnoncat",
+        JobKind::Train | JobKind::Unspecified => "trainer",
+    }
+}
+
+/// A connected worker as recorded in the store (under its lease).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub worker_id: String,
+    pub name: String,
+    pub device: String,
+    pub slots: u32,
+    pub models: Vec<ServedModel>,
+}
+
+/// A model a worker serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServedModel {
+    pub name: String,
+    /// A [`JobKind`] as its protobuf number.
+    pub kind: i32,
+    pub description: String,
+}
+
+/// Which worker holds a running job; stored under the worker's lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClaimRecord {
+    worker_id: String,
+    attempt: u32,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    /// The claim's create revision; the worker copies it into its reports.
+    pub fence: u64,
+}
+
+/// Why a report was not applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// The reporter's claim is gone (it was presumed dead, or the job timed out).
+    StaleFence,
+    /// The job is already finished.
+    Finished,
+}
+
+/// The job state machine. Cheap to clone; every replica has one.
+#[derive(Clone)]
+pub struct JobLifecycle {
+    store: SharedStore,
+    config: ServiceConfig,
+}
+
+/// What a transition writes besides the job record and its events.
+#[derive(Default)]
+struct Change {
+    events: Vec<Event>,
+    compares: Vec<Compare>,
+    ops: Vec<Op>,
+}
+
+pub fn now() -> Timestamp {
+    Timestamp::from(SystemTime::now())
+}
+
+pub fn micros(ts: &Option<Timestamp>) -> i64 {
+    ts.as_ref().map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000)
+}
+
+pub fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::Unavailable(m) => Status::unavailable(format!("job store unavailable: {m}")),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn decode_job(kv: &KeyValue) -> Result<Job, Status> {
+    Job::decode(kv.value.as_slice())
+        .map_err(|e| Status::internal(format!("corrupt job record {}: {e}", kv.key)))
+}
+
+fn queue_key(job: &Job) -> String {
+    keys::queue_entry(&job.model, job.priority(), micros(&job.created_at), &job.id)
+}
+
+fn finish(job: &mut Job, state: JobState, change: &mut Change) {
+    let finished = now();
+    job.state = state as i32;
+    change.ops.push(Op::delete(keys::claim(&job.id)));
+    change.ops.push(Op::put(keys::done(micros(&Some(finished)), &job.id), job.id.clone()));
+    job.finished_at = Some(finished);
+}
+
+trait JobExt {
+    fn priority(&self) -> i32;
+}
+
+impl JobExt for Job {
+    fn priority(&self) -> i32 {
+        self.request.as_ref().map_or(0, |r| r.priority)
+    }
+}
+
+impl JobLifecycle {
+    pub fn new(store: SharedStore, config: ServiceConfig) -> Self {
+        Self { store, config }
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// Validates and queues a job. Returns the job and whether `request_id` matched an
+    /// earlier one (which is returned instead). Nothing is written unless it succeeds.
+    pub async fn submit(&self, mut request: SubmitRequest) -> Result<(Job, bool), Status> {
+        validate::submit(&request)?;
+        let input = request.input.as_ref().expect("validated");
+        let kind = kind_of(input);
+        if request.model.is_empty() {
+            request.model = default_model(kind).to_string();
+        }
+        if !request.request_id.is_empty() {
+            if let Some(job) = self.by_request_id(&request.request_id).await? {
+                return Ok((job, true));
+            }
+        }
+        self.check_served(&request.model, kind).await?;
+        let depth = self.store.count(keys::QUEUE).await.map_err(store_status)?;
+        if depth >= self.config.max_queue_depth {
+            return Err(Status::resource_exhausted(format!(
+                "the queue is full ({depth} jobs waiting, limit {}); retry later",
+                self.config.max_queue_depth
+            )));
+        }
+
+        let created = now();
+        let id = uuid::Uuid::now_v7().to_string();
+        let job = Job {
+            id: id.clone(),
+            state: JobState::Queued as i32,
+            kind: kind as i32,
+            model: request.model.clone(),
+            attempts: 0,
+            max_attempts: if request.max_attempts == 0 {
+                self.config.default_max_attempts
+            } else {
+                request.max_attempts
+            },
+            timeout_ms: if request.timeout_ms == 0 {
+                u32::try_from(self.config.default_timeout.as_millis()).unwrap_or(u32::MAX)
+            } else {
+                request.timeout_ms
+            },
+            created_at: Some(created),
+            last_seq: 1,
+            request: Some(request.clone()),
+            ..Default::default()
+        };
+        let entry = queue_key(&job);
+        let position = self.position(&job.model, &entry).await?;
+        let queued = self.event(&id, 1, Event::Queued(Queued { position, attempt: 1, reason: "submitted".into() }));
+
+        let mut txn = Txn::new()
+            .when(Compare::absent(keys::job(&id)))
+            .then(Op::put(keys::job(&id), job.encode_to_vec()))
+            .then(Op::put(keys::event(&id, 1), queued.encode_to_vec()))
+            .then(Op::put(entry, id.clone()));
+        if !request.request_id.is_empty() {
+            txn = txn
+                .when(Compare::absent(keys::request(&request.request_id)))
+                .then(Op::put(keys::request(&request.request_id), id.clone()));
+        }
+        let outcome = self.store.txn(txn).await.map_err(store_status)?;
+        if !outcome.succeeded {
+            // Another submit with the same request_id won the race: return its job.
+            return match self.by_request_id(&request.request_id).await? {
+                Some(job) => Ok((job, true)),
+                None => Err(Status::aborted("concurrent submit conflict; retry")),
+            };
+        }
+        tracing::info!(job = %id, model = %job.model, position, "job queued");
+        Ok((job, false))
+    }
+
+    async fn by_request_id(&self, request_id: &str) -> Result<Option<Job>, Status> {
+        let Some(kv) = self.store.get(&keys::request(request_id)).await.map_err(store_status)? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(&kv.value).to_string();
+        Ok(self.find(&id).await?.map(|(job, _)| job))
+    }
+
+    /// FAILED_PRECONDITION unless a connected worker serves `model` for `kind`.
+    async fn check_served(&self, model: &str, kind: JobKind) -> Result<(), Status> {
+        let workers = self.workers().await?;
+        let mut other_kind = None;
+        for w in &workers {
+            for m in w.models.iter().filter(|m| m.name == model) {
+                if m.kind == kind as i32 {
+                    return Ok(());
+                }
+                other_kind = Some(m.kind);
+            }
+        }
+        let kind_name = |k: i32| {
+            JobKind::try_from(k).map_or("unknown".to_string(), |k| {
+                k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase()
+            })
+        };
+        Err(match other_kind {
+            Some(k) => Status::invalid_argument(format!(
+                "model: {model:?} runs {} jobs, not {}",
+                kind_name(k),
+                kind_name(kind as i32)
+            )),
+            None => Status::failed_precondition(format!(
+                "no connected worker serves model {model:?} for {} jobs ({} workers connected); \
+                 Models.List shows what is served",
+                kind_name(kind as i32),
+                workers.len()
+            )),
+        })
+    }
+
+    /// The connected workers.
+    pub async fn workers(&self) -> Result<Vec<WorkerRecord>, Status> {
+        let range = self.store.range(keys::WORKERS, 0).await.map_err(store_status)?;
+        Ok(range.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    }
+
+    /// Jobs ahead of the queue entry `entry` for the same model.
+    async fn position(&self, model: &str, entry: &str) -> Result<u32, Status> {
+        let range = self.store.range(&keys::queue(model), 0).await.map_err(store_status)?;
+        let ahead = range.kvs.iter().filter(|kv| kv.key.as_str() < entry).count();
+        Ok(u32::try_from(ahead).unwrap_or(u32::MAX))
+    }
+
+    fn event(&self, job_id: &str, seq: u64, event: Event) -> JobEvent {
+        JobEvent { job_id: job_id.to_string(), seq, time: Some(now()), event: Some(event) }
+    }
+
+    /// A job and its record's key-value, or `None`.
+    pub async fn find(&self, id: &str) -> Result<Option<(Job, KeyValue)>, Status> {
+        let Some(kv) = self.store.get(&keys::job(id)).await.map_err(store_status)? else {
+            return Ok(None);
+        };
+        Ok(Some((decode_job(&kv)?, kv)))
+    }
+
+    /// A job, or NOT_FOUND.
+    pub async fn get(&self, id: &str) -> Result<Job, Status> {
+        validate::job_id(id)?;
+        match self.find(id).await? {
+            Some((job, _)) => Ok(job),
+            None => Err(Status::not_found(format!("job {id} not found"))),
+        }
+    }
+
+    /// Jobs matching the filters, most recent first.
+    pub async fn list(&self, state: JobState, model: &str, limit: usize) -> Result<Vec<Job>, Status> {
+        let range = self.store.range(keys::JOBS, 0).await.map_err(store_status)?;
+        // Ids are UUIDv7, so key order is creation order.
+        let mut jobs = Vec::new();
+        for kv in range.kvs.iter().rev() {
+            let job = decode_job(kv)?;
+            if (state == JobState::Unspecified || job.state == state as i32)
+                && (model.is_empty() || job.model == model)
+            {
+                jobs.push(job);
+                if jobs.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// A job's events, in order, and the revision they were read at.
+    pub async fn events(&self, id: &str) -> Result<(Vec<JobEvent>, i64), Status> {
+        let range = self.store.range(&keys::events(id), 0).await.map_err(store_status)?;
+        let events = range
+            .kvs
+            .iter()
+            .map(|kv| {
+                JobEvent::decode(kv.value.as_slice())
+                    .map_err(|e| Status::internal(format!("corrupt event {}: {e}", kv.key)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((events, range.revision))
+    }
+
+    /// Applies `transition` to the job's record with optimistic concurrency: read, change,
+    /// write if nobody else wrote in between, else retry. `transition` returns `None` to
+    /// change nothing. Extra compares that fail (a fence) end it with `Rejected`.
+    async fn update<F>(&self, id: &str, mut transition: F) -> Result<Result<Job, Rejected>, Status>
+    where
+        F: FnMut(&mut Job) -> Result<Option<Change>, Rejected>,
+    {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let Some((current, kv)) = self.find(id).await? else {
+                return Err(Status::not_found(format!("job {id} not found")));
+            };
+            let mut job = current.clone();
+            let change = match transition(&mut job) {
+                Ok(Some(change)) => change,
+                Ok(None) => return Ok(Ok(current)),
+                Err(rejected) => return Ok(Err(rejected)),
+            };
+            let has_extra_compares = !change.compares.is_empty();
+            let mut txn = Txn::new().when(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+            txn.compares.extend(change.compares);
+            for event in change.events {
+                job.last_seq += 1;
+                let event = self.event(id, job.last_seq, event);
+                txn.ops.push(Op::put(keys::event(id, job.last_seq), event.encode_to_vec()));
+            }
+            txn.ops.push(Op::put(kv.key.clone(), job.encode_to_vec()));
+            txn.ops.extend(change.ops);
+            if self.store.txn(txn).await.map_err(store_status)?.succeeded {
+                return Ok(Ok(job));
+            }
+            if has_extra_compares {
+                // Was it the record (retry) or the fence (reject)?
+                let still = self.store.get(&kv.key).await.map_err(store_status)?;
+                if still.is_some_and(|s| s.mod_revision == kv.mod_revision) {
+                    return Ok(Err(Rejected::StaleFence));
+                }
+            }
+        }
+        Err(Status::aborted(format!("job {id}: too many concurrent updates; retry")))
+    }
+
+    /// Claims a queued job for a worker in one transaction: the queue entry must still
+    /// exist; it is replaced by a claim on the worker's lease and the job starts.
+    pub async fn claim(&self, entry: &KeyValue, worker: &WorkerRecord, lease: i64) -> Result<Option<Claimed>, Status> {
+        let id = keys::last_segment(&entry.key).to_string();
+        let Some((mut job, kv)) = self.find(&id).await? else {
+            // A queue entry without a job cannot be run; drop it.
+            self.store
+                .txn(Txn::new().when(Compare::ModRevision(entry.key.clone(), entry.mod_revision)).then(Op::delete(&entry.key)))
+                .await
+                .map_err(store_status)?;
+            return Ok(None);
+        };
+        if job.state != JobState::Queued as i32 {
+            return Ok(None);
+        }
+        job.state = JobState::Running as i32;
+        job.attempts += 1;
+        job.worker_id = worker.worker_id.clone();
+        job.device = worker.device.clone();
+        job.started_at = Some(now());
+        job.progress = 0.0;
+        job.last_seq += 1;
+        let started = self.event(
+            &id,
+            job.last_seq,
+            Event::Started(Started {
+                worker_id: worker.worker_id.clone(),
+                worker_name: worker.name.clone(),
+                device: worker.device.clone(),
+                attempt: job.attempts,
+            }),
+        );
+        let claim = ClaimRecord { worker_id: worker.worker_id.clone(), attempt: job.attempts };
+        let txn = Txn::new()
+            .when(Compare::ModRevision(entry.key.clone(), entry.mod_revision))
+            .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+            .then(Op::delete(&entry.key))
+            .then(Op::put_with_lease(keys::claim(&id), serde_json::to_vec(&claim).expect("serialisable"), lease))
+            .then(Op::put(kv.key.clone(), job.encode_to_vec()))
+            .then(Op::put(keys::event(&id, job.last_seq), started.encode_to_vec()));
+        let outcome = match self.store.txn(txn).await {
+            Ok(outcome) => outcome,
+            Err(StoreError::LeaseNotFound(_)) => {
+                return Err(Status::unavailable("worker lease expired"));
+            }
+            Err(e) => return Err(store_status(e)),
+        };
+        if !outcome.succeeded {
+            return Ok(None);
+        }
+        tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started");
+        Ok(Some(Claimed { job, fence: outcome.revision as u64 }))
+    }
+
+    /// Applies a worker's events (in order, as one write) if its claim is still current.
+    /// A final event ends the job and releases the claim.
+    pub async fn report(&self, id: &str, fence: u64, events: Vec<Event>) -> Result<Result<Job, Rejected>, Status> {
+        let fence_holds = Compare::CreateRevision(keys::claim(id), fence as i64);
+        self.update(id, |job| {
+            if job.state != JobState::Running as i32 {
+                return Err(if job.state == JobState::Queued as i32 { Rejected::StaleFence } else { Rejected::Finished });
+            }
+            let mut change = Change { compares: vec![fence_holds.clone()], ..Default::default() };
+            for event in &events {
+                match event {
+                    Event::Progress(p) => job.progress = p.fraction.clamp(0.0, 1.0),
+                    Event::Result(r) => {
+                        job.result = Some(r.clone());
+                        job.progress = 1.0;
+                        finish(job, JobState::Succeeded, &mut change);
+                    }
+                    Event::Failed(f) => {
+                        job.failure = Some(f.clone());
+                        finish(job, JobState::Failed, &mut change);
+                    }
+                    Event::Cancelled(_) => finish(job, JobState::Cancelled, &mut change),
+                    _ => {}
+                }
+                match event {
+                    // The worker knows it was cancelled, not why; the record does.
+                    Event::Cancelled(c) if c.reason.is_empty() => change
+                        .events
+                        .push(Event::Cancelled(Cancelled { reason: job.cancel_reason.clone() })),
+                    event => change.events.push(event.clone()),
+                }
+                if is_final(event) {
+                    break;
+                }
+            }
+            Ok(Some(change))
+        })
+        .await
+    }
+
+    /// Cancels a job: a queued one at once; a running one is marked, and the replica
+    /// holding its worker tells the worker to stop.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<Job, Status> {
+        validate::job_id(id)?;
+        validate::reason(reason)?;
+        let reason = if reason.is_empty() { "cancelled by request" } else { reason };
+        let result = self
+            .update(id, |job| match JobState::try_from(job.state) {
+                Ok(JobState::Queued) => {
+                    let mut change = Change::default();
+                    change.ops.push(Op::delete(queue_key(job)));
+                    finish(job, JobState::Cancelled, &mut change);
+                    change.events.push(Event::Cancelled(Cancelled { reason: reason.to_string() }));
+                    Ok(Some(change))
+                }
+                Ok(JobState::Running) if !job.cancel_requested => {
+                    job.cancel_requested = true;
+                    job.cancel_reason = reason.to_string();
+                    Ok(Some(Change::default()))
+                }
+                _ => Ok(None),
+            })
+            .await?;
+        Ok(result.expect("cancel has no fence"))
+    }
+
+    /// Called when a running job's claim has vanished (its worker or the worker's
+    /// replica was lost): the job goes back in line, or fails after its last attempt,
+    /// or ends cancelled if a cancel was pending.
+    pub async fn recover_orphan(&self, id: &str) -> Result<(), Status> {
+        let Some((job, _)) = self.find(id).await? else { return Ok(()) };
+        if job.state != JobState::Running as i32 {
+            return Ok(());
+        }
+        let entry = queue_key(&job);
+        let position = self.position(&job.model, &entry).await?;
+        let result = self
+            .update(id, |job| {
+                if job.state != JobState::Running as i32 {
+                    return Ok(None);
+                }
+                let mut change = Change { compares: vec![Compare::absent(keys::claim(id))], ..Default::default() };
+                if job.cancel_requested {
+                    finish(job, JobState::Cancelled, &mut change);
+                    change.events.push(Event::Cancelled(Cancelled { reason: job.cancel_reason.clone() }));
+                } else if job.attempts >= job.max_attempts {
+                    let failure = JobFailed {
+                        code: Code::Unavailable as i32,
+                        message: format!("the job's worker was lost during attempt {} of {}", job.attempts, job.max_attempts),
+                    };
+                    job.failure = Some(failure.clone());
+                    finish(job, JobState::Failed, &mut change);
+                    change.events.push(Event::Failed(failure));
+                } else {
+                    job.state = JobState::Queued as i32;
+                    job.progress = 0.0;
+                    change.ops.push(Op::put(entry.clone(), id.to_string()));
+                    change.events.push(Event::Queued(Queued {
+                        position,
+                        attempt: job.attempts + 1,
+                        reason: "worker lost".into(),
+                    }));
+                }
+                Ok(Some(change))
+            })
+            .await?;
+        if let Ok(job) = result {
+            tracing::warn!(job = %id, state = ?JobState::try_from(job.state).ok(), "recovered a job whose worker was lost");
+        }
+        Ok(())
+    }
+
+    /// Finds running jobs whose claim is gone (e.g. missed while this replica was down)
+    /// and recovers them.
+    pub async fn recover_all_orphans(&self) -> Result<usize, Status> {
+        let claims = self.store.range(keys::CLAIMS, 0).await.map_err(store_status)?;
+        let claimed: std::collections::HashSet<&str> = claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
+        let mut recovered = 0;
+        for job in self.list(JobState::Running, "", usize::MAX).await? {
+            if !claimed.contains(job.id.as_str()) {
+                self.recover_orphan(&job.id).await?;
+                recovered += 1;
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Deletes finished jobs older than the retention, with their events. Returns how many.
+    pub async fn purge_expired(&self) -> Result<usize, Status> {
+        let cutoff = SystemTime::now().checked_sub(self.config.retention).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = micros(&Some(Timestamp::from(cutoff)));
+        let done = self.store.range(keys::DONE, 0).await.map_err(store_status)?;
+        let mut purged = 0;
+        for kv in &done.kvs {
+            let finished: i64 = kv.key[keys::DONE.len()..].split('/').next().and_then(|t| t.parse().ok()).unwrap_or(0);
+            if finished > cutoff {
+                break;
+            }
+            let id = keys::last_segment(&kv.key).to_string();
+            let events = self.store.range(&keys::events(&id), 0).await.map_err(store_status)?;
+            for chunk in events.kvs.chunks(128) {
+                let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
+                self.store.txn(txn).await.map_err(store_status)?;
+            }
+            let mut txn = Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key));
+            if let Some((job, _)) = self.find(&id).await? {
+                if let Some(rid) = job.request.as_ref().map(|r| &r.request_id).filter(|r| !r.is_empty()) {
+                    txn = txn.then(Op::delete(keys::request(rid)));
+                }
+            }
+            self.store.txn(txn).await.map_err(store_status)?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
+}
+
+/// How long until a running job exceeds its timeout, from its record.
+pub fn time_left(job: &Job) -> Duration {
+    let started = micros(&job.started_at);
+    let now = micros(&Some(now()));
+    let elapsed = Duration::from_micros(u64::try_from(now - started).unwrap_or(0));
+    Duration::from_millis(u64::from(job.timeout_ms)).saturating_sub(elapsed)
+}
+
+/// The input of a job's request.
+pub fn input(job: &Job) -> Option<&Input> {
+    job.request.as_ref().and_then(|r| r.input.as_ref())
+}

@@ -1,0 +1,93 @@
+//! The key layout in the store. Everything deephardway writes lives under `/dhw/`, so one
+//! watch on that prefix shows a replica every change.
+//!
+//! ```text
+//! /dhw/jobs/<id>                              Job record (protobuf)
+//! /dhw/events/<id>/<seq:020>                  one event of the job (protobuf), append-only
+//! /dhw/queue/<model>/<rank:03><created:020>/<id>  a queued job; key order = dispatch order
+//! /dhw/claims/<id>                            the worker running the job, on its lease
+//! /dhw/workers/<worker-id>                    a connected worker (JSON), on its lease
+//! /dhw/requests/<request-id>                  idempotency key → job id
+//! /dhw/done/<finished:020>/<id>               finished jobs by time, for retention
+//! ```
+//!
+//! `rank` is `100 - priority`, so higher priorities sort first; `created` is the job's
+//! submission time in microseconds, so equal priorities run first-come first-served,
+//! and a job put back in line after a worker was lost keeps its original place.
+
+pub const ROOT: &str = "/dhw/";
+pub const JOBS: &str = "/dhw/jobs/";
+pub const EVENTS: &str = "/dhw/events/";
+pub const QUEUE: &str = "/dhw/queue/";
+pub const CLAIMS: &str = "/dhw/claims/";
+pub const WORKERS: &str = "/dhw/workers/";
+pub const REQUESTS: &str = "/dhw/requests/";
+pub const DONE: &str = "/dhw/done/";
+
+pub fn job(id: &str) -> String {
+    format!("{JOBS}{id}")
+}
+
+pub fn events(id: &str) -> String {
+    format!("{EVENTS}{id}/")
+}
+
+pub fn event(id: &str, seq: u64) -> String {
+    format!("{EVENTS}{id}/{seq:020}")
+}
+
+pub fn queue(model: &str) -> String {
+    format!("{QUEUE}{model}/")
+}
+
+pub fn queue_entry(model: &str, priority: i32, created_micros: i64, id: &str) -> String {
+    let rank = 100 - priority.clamp(-100, 100);
+    format!("{QUEUE}{model}/{rank:03}{created_micros:020}/{id}")
+}
+
+pub fn claim(id: &str) -> String {
+    format!("{CLAIMS}{id}")
+}
+
+pub fn worker(worker_id: &str) -> String {
+    format!("{WORKERS}{worker_id}")
+}
+
+pub fn request(request_id: &str) -> String {
+    format!("{REQUESTS}{request_id}")
+}
+
+pub fn done(finished_micros: i64, id: &str) -> String {
+    format!("{DONE}{finished_micros:020}/{id}")
+}
+
+/// The job id at the end of a queue entry, claim or done key.
+pub fn last_segment(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// The job id of an event key (`/dhw/events/<id>/<seq>`).
+pub fn event_job_id(key: &str) -> Option<&str> {
+    key.strip_prefix(EVENTS)?.split('/').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keys_sort_by_priority_then_time() {
+        let high_late = queue_entry("m", 5, 2_000, "a");
+        let high_early = queue_entry("m", 5, 1_000, "b");
+        let low_early = queue_entry("m", -5, 500, "c");
+        let mut keys = vec![low_early.clone(), high_late.clone(), high_early.clone()];
+        keys.sort();
+        assert_eq!(keys, vec![high_early, high_late, low_early]);
+    }
+
+    #[test]
+    fn ids_come_back_out_of_keys() {
+        assert_eq!(last_segment(&queue_entry("m", 0, 1, "job-1")), "job-1");
+        assert_eq!(event_job_id(&event("job-1", 7)), Some("job-1"));
+    }
+}

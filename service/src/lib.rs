@@ -1,0 +1,31 @@
+//! deephardway's job service: clients submit deep-learning jobs over gRPC and watch them
+//! run; workers pull the jobs over a stream of their own. A map of the crate:
+//!
+//! - [`store`]: the key-value store trait (etcd semantics) and its two backends,
+//!   [`store::embedded`] (one machine, the default) and [`store::etcd`] (a cluster).
+//! - [`keys`]: where everything lives in the store.
+//! - [`jobs`]: the job state machine (submit, claim, report, cancel, requeue, retention)
+//!   and request validation, written once on top of the store trait.
+//! - [`hub`]: the replica's single store watch, fanned out to job watchers and to the
+//!   background tasks below.
+//! - [`dispatch`]: hands queued jobs to this replica's connected workers.
+//! - [`reaper`]: puts jobs of lost workers back in line; removes expired jobs.
+//! - [`rpc`]: the gRPC handlers (`Jobs`, `Models`, `Workers`).
+//! - [`health`]: `grpc.health.v1`, following the store's health.
+//! - [`server`]: everything above on one port, with grpc-web, CORS and reflection.
+//! - [`cli`]: the `deephardway` command line (`up`, `serve`, `worker`, `submit`, …).
+
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod health;
+pub mod hub;
+pub mod jobs;
+pub mod keys;
+pub mod reaper;
+pub mod rpc;
+pub mod server;
+pub mod store;
+
+pub use config::ServiceConfig;
+pub use server::{serve, Cors};

@@ -1,0 +1,52 @@
+//! Background housekeeping every replica runs; all of it is idempotent, so replicas
+//! racing on the same job do no harm.
+//!
+//! - A claim that vanishes while its job is still running means the worker (or the
+//!   replica holding it) was lost: the job goes back in line or fails. Claim deletes are
+//!   seen through the hub, and a periodic scan catches any that were missed (for
+//!   example while this replica was down).
+//! - Finished jobs older than the retention are removed with their events.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::{hub::Hub, jobs::JobLifecycle, keys, store::EventKind};
+
+const SCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+pub fn start(lifecycle: JobLifecycle, hub: &Hub, shutdown: CancellationToken) {
+    let mut changes = hub.changes();
+    let lifecycle = Arc::new(lifecycle);
+    tokio::spawn(async move {
+        let mut scan = tokio::time::interval(SCAN_INTERVAL);
+        let mut purge = tokio::time::interval(lifecycle.config().retention.min(Duration::from_secs(60)).max(Duration::from_millis(200)));
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(change) if change.kind == EventKind::Delete && change.kv.key.starts_with(keys::CLAIMS) => {
+                        let id = keys::last_segment(&change.kv.key).to_string();
+                        if let Err(e) = lifecycle.recover_orphan(&id).await {
+                            tracing::warn!(job = %id, error = %e, "could not recover job");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => scan.reset_immediately(),
+                    Err(RecvError::Closed) => return,
+                },
+                _ = scan.tick() => {
+                    if let Err(e) = lifecycle.recover_all_orphans().await {
+                        tracing::warn!(error = %e, "orphan scan failed");
+                    }
+                }
+                _ = purge.tick() => match lifecycle.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(jobs = n, "removed finished jobs past their retention"),
+                    Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+                },
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,23 @@
+//! gRPC handlers, one file per service. They validate, translate and delegate: the
+//! job state machine lives in [`crate::jobs`], the store watch in [`crate::hub`].
+
+pub mod jobs;
+pub mod models;
+pub mod workers;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{dispatch::Dispatcher, hub::Hub, jobs::JobLifecycle};
+
+/// What every handler shares.
+pub struct Context {
+    pub lifecycle: JobLifecycle,
+    pub hub: Hub,
+    pub dispatcher: Dispatcher,
+    /// Cancelled when the server shuts down; long streams end on it.
+    pub shutdown: CancellationToken,
+}
+
+pub type SharedContext = Arc<Context>;

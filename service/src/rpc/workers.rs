@@ -1,0 +1,363 @@
+//! `deephardway.v1.Workers`: one long-lived session per connected worker.
+//!
+//! The session owns everything about its worker: the store lease that proves the worker
+//! is alive (the worker itself never touches the store), its record under that lease,
+//! the jobs it is running with their fences and deadlines, and the reports waiting to
+//! be written. Reports are buffered for a few tens of milliseconds and written as one
+//! transaction per job, with adjacent output chunks merged, so token-by-token output
+//! costs a handful of store writes per second. When the stream ends for any reason the
+//! lease is revoked: the worker's claims vanish and its jobs go back in line.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    time::{Duration, Instant},
+};
+
+use deephardway::{
+    is_final,
+    v1::{
+        job_event::Event, service_message, worker_message, workers_server::Workers, CancelJob, Cancelled,
+        JobAssignment, JobFailed, ServiceMessage, WorkerHello, WorkerMessage, WorkerReport, WorkerWelcome,
+    },
+};
+use futures::Stream;
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::SharedContext;
+use crate::{
+    jobs::{self, validate, Claimed, Rejected, ServedModel, WorkerRecord},
+    keys,
+    store::{EventKind, Op, Txn},
+};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_SLOTS: u32 = 256;
+
+pub type ServiceMessages = Pin<Box<dyn Stream<Item = Result<ServiceMessage, Status>> + Send>>;
+type Outbound = mpsc::Sender<Result<ServiceMessage, Status>>;
+
+pub struct WorkersRpc {
+    ctx: SharedContext,
+}
+
+impl WorkersRpc {
+    pub fn new(ctx: SharedContext) -> Self {
+        Self { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for WorkersRpc {
+    type ConnectStream = ServiceMessages;
+
+    async fn connect(&self, request: Request<Streaming<WorkerMessage>>) -> Result<Response<ServiceMessages>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let Some(WorkerMessage { message: Some(worker_message::Message::Hello(hello)) }) = first else {
+            return Err(Status::invalid_argument("the first message must be a hello"));
+        };
+        let record = record_from_hello(hello)?;
+
+        let store = self.ctx.lifecycle.store();
+        let ttl = self.ctx.lifecycle.config().worker_lease_ttl;
+        let lease = store.lease_grant(ttl).await.map_err(jobs::store_status)?;
+        let put = Txn::new().then(Op::put_with_lease(
+            keys::worker(&record.worker_id),
+            serde_json::to_vec(&record).expect("serialisable"),
+            lease,
+        ));
+        store.txn(put).await.map_err(jobs::store_status)?;
+        tracing::info!(worker = %record.worker_id, name = %record.name, device = %record.device,
+            models = ?record.models.iter().map(|m| &m.name).collect::<Vec<_>>(), "worker connected");
+
+        let (outbound, rx) = mpsc::channel(256);
+        let welcome = service_message::Message::Welcome(WorkerWelcome { worker_id: record.worker_id.clone() });
+        let _ = outbound.send(Ok(ServiceMessage { message: Some(welcome) })).await;
+        let session = Session { ctx: self.ctx.clone(), record, lease, outbound, running: HashMap::new() };
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn record_from_hello(hello: WorkerHello) -> Result<WorkerRecord, Status> {
+    if hello.models.is_empty() {
+        return Err(Status::invalid_argument("hello.models: a worker must serve at least one model"));
+    }
+    for (i, m) in hello.models.iter().enumerate() {
+        validate::model_name(&format!("hello.models[{i}].name"), &m.name)?;
+    }
+    if hello.slots == 0 || hello.slots > MAX_SLOTS {
+        return Err(Status::invalid_argument(format!("hello.slots: is {}; must be 1 to {MAX_SLOTS}", hello.slots)));
+    }
+    Ok(WorkerRecord {
+        worker_id: uuid::Uuid::now_v7().to_string(),
+        name: hello.name,
+        device: if hello.device.is_empty() { "cpu".into() } else { hello.device },
+        slots: hello.slots,
+        models: hello
+            .models
+            .into_iter()
+            .map(|m| ServedModel { name: m.name, kind: m.kind, description: m.description })
+            .collect(),
+    })
+}
+
+/// A job this session's worker is running.
+struct Running {
+    fence: u64,
+    deadline: Instant,
+    timeout_ms: u32,
+    /// When the worker was told to stop, if it was.
+    cancel_sent: Option<Instant>,
+    /// Reports not yet written.
+    pending: Vec<Event>,
+}
+
+struct Session {
+    ctx: SharedContext,
+    record: WorkerRecord,
+    lease: i64,
+    outbound: Outbound,
+    running: HashMap<String, Running>,
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<WorkerMessage>) {
+        let worker_id = self.record.worker_id.clone();
+        let config = self.ctx.lifecycle.config().clone();
+        let (assign_tx, mut assignments) = mpsc::channel(16);
+        self.ctx.dispatcher.register(self.record.clone(), self.lease, assign_tx);
+        let mut changes = self.ctx.hub.changes();
+        let mut flush = tokio::time::interval(config.output_coalesce);
+        let mut keepalive = tokio::time::interval(config.worker_lease_ttl / 3);
+        let end = loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(WorkerMessage { message: Some(worker_message::Message::Report(report)) })) => {
+                        self.on_report(report).await;
+                    }
+                    Ok(Some(_)) => tracing::warn!(worker = %worker_id, "ignoring an unexpected message"),
+                    Ok(None) => break "worker closed its stream".to_string(),
+                    Err(status) => break format!("stream error: {}", status.message()),
+                },
+                claimed = assignments.recv() => match claimed {
+                    Some(claimed) => self.assign(claimed).await,
+                    None => break "dispatcher stopped".to_string(),
+                },
+                change = changes.recv() => match change {
+                    Ok(change) if change.kind == EventKind::Put && change.kv.key.starts_with(keys::JOBS) => {
+                        let id = keys::last_segment(&change.kv.key);
+                        if self.running.contains_key(id) {
+                            if let Ok(job) = <deephardway::v1::Job as prost::Message>::decode(change.kv.value.as_slice()) {
+                                self.on_job_changed(&job).await;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => self.recheck_cancels().await,
+                    Err(RecvError::Closed) => break "hub stopped".to_string(),
+                },
+                _ = flush.tick() => self.on_tick().await,
+                _ = keepalive.tick() => {
+                    if let Err(e) = self.ctx.lifecycle.store().lease_keep_alive(self.lease).await {
+                        break format!("worker lease lost: {e}");
+                    }
+                }
+                _ = self.ctx.shutdown.cancelled() => break "server shutting down".to_string(),
+            }
+        };
+        tracing::info!(worker = %worker_id, reason = %end, running = self.running.len(), "worker disconnected");
+        self.ctx.dispatcher.deregister(&worker_id);
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        for id in ids {
+            self.flush(&id).await;
+        }
+        // Its claims vanish with the lease; the reaper puts the jobs back in line.
+        if let Err(e) = self.ctx.lifecycle.store().lease_revoke(self.lease).await {
+            tracing::warn!(worker = %worker_id, error = %e, "could not revoke lease; it will expire");
+        }
+        let _ = self.outbound.send(Err(Status::unavailable(end))).await;
+    }
+
+    async fn send(&self, message: service_message::Message) {
+        let _ = self.outbound.send(Ok(ServiceMessage { message: Some(message) })).await;
+    }
+
+    async fn assign(&mut self, claimed: Claimed) {
+        let Claimed { job, fence } = claimed;
+        let timeout = Duration::from_millis(u64::from(job.timeout_ms));
+        self.running.insert(
+            job.id.clone(),
+            Running {
+                fence,
+                deadline: Instant::now() + timeout,
+                timeout_ms: job.timeout_ms,
+                cancel_sent: None,
+                pending: Vec::new(),
+            },
+        );
+        let assignment = JobAssignment {
+            job_id: job.id.clone(),
+            fence,
+            attempt: job.attempts,
+            model: job.model.clone(),
+            request: job.request.clone(),
+        };
+        self.send(service_message::Message::Assignment(assignment)).await;
+        // A cancel may have been accepted between the claim and now.
+        self.on_job_changed(&job).await;
+    }
+
+    async fn on_report(&mut self, report: WorkerReport) {
+        let WorkerReport { job_id, fence, event } = report;
+        let Some(event) = event.and_then(|e| e.event) else { return };
+        if matches!(event, Event::Queued(_) | Event::Started(_)) {
+            tracing::warn!(job = %job_id, "workers may not report queued or started events");
+            return;
+        }
+        let Some(running) = self.running.get_mut(&job_id).filter(|r| r.fence == fence) else {
+            // Not (or no longer) this worker's job: make sure it stops.
+            let cancel = CancelJob { job_id, reason: "the job is not assigned to this worker".into() };
+            self.send(service_message::Message::Cancel(cancel)).await;
+            return;
+        };
+        let last = is_final(&event);
+        running.pending.push(event);
+        if last {
+            self.flush(&job_id).await;
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        let grace = self.ctx.lifecycle.config().cancel_grace;
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        for id in ids {
+            self.flush(&id).await;
+            let Some(running) = self.running.get(&id) else { continue };
+            if now >= running.deadline {
+                let failure = JobFailed {
+                    code: Code::DeadlineExceeded as i32,
+                    message: format!("the job ran longer than its timeout of {} ms", running.timeout_ms),
+                };
+                self.end_on_behalf(&id, Event::Failed(failure), "timeout").await;
+            } else if running.cancel_sent.is_some_and(|t| now >= t + grace) {
+                let reason = match self.ctx.lifecycle.find(&id).await {
+                    Ok(Some((job, _))) => job.cancel_reason,
+                    _ => "cancelled".into(),
+                };
+                self.end_on_behalf(&id, Event::Cancelled(Cancelled { reason }), "cancel grace expired").await;
+            }
+        }
+    }
+
+    /// Ends a job without waiting for its worker (timeout, unresponsive to cancel).
+    async fn end_on_behalf(&mut self, id: &str, event: Event, why: &str) {
+        let Some(running) = self.running.get_mut(id) else { return };
+        running.pending.push(event);
+        self.flush(id).await;
+        if self.running.contains_key(id) {
+            return; // the write failed; try again next tick
+        }
+        let cancel = CancelJob { job_id: id.to_string(), reason: why.to_string() };
+        self.send(service_message::Message::Cancel(cancel)).await;
+    }
+
+    /// Writes a job's pending reports as one transaction, merging adjacent output.
+    async fn flush(&mut self, id: &str) {
+        let Some(running) = self.running.get_mut(id) else { return };
+        if running.pending.is_empty() {
+            return;
+        }
+        let fence = running.fence;
+        let events = coalesce(std::mem::take(&mut running.pending));
+        match self.ctx.lifecycle.report(id, fence, events.clone()).await {
+            Ok(Ok(job)) => {
+                if job.finished_at.is_some() {
+                    self.release(id);
+                }
+            }
+            Ok(Err(rejected)) => {
+                tracing::info!(job = %id, ?rejected, "dropping reports for a job this worker no longer holds");
+                self.release(id);
+                if rejected == Rejected::StaleFence {
+                    let cancel = CancelJob { job_id: id.to_string(), reason: "the job was reassigned".into() };
+                    self.send(service_message::Message::Cancel(cancel)).await;
+                }
+            }
+            Err(status) if status.code() == Code::NotFound => self.release(id),
+            Err(status) => {
+                tracing::warn!(job = %id, error = %status, "could not record reports; retrying");
+                if let Some(running) = self.running.get_mut(id) {
+                    let newer = std::mem::replace(&mut running.pending, events);
+                    running.pending.extend(newer);
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, id: &str) {
+        if self.running.remove(id).is_some() {
+            self.ctx.dispatcher.slot_freed(&self.record.worker_id);
+        }
+    }
+
+    async fn on_job_changed(&mut self, job: &deephardway::v1::Job) {
+        let Some(running) = self.running.get_mut(&job.id) else { return };
+        if job.cancel_requested && running.cancel_sent.is_none() {
+            running.cancel_sent = Some(Instant::now());
+            let cancel = CancelJob { job_id: job.id.clone(), reason: job.cancel_reason.clone() };
+            self.send(service_message::Message::Cancel(cancel)).await;
+        }
+    }
+
+    async fn recheck_cancels(&mut self) {
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        for id in ids {
+            if let Ok(Some((job, _))) = self.ctx.lifecycle.find(&id).await {
+                self.on_job_changed(&job).await;
+            }
+        }
+    }
+}
+
+/// Merges all output chunks of one flush into a single event, placed where the first
+/// chunk was; every other event keeps its order. Text order is preserved.
+fn coalesce(events: Vec<Event>) -> Vec<Event> {
+    let mut merged: Vec<Event> = Vec::with_capacity(events.len());
+    let mut output_at: Option<usize> = None;
+    for event in events {
+        match (event, output_at) {
+            (Event::Output(next), Some(i)) => {
+                if let Event::Output(first) = &mut merged[i] {
+                    first.text.push_str(&next.text);
+                }
+            }
+            (event @ Event::Output(_), None) => {
+                output_at = Some(merged.len());
+                merged.push(event);
+            }
+            (event, _) => merged.push(event),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deephardway::v1::{Output, Progress};
+
+    #[test]
+    fn output_merges_and_other_events_keep_their_order() {
+        let out = |t: &str| Event::Output(Output { text: t.into() });
+        let progress = |f: f64| Event::Progress(Progress { fraction: f, ..Default::default() });
+        let merged = coalesce(vec![progress(0.1), out("a"), out("b"), progress(0.5), out("c"), progress(0.9)]);
+        assert_eq!(merged, vec![progress(0.1), out("abc"), progress(0.5), progress(0.9)]);
+    }
+}

@@ -1,0 +1,104 @@
+//! Assembles the service on one port: gRPC, grpc-web (for browsers, with CORS), server
+//! reflection in both v1 and v1alpha (grpcurl 1.8 asks v1alpha), and `grpc.health.v1`.
+//!
+//! [`serve`] takes a bound listener and a shutdown future, so tests run a real server
+//! on port 0. On shutdown, long streams end with UNAVAILABLE and the `after_seq` to
+//! resume from, worker sessions release their jobs, and the server drains.
+
+use std::{future::Future, sync::Arc};
+
+use deephardway::v1::{jobs_server::JobsServer, models_server::ModelsServer, workers_server::WorkersServer};
+use http::{header::HeaderName, HeaderValue};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{
+    config::ServiceConfig,
+    dispatch::Dispatcher,
+    health,
+    hub::Hub,
+    jobs::JobLifecycle,
+    reaper,
+    rpc::{jobs::JobsRpc, models::ModelsRpc, workers::WorkersRpc, Context},
+    store::SharedStore,
+};
+
+/// Largest request accepted; larger inputs are refused by field limits first.
+const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+
+/// Which browser origins may call the service through grpc-web.
+#[derive(Debug, Clone, Default)]
+pub enum Cors {
+    /// Any origin (the default: the API carries no cookies or ambient credentials).
+    #[default]
+    Any,
+    /// Only these origins, e.g. `https://app.example.com`.
+    Origins(Vec<String>),
+}
+
+fn cors_layer(cors: &Cors) -> anyhow::Result<CorsLayer> {
+    let origin = match cors {
+        Cors::Any => AllowOrigin::any(),
+        Cors::Origins(list) => AllowOrigin::list(
+            list.iter().map(|o| HeaderValue::from_str(o)).collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let exposed = ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static);
+    Ok(CorsLayer::new()
+        .allow_origin(origin)
+        .allow_headers(tower_http::cors::Any)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .expose_headers(exposed)
+        .max_age(std::time::Duration::from_secs(24 * 3600)))
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    store: SharedStore,
+    config: ServiceConfig,
+    cors: Cors,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let hub = Hub::start(store.clone(), token.clone()).await?;
+    let lifecycle = JobLifecycle::new(store.clone(), config);
+    let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
+    reaper::start(lifecycle.clone(), &hub, token.clone());
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::start(store.clone(), reporter, token.clone());
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(deephardway::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(deephardway::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let ctx = Arc::new(Context { lifecycle, hub, dispatcher, shutdown: token.clone() });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, store = store.name(), "serving gRPC, grpc-web, reflection and health");
+    let stop = token.clone();
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(cors_layer(&cors)?)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(JobsServer::new(JobsRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(ModelsServer::new(ModelsRpc::new(ctx.clone())))
+        .add_service(WorkersServer::new(WorkersRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            tracing::info!("shutting down: ending streams");
+            stop.cancel();
+        })
+        .await?;
+    token.cancel();
+    Ok(())
+}

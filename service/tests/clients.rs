@@ -1,0 +1,130 @@
+//! The service as other tools see it: the real grpcurl binary through server reflection,
+//! and a Python client generated from `proto/` with grpcio-tools.
+
+mod support;
+
+use std::{path::PathBuf, process::Command};
+
+use support::*;
+
+/// A tool installed by `scripts/setup`, on PATH or in its cache.
+fn tool(name: &str, env_override: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_override) {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("DEEPHARDWAY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/deephardway"));
+    let candidates = [cache.join("tools/bin").join(name), cache.join("venv/bin").join(name)];
+    for candidate in candidates {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    if let Ok(output) = Command::new("which").arg(name).output() {
+        if output.status.success() {
+            return PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        }
+    }
+    panic!("{name} is not installed: run scripts/setup");
+}
+
+fn run(cmd: &mut Command) -> String {
+    let output = cmd.output().expect("run tool");
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_describes_and_runs_through_reflection() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let _worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+    let grpcurl = tool("grpcurl", "GRPCURL");
+    let addr = server.addr.to_string();
+
+    let version = String::from_utf8(Command::new(&grpcurl).arg("-version").output().unwrap().stderr).unwrap();
+    assert!(version.contains("1.8"), "{version}");
+
+    let listed = tokio::task::spawn_blocking({
+        let (grpcurl, addr) = (grpcurl.clone(), addr.clone());
+        move || run(Command::new(grpcurl).args(["-plaintext", &addr, "list"]))
+    })
+    .await
+    .unwrap();
+    for service in ["deephardway.v1.Jobs", "deephardway.v1.Models", "deephardway.v1.Workers", "grpc.health.v1.Health"] {
+        assert!(listed.lines().any(|l| l == service), "{service} missing from:\n{listed}");
+    }
+
+    let described = tokio::task::spawn_blocking({
+        let (grpcurl, addr) = (grpcurl.clone(), addr.clone());
+        move || run(Command::new(grpcurl).args(["-plaintext", &addr, "describe", "deephardway.v1.Jobs"]))
+    })
+    .await
+    .unwrap();
+    assert!(described.contains("rpc Run ( .deephardway.v1.SubmitRequest ) returns ( stream .deephardway.v1.JobEvent )"), "{described}");
+    assert!(described.contains("Run submits a job and streams its events"), "comments reach grpcurl: {described}");
+
+    let ran = tokio::task::spawn_blocking({
+        let (grpcurl, addr) = (grpcurl.clone(), addr.clone());
+        move || {
+            run(Command::new(grpcurl).args([
+                "-plaintext",
+                "-d",
+                r#"{"diagnostic":{"steps":5,"step_ms":20}}"#,
+                &addr,
+                "deephardway.v1.Jobs/Run",
+            ]))
+        }
+    })
+    .await
+    .unwrap();
+    // grpcurl prints one JSON object per streamed message.
+    let events: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&ran)
+        .into_iter::<serde_json::Value>()
+        .collect::<Result<_, _>>()
+        .expect("grpcurl prints JSON");
+    assert_eq!(events.len(), 8, "{ran}");
+    assert!(events[0].get("queued").is_some(), "{ran}");
+    assert!(events[1].get("started").is_some(), "{ran}");
+    assert!(events[7].get("result").is_some(), "{ran}");
+    assert_eq!(events[7]["seq"], "8");
+
+    let health = tokio::task::spawn_blocking(move || {
+        run(Command::new(grpcurl).args(["-plaintext", &addr, "grpc.health.v1.Health/Check"]))
+    })
+    .await
+    .unwrap();
+    assert!(health.contains("SERVING"), "{health}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_python_client_submits_and_streams() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let _worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+    let python = tool("python", "DEEPHARDWAY_PYTHON");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
+    let addr = server.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        run(Command::new(python).arg(script).arg(root.join("proto")).arg(&addr).arg("4"))
+    })
+    .await
+    .unwrap();
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(events.len(), 2 + 4 + 1, "{out}");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], (i + 1).to_string(), "{out}");
+    }
+    assert_eq!(events[6]["result"]["diagnostic"]["echo"], "from python", "{out}");
+    server.shutdown().await;
+}

@@ -1,0 +1,265 @@
+//! Shared harness for the integration tests: real processes and servers, no mocks.
+//!
+//! - [`Backend`]: a fresh embedded store (temp dir) or a real etcd.
+//! - [`TestServer`]: the service on a free loopback port, in this process.
+//! - [`TestWorker`]: a worker in this process; [`WorkerProcess`]: the real binary, to kill.
+//! - [`ServiceProcess`]: the real `deephardway serve` binary, to kill and restart.
+//! - client helpers: [`jobs_client`], [`collect_events`], [`diagnostic`].
+#![allow(dead_code)]
+
+pub mod etcd;
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use deephardway::v1::{
+    jobs_client::JobsClient, submit_request::Input, DiagnosticInput, JobEvent, SubmitRequest,
+};
+use deephardway_service::{
+    store::{embedded::EmbeddedStore, etcd::EtcdStore, SharedStore},
+    Cors, ServiceConfig,
+};
+use deephardway_worker::{runners::diagnostic::DiagnosticRunner, WorkerOptions};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// Where a test's store lives.
+pub enum Backend {
+    Embedded(tempfile::TempDir),
+    Etcd(etcd::EtcdServer),
+}
+
+impl Backend {
+    pub async fn embedded() -> Backend {
+        Backend::Embedded(tempfile::tempdir().expect("temp dir"))
+    }
+
+    pub async fn etcd() -> Backend {
+        Backend::Etcd(etcd::EtcdServer::start().await)
+    }
+
+    pub async fn open(&self) -> SharedStore {
+        match self {
+            Backend::Embedded(dir) => Arc::new(EmbeddedStore::open(dir.path()).await.expect("open embedded store")),
+            Backend::Etcd(server) => Arc::new(EtcdStore::connect(&[server.endpoint()]).await.expect("connect to etcd")),
+        }
+    }
+}
+
+/// Service settings that make tests quick: short leases, quick reaper.
+pub fn test_config() -> ServiceConfig {
+    ServiceConfig {
+        worker_lease_ttl: Duration::from_secs(2),
+        cancel_grace: Duration::from_secs(3),
+        ..ServiceConfig::default()
+    }
+}
+
+/// The service running in this process on a free port.
+pub struct TestServer {
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    pub store: SharedStore,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(store: SharedStore) -> TestServer {
+        Self::start_with(store, test_config()).await
+    }
+
+    pub async fn start_with(store: SharedStore, config: ServiceConfig) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(deephardway_service::serve(listener, store.clone(), config, Cors::Any, async move {
+            let _ = stopped.await;
+        }));
+        TestServer { url: format!("http://{addr}"), addr, store, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn client(&self) -> JobsClient<Channel> {
+        jobs_client(&self.url).await
+    }
+
+    /// Shuts down gracefully and waits for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("server shuts down within 15 s")
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A worker running in this process, serving the diagnostic model.
+pub struct TestWorker {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestWorker {
+    pub fn start(url: &str, name: &str, slots: u32) -> TestWorker {
+        let stop = CancellationToken::new();
+        let options = WorkerOptions {
+            server: url.to_string(),
+            name: name.to_string(),
+            slots,
+            device: "cpu".into(),
+            runners: vec![Arc::new(DiagnosticRunner)],
+        };
+        let task = tokio::spawn(deephardway_worker::run(options, stop.clone()));
+        TestWorker { stop, task }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The `deephardway` binary built alongside these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_deephardway"))
+}
+
+/// A `deephardway worker` process.
+pub struct WorkerProcess {
+    pub child: tokio::process::Child,
+}
+
+impl WorkerProcess {
+    pub fn start(url: &str, name: &str, slots: u32) -> WorkerProcess {
+        let child = tokio::process::Command::new(binary())
+            .args(["worker", "--server", url, "--name", name, "--device", "cpu", "--slots", &slots.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn worker");
+        WorkerProcess { child }
+    }
+
+    /// SIGKILL: no goodbye, no cleanup.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill worker");
+    }
+}
+
+/// A `deephardway serve` process on the embedded store.
+pub struct ServiceProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+impl ServiceProcess {
+    pub async fn start(data_dir: &std::path::Path, port: u16) -> ServiceProcess {
+        let listen = format!("127.0.0.1:{port}");
+        let child = tokio::process::Command::new(binary())
+            .args(["serve", "--store", "embedded", "--listen", &listen, "--worker-lease-s", "2"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn service");
+        let url = format!("http://{listen}");
+        wait_until_serving(&url).await;
+        ServiceProcess { child, url }
+    }
+
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill service");
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub async fn wait_until_serving(url: &str) {
+    for _ in 0..200 {
+        if deephardway::connect(url).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not start serving within 10 s");
+}
+
+pub async fn jobs_client(url: &str) -> JobsClient<Channel> {
+    JobsClient::new(deephardway::connect(url).await.expect("connect"))
+}
+
+/// A diagnostic job request.
+pub fn diagnostic(steps: u32, step_ms: u32) -> SubmitRequest {
+    SubmitRequest {
+        input: Some(Input::Diagnostic(DiagnosticInput { steps, step_ms, ..Default::default() })),
+        ..Default::default()
+    }
+}
+
+/// Waits (up to `within`) until some connected worker serves the diagnostic model.
+pub async fn wait_for_workers(url: &str, count: u32) {
+    use deephardway::v1::{models_client::ModelsClient, ListModelsRequest};
+    let mut models = ModelsClient::new(deephardway::connect(url).await.expect("connect"));
+    for _ in 0..200 {
+        let list = models.list(ListModelsRequest::default()).await.expect("Models.List").into_inner();
+        if list.models.iter().any(|m| m.name == "diagnostic" && m.workers >= count) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{count} worker(s) did not connect within 10 s");
+}
+
+/// Reads a stream of events to its end (or until `within` passes).
+pub async fn collect_events(
+    mut stream: tonic::Streaming<JobEvent>,
+    within: Duration,
+) -> Result<Vec<JobEvent>, tonic::Status> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(event))) => events.push(event),
+            Ok(Ok(None)) => return Ok(events),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => panic!("stream did not end within {within:?}; got {} events: {events:?}", events.len()),
+        }
+    }
+}
+
+/// Asserts that events are numbered 1.. (or from `first`) with no gap or repeat.
+pub fn assert_contiguous(events: &[JobEvent], first: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, first + i as u64, "event {i} has seq {} (expected {}): {events:?}", e.seq, first + i as u64);
+    }
+}

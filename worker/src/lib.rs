@@ -1,0 +1,16 @@
+//! deephardway's worker: connects to a service replica, announces the models it serves
+//! and its device, runs the jobs it is assigned and streams their events back.
+//!
+//! - [`connection`]: the session with the service: hello, assignments, cancellations,
+//!   reports, and reconnecting with backoff when the stream breaks.
+//! - [`runner`]: the [`Runner`] trait, one implementation per kind of job.
+//! - [`runners`]: the implementations ([`runners::diagnostic`] so far).
+//! - [`device`]: choosing a candle device (`auto`, `cpu`, `cuda[:N]`).
+
+pub mod connection;
+pub mod device;
+pub mod runner;
+pub mod runners;
+
+pub use connection::{run, WorkerOptions};
+pub use runner::{JobContext, JobError, Runner};

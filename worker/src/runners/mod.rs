@@ -1,0 +1,3 @@
+//! One runner per kind of job.
+
+pub mod diagnostic;
