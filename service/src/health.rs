@@ -14,37 +14,46 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The services whose status follows the store's ("" is the server as a whole).
 const SERVICES: &[&str] = &["", "deephardway.v1.Jobs", "deephardway.v1.Models", "deephardway.v1.Workers"];
 
-pub fn start(store: SharedStore, reporter: HealthReporter, shutdown: CancellationToken) {
+/// Checks the store once (so the answer is right from the first request), then keeps
+/// checking in the background.
+pub async fn start(store: SharedStore, reporter: HealthReporter, shutdown: CancellationToken) {
+    let mut last = check(&store).await;
+    set_all(&reporter, last).await;
     tokio::spawn(async move {
-        let mut last = None;
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => {
-                    for service in SERVICES {
-                        reporter.set_service_status(*service, ServingStatus::NotServing).await;
-                    }
+                    set_all(&reporter, ServingStatus::NotServing).await;
                     return;
                 }
             }
-            let status = match tokio::time::timeout(CHECK_TIMEOUT, store.revision()).await {
-                Ok(Ok(_)) => ServingStatus::Serving,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "job store health check failed");
-                    ServingStatus::NotServing
-                }
-                Err(_) => {
-                    tracing::warn!("job store health check timed out");
-                    ServingStatus::NotServing
-                }
-            };
-            if last != Some(status) {
-                for service in SERVICES {
-                    reporter.set_service_status(*service, status).await;
-                }
-                last = Some(status);
+            let status = check(&store).await;
+            if status != last {
+                set_all(&reporter, status).await;
+                last = status;
             }
         }
     });
+}
+
+async fn check(store: &SharedStore) -> ServingStatus {
+    match tokio::time::timeout(CHECK_TIMEOUT, store.revision()).await {
+        Ok(Ok(_)) => ServingStatus::Serving,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "job store health check failed");
+            ServingStatus::NotServing
+        }
+        Err(_) => {
+            tracing::warn!("job store health check timed out");
+            ServingStatus::NotServing
+        }
+    }
+}
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    for service in SERVICES {
+        reporter.set_service_status(*service, status).await;
+    }
 }

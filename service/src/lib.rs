@@ -13,6 +13,7 @@
 //! - [`rpc`]: the gRPC handlers (`Jobs`, `Models`, `Workers`).
 //! - [`health`]: `grpc.health.v1`, following the store's health.
 //! - [`server`]: everything above on one port, with grpc-web, CORS and reflection.
+//! - [`local_etcd`]: a throwaway etcd process, for the benchmark and the tests.
 //! - [`cli`]: the `deephardway` command line (`up`, `serve`, `worker`, `submit`, …).
 
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod health;
 pub mod hub;
 pub mod jobs;
 pub mod keys;
+pub mod local_etcd;
 pub mod reaper;
 pub mod rpc;
 pub mod server;

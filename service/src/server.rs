@@ -68,7 +68,7 @@ pub async fn serve(
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
     reaper::start(lifecycle.clone(), &hub, token.clone());
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    health::start(store.clone(), reporter, token.clone());
+    health::start(store.clone(), reporter, token.clone()).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(deephardway::FILE_DESCRIPTOR_SET)

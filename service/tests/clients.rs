@@ -128,3 +128,47 @@ async fn generated_python_client_submits_and_streams() {
     assert_eq!(events[6]["result"]["diagnostic"]["echo"], "from python", "{out}");
     server.shutdown().await;
 }
+
+/// The browser path: grpc-web framing over plain HTTP/1.1 (what a browser's fetch can
+/// do), through tonic-web's client layer, plus the CORS preflight a browser sends first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_over_http1_with_cors() {
+    use deephardway::v1::{jobs_client::JobsClient, job_event::Event};
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let _worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+
+    let http1 = Client::builder(TokioExecutor::new()).http2_only(false).build_http::<tonic_web::GrpcWebCall<tonic::body::Body>>();
+    let grpc_web = tower::ServiceBuilder::new().layer(tonic_web::GrpcWebClientLayer::new()).service(http1);
+    let mut client = JobsClient::with_origin(grpc_web, server.url.parse().unwrap());
+    let stream = client.run(diagnostic(3, 10)).await.expect("Run over grpc-web").into_inner();
+    let events = collect_events(stream, std::time::Duration::from_secs(10)).await.expect("stream ends cleanly");
+    assert_contiguous(&events, 1);
+    assert!(matches!(events.last().unwrap().event, Some(Event::Result(_))), "{events:?}");
+
+    // Errors arrive as statuses over grpc-web too.
+    let status = client.submit(diagnostic(0, 1)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().starts_with("diagnostic.steps:"), "{}", status.message());
+
+    // CORS preflight, as a browser on another origin sends it.
+    let preflight = http::Request::builder()
+        .method("OPTIONS")
+        .uri(format!("{}/deephardway.v1.Jobs/Run", server.url))
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-grpc-web,x-user-agent")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let plain = Client::builder(TokioExecutor::new()).build_http();
+    let response = plain.request(preflight).await.expect("preflight");
+    assert!(response.status().is_success(), "{:?}", response.status());
+    let headers = response.headers();
+    assert_eq!(headers.get("access-control-allow-origin").unwrap(), "*");
+    let allowed = headers.get("access-control-allow-headers").unwrap().to_str().unwrap().to_lowercase();
+    assert!(allowed.contains("x-grpc-web") || allowed == "*", "{allowed}");
+    server.shutdown().await;
+}

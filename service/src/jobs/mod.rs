@@ -266,7 +266,7 @@ impl JobLifecycle {
                 kind_name(kind as i32)
             )),
             None => Status::failed_precondition(format!(
-                "no connected worker serves model {model:?} for {} jobs ({} workers connected); \
+                "no connected worker serves model {model:?} for {} jobs (connected workers: {}); \
                  Models.List shows what is served",
                 kind_name(kind as i32),
                 workers.len()

@@ -114,7 +114,7 @@ impl Drop for TestServer {
 /// A worker running in this process, serving the diagnostic model.
 pub struct TestWorker {
     stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestWorker {
@@ -128,12 +128,14 @@ impl TestWorker {
             runners: vec![Arc::new(DiagnosticRunner)],
         };
         let task = tokio::spawn(deephardway_worker::run(options, stop.clone()));
-        TestWorker { stop, task }
+        TestWorker { stop, task: Some(task) }
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 

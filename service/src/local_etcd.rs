@@ -1,0 +1,162 @@
+//! A throwaway etcd: the `etcd` binary (Debian package `etcd-server`) on free loopback
+//! ports with a temporary data dir, killed when the handle is dropped. `deephardway bench`
+//! measures against one, and the tests start one each, side by side.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+/// How long etcd may take to answer after it was started.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+/// Start attempts; a port picked as free can be taken by someone else before etcd binds it.
+const ATTEMPTS: usize = 5;
+
+/// A running etcd, single member, listening on 127.0.0.1.
+pub struct LocalEtcd {
+    child: Child,
+    client_port: u16,
+    /// Data dir and log; removed after the process is killed (fields drop in order).
+    dir: TempDir,
+}
+
+impl LocalEtcd {
+    /// Starts etcd and waits until it serves requests; the error carries etcd's log.
+    pub async fn start() -> anyhow::Result<LocalEtcd> {
+        let binary = etcd_binary()?;
+        let mut last_log = String::new();
+        for _ in 0..ATTEMPTS {
+            let dir = tempfile::Builder::new().prefix("dhw-etcd-").tempdir()?;
+            let (client_port, peer_port) = free_ports();
+            // A unique member name tells our etcd apart from another that got the port.
+            let name = dir.path().file_name().expect("temp dir name").to_string_lossy().into_owned();
+            let mut child = spawn(&binary, dir.path(), &name, client_port, peer_port)?;
+            match wait_until_ready(&mut child, &name, client_port).await {
+                Ok(()) => return Ok(LocalEtcd { child, client_port, dir }),
+                Err(why) => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    last_log = read_log(dir.path());
+                    if !last_log.contains("address already in use") {
+                        anyhow::bail!("etcd did not start: {why}\n--- etcd log ---\n{last_log}");
+                    }
+                }
+            }
+        }
+        anyhow::bail!("etcd did not start after {ATTEMPTS} attempts (ports taken)\n--- etcd log ---\n{last_log}")
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// etcd's log so far, for a failing test's message.
+    pub fn log(&self) -> String {
+        read_log(self.dir.path())
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        // SIGKILL; the temp dir goes right after.
+        let _ = self.child.start_kill();
+    }
+}
+
+fn etcd_binary() -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join("etcd"))
+        .find(|candidate| candidate.is_file());
+    let fallback = PathBuf::from("/usr/bin/etcd");
+    match on_path {
+        Some(binary) => Ok(binary),
+        None if fallback.is_file() => Ok(fallback),
+        None => anyhow::bail!(
+            "the etcd binary was not found (on PATH or at /usr/bin/etcd); these tests need a real etcd: \
+             run `scripts/setup` or `apt-get install etcd-server`"
+        ),
+    }
+}
+
+/// Two distinct ports that were free a moment ago.
+fn free_ports() -> (u16, u16) {
+    let client = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let peer = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    (client.local_addr().expect("addr").port(), peer.local_addr().expect("addr").port())
+}
+
+fn spawn(binary: &Path, dir: &Path, name: &str, client_port: u16, peer_port: u16) -> anyhow::Result<Child> {
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let log = std::fs::File::create(dir.join("etcd.log"))?;
+    Command::new(binary)
+        .arg(format!("--name={name}"))
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster={name}={peer_url}"))
+        .arg("--initial-cluster-state=new")
+        // A short election timeout makes etcd's minimum lease TTL (1.5 × the election
+        // timeout, rounded up) 1 s instead of 2 s, so lease tests stay quick and exact.
+        .args(["--heartbeat-interval=50", "--election-timeout=500"])
+        .args(["--logger=zap", "--log-outputs=stderr"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", binary.display()))
+}
+
+/// Waits until our etcd accepts connections and answers a request.
+async fn wait_until_ready(child: &mut Child, name: &str, client_port: u16) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], client_port));
+    let deadline = tokio::time::Instant::now() + READY_WITHIN;
+    let mut answered = Err("no answer yet".to_string());
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!("etcd exited with {status}"));
+        }
+        // A TCP connect first: etcd-client waits out its timeout on a closed port.
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            answered = answers(name, client_port).await;
+            if answered.is_ok() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("etcd did not answer within {READY_WITHIN:?}: {}", answered.unwrap_err()))
+}
+
+/// The member is ours, and a linearizable read (which needs an elected leader) succeeds.
+async fn answers(name: &str, client_port: u16) -> Result<(), String> {
+    let endpoint = format!("http://127.0.0.1:{client_port}");
+    let request = async {
+        let mut client = etcd_client::Client::connect([endpoint], None).await?;
+        let members = client.member_list().await?;
+        let ours = members.members().iter().any(|member| member.name() == name);
+        client.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await?;
+        Ok::<_, etcd_client::Error>(ours)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), request).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(format!("another etcd answers on port {client_port}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("a request took over 2 s".into()),
+    }
+}
+
+fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_else(|e| format!("(no log: {e})"))
+}
