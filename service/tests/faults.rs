@@ -9,8 +9,9 @@ use deephardway::v1::{job_event::Event, GetJobRequest, JobEvent, JobState, Watch
 use support::*;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
 
-/// Watches a job to its end, resuming through dropped connections and restarts.
-async fn watch_to_end(url: &str, job_id: &str, within: Duration) -> Vec<JobEvent> {
+/// Watches a job to its end after `after_seq`, resuming through dropped connections and
+/// restarts.
+async fn watch_to_end(url: &str, job_id: &str, after_seq: u64, within: Duration) -> Vec<JobEvent> {
     let deadline = tokio::time::Instant::now() + within;
     let mut events: Vec<JobEvent> = Vec::new();
     while tokio::time::Instant::now() < deadline {
@@ -19,7 +20,7 @@ async fn watch_to_end(url: &str, job_id: &str, within: Duration) -> Vec<JobEvent
             continue;
         };
         let mut client = deephardway::v1::jobs_client::JobsClient::new(channel);
-        let after_seq = events.last().map_or(0, |e| e.seq);
+        let after_seq = events.last().map_or(after_seq, |e| e.seq);
         let Ok(stream) = client.watch(WatchRequest { job_id: job_id.to_string(), after_seq }).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -68,10 +69,9 @@ async fn worker_killed_mid_job_completes_on_another_worker() {
     let index = if victim == "w1" { 0 } else { 1 };
     workers[index].kill().await;
 
-    let rest = watch_to_end(&server.url, &job.id, Duration::from_secs(30)).await;
-    let all: Vec<JobEvent> = seen.into_iter().chain(rest.into_iter().filter(|e| e.seq > 0)).collect();
-    let mut all = all;
-    all.dedup_by_key(|e| e.seq);
+    let after = seen.last().expect("events seen").seq;
+    let rest = watch_to_end(&server.url, &job.id, after, Duration::from_secs(30)).await;
+    let all: Vec<JobEvent> = seen.into_iter().chain(rest).collect();
     assert_contiguous(&all, 1);
     let names = started_names(&all);
     assert_eq!(names.len(), 2, "started twice: {names:?}");
@@ -106,7 +106,7 @@ async fn service_killed_and_restarted_keeps_every_accepted_job() {
 
     let service = ServiceProcess::start(dir.path(), port).await;
     for id in std::iter::once(&long.id).chain(&queued) {
-        let events = watch_to_end(&service.url, id, Duration::from_secs(60)).await;
+        let events = watch_to_end(&service.url, id, 0, Duration::from_secs(60)).await;
         assert!(matches!(events.last().unwrap().event, Some(Event::Result(_))), "{id}: {events:?}");
         assert_contiguous(&events, 1);
     }

@@ -22,13 +22,12 @@ use std::{
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, CompareOp, ConnectOptions, GetOptions, KvClient, LeaseClient, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, TxnOp, WatchClient, WatchOptions,
+    Client, CompareOp, ConnectOptions, GetOptions, KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, TxnOp, WatchClient, WatchOptions,
 };
 
 use super::{
-    Compare, EventKind, KeyValue, LeaseId, Op, RangeResult, Store, StoreError, Txn, TxnOutcome,
-    WatchEvent, WatchStream,
+    Compare, EventKind, KeyValue, LeaseId, Op, RangeResult, Store, StoreError, Txn, TxnOutcome, WatchEvent, WatchStream,
 };
 
 /// How long to wait for etcd to accept a connection.
@@ -90,7 +89,8 @@ impl EtcdStore {
         };
         // The client connects lazily; one request proves that etcd is there.
         let mut kv = store.kv.clone();
-        match tokio::time::timeout(CONNECT_TIMEOUT, kv.get(PROBE_KEY, Some(GetOptions::new().with_count_only()))).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, kv.get(PROBE_KEY, Some(GetOptions::new().with_count_only()))).await
+        {
             Ok(Ok(_)) => Ok(store),
             Ok(Err(e)) => Err(unavailable(e.to_string())),
             Err(_) => Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
@@ -118,9 +118,7 @@ impl EtcdStore {
         let now = Instant::now();
         let mut keepers = self.keepers.lock().expect("keepers lock");
         keepers.retain(|id, slot| *id == lease || now.duration_since(slot.last_used) < KEEPER_IDLE);
-        let slot = keepers
-            .entry(lease)
-            .or_insert_with(|| KeeperSlot { last_used: now, keeper: Arc::default() });
+        let slot = keepers.entry(lease).or_insert_with(|| KeeperSlot { last_used: now, keeper: Arc::default() });
         slot.last_used = now;
         slot.keeper.clone()
     }
@@ -222,7 +220,9 @@ impl Store for EtcdStore {
             .compares
             .into_iter()
             .map(|compare| match compare {
-                Compare::ModRevision(key, revision) => etcd_client::Compare::mod_revision(key, CompareOp::Equal, revision),
+                Compare::ModRevision(key, revision) => {
+                    etcd_client::Compare::mod_revision(key, CompareOp::Equal, revision)
+                }
                 Compare::CreateRevision(key, revision) => {
                     etcd_client::Compare::create_revision(key, CompareOp::Equal, revision)
                 }
