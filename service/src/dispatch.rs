@@ -90,8 +90,16 @@ async fn run(
         if wake && workers.values().any(|w| w.free_slots > 0) {
             // Changes that arrived during this round are covered by it.
             while changes.try_recv().is_ok() {}
-            if let Err(e) = round(&lifecycle, &mut workers).await {
-                tracing::warn!(error = %e, "dispatch round failed");
+            // A few more passes when claims were lost to other replicas; then wait.
+            for _ in 0..8 {
+                match round(&lifecycle, &mut workers).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dispatch round failed");
+                        break;
+                    }
+                }
             }
         }
     }
@@ -120,8 +128,11 @@ fn order_key(kv: &KeyValue) -> &str {
     rest.split_once('/').map_or(rest, |(_, tail)| tail)
 }
 
-async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWorker>) -> Result<(), tonic::Status> {
+/// One pass over the local workers. Returns true if another pass may find more to do
+/// (some claims were lost to another replica while slots are still free).
+async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWorker>) -> Result<bool, tonic::Status> {
     let store = lifecycle.store();
+    let mut more = false;
     for worker in workers.values_mut() {
         if worker.free_slots == 0 || worker.assignments.is_closed() {
             continue;
@@ -130,23 +141,32 @@ async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWork
         let mut models: Vec<&str> = worker.record.models.iter().map(|m| m.name.as_str()).collect();
         models.dedup();
         for model in models {
-            let limit = worker.free_slots as usize * 2;
+            let limit = worker.free_slots as usize;
             let range = store.range(&keys::queue(model), limit).await.map_err(crate::jobs::store_status)?;
             candidates.extend(range.kvs);
         }
         candidates.sort_by(|a, b| order_key(a).cmp(order_key(b)));
-        for entry in candidates {
-            if worker.free_slots == 0 {
-                break;
-            }
-            if let Some(claimed) = lifecycle.claim(&entry, &worker.record, worker.lease).await? {
-                worker.free_slots -= 1;
-                if worker.assignments.send(claimed).await.is_err() {
-                    // The session ended; its lease revocation puts the job back in line.
-                    break;
+        // Claim as many as there are free slots, concurrently, so that the store commits
+        // them together; candidates another replica took are skipped next round.
+        candidates.truncate(worker.free_slots as usize);
+        let claims = futures::future::join_all(
+            candidates.iter().map(|entry| lifecycle.claim(entry, &worker.record, worker.lease)),
+        )
+        .await;
+        for claim in claims {
+            match claim {
+                Ok(Some(claimed)) => {
+                    worker.free_slots -= 1;
+                    // If the session has ended, its lease revocation puts the job back.
+                    let _ = worker.assignments.send(claimed).await;
                 }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(worker = %worker.record.worker_id, error = %e, "claim failed"),
             }
         }
+        if worker.free_slots > 0 && !candidates.is_empty() {
+            more = true;
+        }
     }
-    Ok(())
+    Ok(more)
 }

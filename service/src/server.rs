@@ -54,6 +54,18 @@ fn cors_layer(cors: &Cors) -> anyhow::Result<CorsLayer> {
         .max_age(std::time::Duration::from_secs(24 * 3600)))
 }
 
+/// Accepted connections, with Nagle's algorithm off: streamed events are small writes,
+/// and Nagle plus delayed ACKs would hold each one back by ~40 ms.
+fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted {
+            let _ = stream.set_nodelay(true);
+        }
+        accepted
+    })
+}
+
 /// Serves until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -93,7 +105,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: ending streams");
             stop.cancel();

@@ -386,15 +386,18 @@ impl JobLifecycle {
     /// exist; it is replaced by a claim on the worker's lease and the job starts.
     pub async fn claim(&self, entry: &KeyValue, worker: &WorkerRecord, lease: i64) -> Result<Option<Claimed>, Status> {
         let id = keys::last_segment(&entry.key).to_string();
+        let drop_stale_entry = || async {
+            // A queue entry whose job is gone or not waiting cannot be run; drop it.
+            let txn = Txn::new().when(Compare::ModRevision(entry.key.clone(), entry.mod_revision)).then(Op::delete(&entry.key));
+            self.store.txn(txn).await.map_err(store_status)
+        };
         let Some((mut job, kv)) = self.find(&id).await? else {
-            // A queue entry without a job cannot be run; drop it.
-            self.store
-                .txn(Txn::new().when(Compare::ModRevision(entry.key.clone(), entry.mod_revision)).then(Op::delete(&entry.key)))
-                .await
-                .map_err(store_status)?;
+            drop_stale_entry().await?;
             return Ok(None);
         };
         if job.state != JobState::Queued as i32 {
+            tracing::warn!(job = %id, "dropping a queue entry of a job that is not queued");
+            drop_stale_entry().await?;
             return Ok(None);
         }
         job.state = JobState::Running as i32;

@@ -173,10 +173,7 @@ impl Session {
         };
         tracing::info!(worker = %worker_id, reason = %end, running = self.running.len(), "worker disconnected");
         self.ctx.dispatcher.deregister(&worker_id);
-        let ids: Vec<String> = self.running.keys().cloned().collect();
-        for id in ids {
-            self.flush(&id).await;
-        }
+        self.flush_all().await;
         // Its claims vanish with the lease; the reaper puts the jobs back in line.
         if let Err(e) = self.ctx.lifecycle.store().lease_revoke(self.lease).await {
             tracing::warn!(worker = %worker_id, error = %e, "could not revoke lease; it will expire");
@@ -229,16 +226,18 @@ impl Session {
         let last = is_final(&event);
         running.pending.push(event);
         if last {
-            self.flush(&job_id).await;
+            // Don't make the job's watchers wait for the next tick; write everyone's
+            // pending reports with it.
+            self.flush_all().await;
         }
     }
 
     async fn on_tick(&mut self) {
+        self.flush_all().await;
         let now = Instant::now();
         let grace = self.ctx.lifecycle.config().cancel_grace;
         let ids: Vec<String> = self.running.keys().cloned().collect();
         for id in ids {
-            self.flush(&id).await;
             let Some(running) = self.running.get(&id) else { continue };
             if now >= running.deadline {
                 let failure = JobFailed {
@@ -268,15 +267,41 @@ impl Session {
         self.send(service_message::Message::Cancel(cancel)).await;
     }
 
-    /// Writes a job's pending reports as one transaction, merging adjacent output.
+    /// Writes one job's pending reports as one transaction.
     async fn flush(&mut self, id: &str) {
         let Some(running) = self.running.get_mut(id) else { return };
         if running.pending.is_empty() {
             return;
         }
-        let fence = running.fence;
-        let events = coalesce(std::mem::take(&mut running.pending));
-        match self.ctx.lifecycle.report(id, fence, events.clone()).await {
+        let (fence, events) = (running.fence, coalesce(std::mem::take(&mut running.pending)));
+        let outcome = self.ctx.lifecycle.report(id, fence, events.clone()).await;
+        self.settle(id, events, outcome).await;
+    }
+
+    /// Writes every job's pending reports, one transaction per job, all at once: the
+    /// store commits them together (one fsync for the embedded store).
+    async fn flush_all(&mut self) {
+        let batch: Vec<(String, u64, Vec<Event>)> = self
+            .running
+            .iter_mut()
+            .filter(|(_, r)| !r.pending.is_empty())
+            .map(|(id, r)| (id.clone(), r.fence, coalesce(std::mem::take(&mut r.pending))))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+        let lifecycle = &self.ctx.lifecycle;
+        let outcomes =
+            futures::future::join_all(batch.iter().map(|(id, fence, events)| lifecycle.report(id, *fence, events.clone())))
+                .await;
+        for ((id, _, events), outcome) in batch.into_iter().zip(outcomes) {
+            self.settle(&id, events, outcome).await;
+        }
+    }
+
+    /// Acts on the outcome of writing a job's reports.
+    async fn settle(&mut self, id: &str, events: Vec<Event>, outcome: Result<Result<deephardway::v1::Job, Rejected>, Status>) {
+        match outcome {
             Ok(Ok(job)) => {
                 if job.finished_at.is_some() {
                     self.release(id);
