@@ -1,0 +1,96 @@
+//! The store conformance suite on every backend: the embedded store (in a temp dir) and
+//! a real etcd (started per test on free ports). Both must behave the same.
+
+mod support;
+#[path = "store_conformance/suite.rs"]
+mod suite;
+
+use deephardway_service::store::{embedded::EmbeddedStore, etcd::EtcdStore, SharedStore};
+use suite::{shared, Backend};
+
+struct Embedded {
+    dir: tempfile::TempDir,
+    store: Option<SharedStore>,
+}
+
+impl Embedded {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = shared(EmbeddedStore::open(dir.path()).await.unwrap());
+        Embedded { dir, store: Some(store) }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Embedded {
+    fn store(&self) -> SharedStore {
+        self.store.clone().expect("open")
+    }
+
+    async fn restart(&mut self) -> Option<()> {
+        // Dropping the last handle stops the writer and closes the file.
+        let store = self.store.take().expect("open");
+        assert_eq!(std::sync::Arc::strong_count(&store), 1, "the test still holds the store");
+        drop(store);
+        self.store = Some(shared(EmbeddedStore::open(self.dir.path()).await.expect("reopen")));
+        Some(())
+    }
+}
+
+struct Etcd {
+    _server: support::etcd::EtcdServer,
+    store: SharedStore,
+}
+
+impl Etcd {
+    async fn new() -> Self {
+        let server = support::etcd::EtcdServer::start().await;
+        let store = shared(EtcdStore::connect(&[server.endpoint()]).await.unwrap());
+        Etcd { _server: server, store }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Etcd {
+    fn store(&self) -> SharedStore {
+        self.store.clone()
+    }
+
+    async fn restart(&mut self) -> Option<()> {
+        None // etcd's own durability is etcd's business
+    }
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr, [$($test:ident),* $(,)?]) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let mut backend = $make.await;
+                    suite::$test(&mut backend).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_tests {
+    ($backend:ident, $make:expr) => {
+        conformance!($backend, $make, [
+            put_get_range_and_revisions,
+            transactions_are_atomic_compare_and_swap,
+            transactions_under_contention_lose_no_update,
+            watch_replays_history_then_follows_live,
+            watch_from_zero_starts_at_the_next_write,
+            concurrent_writers_are_seen_by_a_watcher_in_revision_order,
+            lease_expiry_deletes_keys_and_watchers_see_it,
+            keep_alive_holds_and_revoke_ends_a_lease,
+            restart_keeps_everything,
+        ]);
+    };
+}
+
+all_tests!(embedded, Embedded::new());
+all_tests!(etcd, Etcd::new());
