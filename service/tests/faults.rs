@@ -170,3 +170,62 @@ async fn health_reports_not_serving_while_the_store_is_down() {
     }
     panic!("health still {status:?} 10 s after the store went away");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_ends_live_streams_with_a_resume_point() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let _worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+    let mut client = server.client().await;
+    let job = client.submit(diagnostic(1000, 50)).await.unwrap().into_inner().job.unwrap();
+    let mut stream = client.watch(WatchRequest { job_id: job.id.clone(), after_seq: 0 }).await.unwrap().into_inner();
+    let mut last = 0;
+    while last < 3 {
+        last = stream.message().await.unwrap().unwrap().seq;
+    }
+    let stopping = tokio::spawn(server.shutdown());
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("stream ends") {
+            Ok(Some(event)) => last = event.seq,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.message().contains(&format!("after_seq={last}")), "{}", status.message());
+    stopping.await.expect("server shut down within its limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deephardway_up_runs_everything_on_one_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut up = tokio::process::Command::new(binary())
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device", "cpu"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_until_serving(&url).await;
+    wait_for_workers(&url, 1).await;
+    let mut client = jobs_client(&url).await;
+    let events = collect_events(client.run(diagnostic(5, 20)).await.unwrap().into_inner(), Duration::from_secs(20)).await.unwrap();
+    assert_contiguous(&events, 1);
+    assert!(matches!(events.last().unwrap().event, Some(Event::Result(_))));
+    assert!(dir.path().join("store.redb").exists(), "the embedded store lives in --data-dir");
+
+    // SIGTERM: a clean exit.
+    let pid = up.id().expect("running") as i32;
+    sigterm(pid);
+    let status = tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("exits on SIGTERM").unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+fn sigterm(pid: i32) {
+    let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}

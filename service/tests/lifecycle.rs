@@ -1,0 +1,110 @@
+//! The job state machine's guarantees, driven directly on a real store: fencing of
+//! stale workers, and the attempt limit. (The RPC-level behaviour is in end_to_end.rs.)
+
+mod support;
+
+use std::time::Duration;
+
+use deephardway::v1::{job_event::Event, DiagnosticResult, JobFailed, JobResult, JobState, Progress};
+use deephardway_service::{
+    jobs::{JobLifecycle, Rejected, ServedModel, WorkerRecord},
+    keys,
+    store::{Op, SharedStore, Txn},
+};
+use support::*;
+
+fn worker(id: &str) -> WorkerRecord {
+    WorkerRecord {
+        worker_id: id.into(),
+        name: id.into(),
+        device: "cpu".into(),
+        slots: 1,
+        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new() }],
+    }
+}
+
+/// Registers a worker under a fresh lease, as a worker session does.
+async fn connect(store: &SharedStore, record: &WorkerRecord) -> i64 {
+    let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+    let put = Op::put_with_lease(keys::worker(&record.worker_id), serde_json::to_vec(record).unwrap(), lease);
+    store.txn(Txn::new().then(put)).await.unwrap();
+    lease
+}
+
+async fn queue_head(store: &SharedStore) -> deephardway_service::store::KeyValue {
+    store.range(&keys::queue("diagnostic"), 1).await.unwrap().kvs.pop().expect("a queued job")
+}
+
+fn result() -> Event {
+    Event::Result(JobResult {
+        value: Some(deephardway::v1::job_result::Value::Diagnostic(DiagnosticResult { steps: 1, echo: String::new() })),
+    })
+}
+
+async fn on_both(test: impl AsyncFn(SharedStore)) {
+    for backend in [Backend::embedded().await, Backend::etcd().await] {
+        test(backend.open().await).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_worker_cannot_overwrite_a_rerun() {
+    on_both(async |store: SharedStore| {
+        let lifecycle = JobLifecycle::new(store.clone(), test_config());
+        let (a, b) = (worker("a"), worker("b"));
+        let lease_a = connect(&store, &a).await;
+        let lease_b = connect(&store, &b).await;
+        let (job, _) = lifecycle.submit(diagnostic(1, 1)).await.unwrap();
+
+        let first = lifecycle.claim(&queue_head(&store).await, &a, lease_a).await.unwrap().expect("claimed by a");
+        // a is presumed dead: its lease goes, the job goes back in line, b takes it.
+        store.lease_revoke(lease_a).await.unwrap();
+        lifecycle.recover_orphan(&job.id).await.unwrap();
+        assert_eq!(lifecycle.get(&job.id).await.unwrap().state, JobState::Queued as i32);
+        let second = lifecycle.claim(&queue_head(&store).await, &b, lease_b).await.unwrap().expect("claimed by b");
+        assert_ne!(first.fence, second.fence);
+
+        // a comes back from the dead with progress and a result: both are refused.
+        let progress = Event::Progress(Progress { fraction: 0.9, ..Default::default() });
+        assert_eq!(lifecycle.report(&job.id, first.fence, vec![progress]).await.unwrap().unwrap_err(), Rejected::StaleFence);
+        assert_eq!(lifecycle.report(&job.id, first.fence, vec![result()]).await.unwrap().unwrap_err(), Rejected::StaleFence);
+        let current = lifecycle.get(&job.id).await.unwrap();
+        assert_eq!((current.state, current.worker_id.as_str(), current.attempts), (JobState::Running as i32, "b", 2));
+
+        // b's result is accepted, once.
+        let done = lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap().unwrap();
+        assert_eq!(done.state, JobState::Succeeded as i32);
+        assert_eq!(lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap().unwrap_err(), Rejected::Finished);
+        let (events, _) = lifecycle.events(&job.id).await.unwrap();
+        assert_eq!(events.iter().filter(|e| matches!(e.event, Some(Event::Result(_)))).count(), 1);
+        assert_contiguous(&events, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_fails_after_its_last_attempt() {
+    on_both(async |store: SharedStore| {
+        let lifecycle = JobLifecycle::new(store.clone(), test_config());
+        let w = worker("w");
+        // Some worker must serve the model for a submit to be accepted.
+        connect(&store, &worker("registry")).await;
+        let mut request = diagnostic(1, 1);
+        request.max_attempts = 2;
+        let (job, _) = lifecycle.submit(request).await.unwrap();
+        for attempt in 1..=2 {
+            let lease = connect(&store, &w).await;
+            let claimed = lifecycle.claim(&queue_head(&store).await, &w, lease).await.unwrap().expect("claimed");
+            assert_eq!(claimed.job.attempts, attempt);
+            store.lease_revoke(lease).await.unwrap();
+            lifecycle.recover_orphan(&job.id).await.unwrap();
+        }
+        let job = lifecycle.get(&job.id).await.unwrap();
+        assert_eq!(job.state, JobState::Failed as i32);
+        let JobFailed { code, message } = job.failure.unwrap();
+        assert_eq!(code, tonic::Code::Unavailable as i32);
+        assert!(message.contains("attempt 2 of 2"), "{message}");
+        assert_eq!(store.count(keys::QUEUE).await.unwrap(), 0, "not left in line");
+    })
+    .await;
+}
