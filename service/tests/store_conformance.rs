@@ -94,3 +94,25 @@ macro_rules! all_tests {
 
 all_tests!(embedded, Embedded::new());
 all_tests!(etcd, Etcd::new());
+
+/// The embedded store keeps a bounded history: a watch from before it fails clearly,
+/// and one from inside it still replays.
+#[tokio::test]
+async fn embedded_watch_from_a_compacted_revision_fails() {
+    use deephardway_service::store::{Op, Store, StoreError, Txn};
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open_with_history(dir.path(), 10).await.unwrap();
+    for i in 0..50 {
+        store.txn(Txn::new().then(Op::put(format!("/h/{i}"), "v"))).await.unwrap();
+    }
+    let current = store.revision().await.unwrap();
+    match store.watch("/h/", 1).await {
+        Err(StoreError::Compacted { requested: 1, oldest }) => assert!(oldest > 1 && oldest <= current - 9, "{oldest}"),
+        Err(other) => panic!("expected Compacted, got {other:?}"),
+        Ok(_) => panic!("expected Compacted, got a stream"),
+    }
+    let mut recent = store.watch("/h/", current - 5).await.expect("recent history is kept");
+    use futures::StreamExt;
+    let first = recent.next().await.unwrap().unwrap();
+    assert_eq!(first.kv.mod_revision, current - 5);
+}

@@ -30,8 +30,10 @@ use super::{
     WatchStream,
 };
 
-/// Revisions of history kept for watches.
+/// Revisions of history kept for watches, by default.
 pub const HISTORY: i64 = 100_000;
+/// History is compacted in steps of at most this many revisions per commit.
+const COMPACTION_STEP: i64 = 10_000;
 /// Events buffered per watcher before it is dropped as too slow.
 const WATCH_BUFFER: usize = 8192;
 /// How often the writer looks for expired leases.
@@ -158,11 +160,16 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, in the file `store.redb`.
     pub async fn open(dir: impl AsRef<Path>) -> Result<EmbeddedStore, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&dir)).await.map_err(internal)?
+        Self::open_with_history(dir, HISTORY).await
     }
 
-    fn open_blocking(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+    /// Like [`open`](Self::open), keeping `history` revisions for watches.
+    pub async fn open_with_history(dir: impl AsRef<Path>, history: i64) -> Result<EmbeddedStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, history.max(1))).await.map_err(internal)?
+    }
+
+    fn open_blocking(dir: &Path, history: i64) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("store.redb");
         let db = Database::create(&path).map_err(|e| internal(format!("cannot open {}: {e}", path.display())))?;
@@ -179,7 +186,7 @@ impl EmbeddedStore {
             txn.commit().map_err(internal)?;
         }
         let (tx, rx) = std_mpsc::channel();
-        let writer = Writer::new(db.clone())?;
+        let writer = Writer::new(db.clone(), history)?;
         let handle = std::thread::Builder::new()
             .name("embedded-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -362,6 +369,7 @@ struct Writer {
     db: Arc<Database>,
     revision: i64,
     compacted: i64,
+    history: i64,
     next_lease: i64,
     /// Lease deadlines, mirrored in memory so expiry needs no scan.
     deadlines: HashMap<LeaseId, i64>,
@@ -376,7 +384,7 @@ enum Reply {
 }
 
 impl Writer {
-    fn new(db: Arc<Database>) -> Result<Writer, StoreError> {
+    fn new(db: Arc<Database>, history: i64) -> Result<Writer, StoreError> {
         let txn = db.begin_read().map_err(internal)?;
         let meta = txn.open_table(META).map_err(internal)?;
         let get = |k: &str| -> Result<i64, StoreError> { Ok(meta.get(k).map_err(internal)?.map_or(0, |v| v.value())) };
@@ -387,7 +395,7 @@ impl Writer {
             let (id, v) = item.map_err(internal)?;
             deadlines.insert(id.value(), v.value().1);
         }
-        Ok(Writer { db, revision, compacted, next_lease: next_lease.max(1), deadlines, watchers: Vec::new() })
+        Ok(Writer { db, revision, compacted, history, next_lease: next_lease.max(1), deadlines, watchers: Vec::new() })
     }
 
     fn run(mut self, requests: std_mpsc::Receiver<Request>) {
@@ -631,10 +639,11 @@ impl Writer {
     }
 
     fn compact(&mut self, tables: &mut Tables<'_>) -> Result<(), StoreError> {
-        // Compact in steps so one batch never deletes much.
-        let floor = self.revision - HISTORY;
-        if floor > self.compacted + 1000 {
-            let upto = floor.min(self.compacted + 10_000);
+        // Compact in steps, and only once there is a step's worth, so that no commit
+        // deletes much and most delete nothing.
+        let floor = self.revision - self.history;
+        if floor > self.compacted + (self.history / 10).clamp(1, 1000) {
+            let upto = floor.min(self.compacted + COMPACTION_STEP);
             let doomed: Vec<i64> = tables
                 .log
                 .range(..=upto)
