@@ -13,10 +13,9 @@ pub mod v1 {
 }
 
 /// The file descriptor set of every file under `proto/`, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("deephardway_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("deephardway_descriptor");
 
-use v1::{job_event, submit_request, JobKind};
+use v1::{JobKind, job_event, submit_request};
 
 /// The kind of job a request's input asks for.
 pub fn kind_of(input: &submit_request::Input) -> JobKind {
@@ -31,10 +30,7 @@ pub fn kind_of(input: &submit_request::Input) -> JobKind {
 
 /// True for the events that end a job: result, failed and cancelled.
 pub fn is_final(event: &job_event::Event) -> bool {
-    matches!(
-        event,
-        job_event::Event::Result(_) | job_event::Event::Failed(_) | job_event::Event::Cancelled(_)
-    )
+    matches!(event, job_event::Event::Result(_) | job_event::Event::Failed(_) | job_event::Event::Cancelled(_))
 }
 
 /// Opens a channel to a service at `url` (e.g. `http://127.0.0.1:50051`), for any of the

@@ -30,4 +30,4 @@ pub mod server;
 pub mod store;
 
 pub use config::ServiceConfig;
-pub use server::{serve, Cors};
+pub use server::{Cors, serve};

@@ -21,7 +21,9 @@ pub fn start(lifecycle: JobLifecycle, hub: &Hub, shutdown: CancellationToken) {
     let lifecycle = Arc::new(lifecycle);
     tokio::spawn(async move {
         let mut scan = tokio::time::interval(SCAN_INTERVAL);
-        let mut purge = tokio::time::interval(lifecycle.config().retention.min(Duration::from_secs(60)).max(Duration::from_millis(200)));
+        let mut purge = tokio::time::interval(
+            lifecycle.config().retention.min(Duration::from_secs(60)).max(Duration::from_millis(200)),
+        );
         loop {
             tokio::select! {
                 change = changes.recv() => match change {

@@ -8,7 +8,7 @@
 use std::{future::Future, sync::Arc};
 
 use deephardway::v1::{jobs_server::JobsServer, models_server::ModelsServer, workers_server::WorkersServer};
-use http::{header::HeaderName, HeaderValue};
+use http::{HeaderValue, header::HeaderName};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use crate::{
     hub::Hub,
     jobs::JobLifecycle,
     reaper,
-    rpc::{jobs::JobsRpc, models::ModelsRpc, workers::WorkersRpc, Context},
+    rpc::{Context, jobs::JobsRpc, models::ModelsRpc, workers::WorkersRpc},
     store::SharedStore,
 };
 
@@ -41,9 +41,9 @@ pub enum Cors {
 fn cors_layer(cors: &Cors) -> anyhow::Result<CorsLayer> {
     let origin = match cors {
         Cors::Any => AllowOrigin::any(),
-        Cors::Origins(list) => AllowOrigin::list(
-            list.iter().map(|o| HeaderValue::from_str(o)).collect::<Result<Vec<_>, _>>()?,
-        ),
+        Cors::Origins(list) => {
+            AllowOrigin::list(list.iter().map(|o| HeaderValue::from_str(o)).collect::<Result<Vec<_>, _>>()?)
+        }
     };
     let exposed = ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static);
     Ok(CorsLayer::new()

@@ -68,7 +68,10 @@ async fn grpcurl_lists_describes_and_runs_through_reflection() {
     })
     .await
     .unwrap();
-    assert!(described.contains("rpc Run ( .deephardway.v1.SubmitRequest ) returns ( stream .deephardway.v1.JobEvent )"), "{described}");
+    assert!(
+        described.contains("rpc Run ( .deephardway.v1.SubmitRequest ) returns ( stream .deephardway.v1.JobEvent )"),
+        "{described}"
+    );
     assert!(described.contains("Run submits a job and streams its events"), "comments reach grpcurl: {described}");
 
     let ran = tokio::task::spawn_blocking({
@@ -133,7 +136,7 @@ async fn generated_python_client_submits_and_streams() {
 /// do), through tonic-web's client layer, plus the CORS preflight a browser sends first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_web_over_http1_with_cors() {
-    use deephardway::v1::{jobs_client::JobsClient, job_event::Event};
+    use deephardway::v1::{job_event::Event, jobs_client::JobsClient};
     use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
     let backend = Backend::embedded().await;
@@ -141,7 +144,9 @@ async fn grpc_web_over_http1_with_cors() {
     let _worker = TestWorker::start(&server.url, "w1", 1);
     wait_for_workers(&server.url, 1).await;
 
-    let http1 = Client::builder(TokioExecutor::new()).http2_only(false).build_http::<tonic_web::GrpcWebCall<tonic::body::Body>>();
+    let http1 = Client::builder(TokioExecutor::new())
+        .http2_only(false)
+        .build_http::<tonic_web::GrpcWebCall<tonic::body::Body>>();
     let grpc_web = tower::ServiceBuilder::new().layer(tonic_web::GrpcWebClientLayer::new()).service(http1);
     let mut client = JobsClient::with_origin(grpc_web, server.url.parse().unwrap());
     let stream = client.run(diagnostic(3, 10)).await.expect("Run over grpc-web").into_inner();

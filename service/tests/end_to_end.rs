@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use deephardway::v1::{
-    job_event::Event, submit_request::Input, CancelRequest, DiagnosticInput, GenerateInput, GetJobRequest, JobState,
-    ListJobsRequest, SubmitRequest, WatchRequest,
+    CancelRequest, DiagnosticInput, GenerateInput, GetJobRequest, JobState, ListJobsRequest, SubmitRequest,
+    WatchRequest, job_event::Event, submit_request::Input,
 };
 use deephardway_service::ServiceConfig;
 use support::*;
@@ -102,7 +102,8 @@ async fn watch_resumes_after_seq_without_gap_or_repeat(backend: Backend) {
     // Read the first four events, then hang up mid-stream.
     let mut first = Vec::new();
     {
-        let mut stream = client.watch(WatchRequest { job_id: job.id.clone(), after_seq: 0 }).await.expect("Watch").into_inner();
+        let mut stream =
+            client.watch(WatchRequest { job_id: job.id.clone(), after_seq: 0 }).await.expect("Watch").into_inner();
         while first.len() < 4 {
             first.push(stream.message().await.expect("event").expect("not ended"));
         }
@@ -205,14 +206,16 @@ async fn cancel_queued_job(backend: Backend) {
         .expect("Cancel")
         .into_inner();
     assert_eq!(cancelled.state, JobState::Cancelled as i32);
-    let events = client.watch(WatchRequest { job_id: queued.id.clone(), after_seq: 0 }).await.expect("Watch").into_inner();
+    let events =
+        client.watch(WatchRequest { job_id: queued.id.clone(), after_seq: 0 }).await.expect("Watch").into_inner();
     let events = collect_events(events, Duration::from_secs(5)).await.expect("ends");
     assert_eq!(events.len(), 2, "queued then cancelled: {events:?}");
     let Some(Event::Cancelled(c)) = &events[1].event else { panic!("{events:?}") };
     assert_eq!(c.reason, "changed my mind");
 
     // Cancelling again changes nothing.
-    let again = client.cancel(CancelRequest { job_id: queued.id.clone(), reason: String::new() }).await.unwrap().into_inner();
+    let again =
+        client.cancel(CancelRequest { job_id: queued.id.clone(), reason: String::new() }).await.unwrap().into_inner();
     assert_eq!(again.last_seq, 2);
     // The blocker was not touched and finishes.
     let events = client.watch(WatchRequest { job_id: blocker.id, after_seq: 0 }).await.unwrap().into_inner();
@@ -261,7 +264,8 @@ async fn failing_job_ends_with_its_status(backend: Backend) {
         input: Some(Input::Diagnostic(DiagnosticInput { steps: 5, step_ms: 5, fail_at_step: 3, ..Default::default() })),
         ..Default::default()
     };
-    let events = collect_events(client.run(request).await.unwrap().into_inner(), Duration::from_secs(10)).await.unwrap();
+    let events =
+        collect_events(client.run(request).await.unwrap().into_inner(), Duration::from_secs(10)).await.unwrap();
     assert_contiguous(&events, 1);
     let Some(Event::Failed(f)) = &events.last().unwrap().event else { panic!("{events:?}") };
     assert_eq!(f.code, Code::Internal as i32);
@@ -281,11 +285,13 @@ async fn job_over_its_timeout_fails_with_deadline_exceeded(backend: Backend) {
     let mut client = server.client().await;
     let mut request = diagnostic(100, 50);
     request.timeout_ms = 300;
-    let events = collect_events(client.run(request).await.unwrap().into_inner(), Duration::from_secs(10)).await.unwrap();
+    let events =
+        collect_events(client.run(request).await.unwrap().into_inner(), Duration::from_secs(10)).await.unwrap();
     let Some(Event::Failed(f)) = &events.last().unwrap().event else { panic!("{events:?}") };
     assert_eq!(f.code, Code::DeadlineExceeded as i32, "{f:?}");
     // The worker was told to stop: the next job runs at once.
-    let next = collect_events(client.run(diagnostic(1, 1)).await.unwrap().into_inner(), Duration::from_secs(5)).await.unwrap();
+    let next =
+        collect_events(client.run(diagnostic(1, 1)).await.unwrap().into_inner(), Duration::from_secs(5)).await.unwrap();
     assert!(matches!(next.last().unwrap().event, Some(Event::Result(_))));
     server.shutdown().await;
 }
@@ -313,7 +319,11 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
         (diagnostic(1, 10_000_000), Code::InvalidArgument, "diagnostic.step_ms:"),
         (
             SubmitRequest {
-                input: Some(Input::Diagnostic(DiagnosticInput { steps: 1, echo: "x".repeat(5000), ..Default::default() })),
+                input: Some(Input::Diagnostic(DiagnosticInput {
+                    steps: 1,
+                    echo: "x".repeat(5000),
+                    ..Default::default()
+                })),
                 ..Default::default()
             },
             Code::InvalidArgument,
@@ -325,10 +335,7 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
         (SubmitRequest { max_attempts: 99, ..diagnostic(1, 1) }, Code::InvalidArgument, "max_attempts:"),
         (
             SubmitRequest {
-                input: Some(Input::Generate(GenerateInput {
-                    prompt: "x".repeat(100_000),
-                    ..Default::default()
-                })),
+                input: Some(Input::Generate(GenerateInput { prompt: "x".repeat(100_000), ..Default::default() })),
                 ..Default::default()
             },
             Code::InvalidArgument,
@@ -336,7 +343,11 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
         ),
         (
             SubmitRequest {
-                input: Some(Input::Generate(GenerateInput { prompt: "hi".into(), temperature: f32::NAN, ..Default::default() })),
+                input: Some(Input::Generate(GenerateInput {
+                    prompt: "hi".into(),
+                    temperature: f32::NAN,
+                    ..Default::default()
+                })),
                 ..Default::default()
             },
             Code::InvalidArgument,
@@ -351,7 +362,11 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
             Code::FailedPrecondition,
             "no connected worker serves model",
         ),
-        (SubmitRequest { model: "nosuchmodel".into(), ..diagnostic(1, 1) }, Code::FailedPrecondition, "no connected worker"),
+        (
+            SubmitRequest { model: "nosuchmodel".into(), ..diagnostic(1, 1) },
+            Code::FailedPrecondition,
+            "no connected worker",
+        ),
     ];
     for (request, code, message) in cases {
         let status = client.submit(request.clone()).await.unwrap_err();
@@ -389,7 +404,8 @@ async fn finished_jobs_are_removed_after_retention(backend: Backend) {
     let _worker = TestWorker::start(&server.url, "w1", 1);
     wait_for_workers(&server.url, 1).await;
     let mut client = server.client().await;
-    let events = collect_events(client.run(diagnostic(1, 1)).await.unwrap().into_inner(), Duration::from_secs(5)).await.unwrap();
+    let events =
+        collect_events(client.run(diagnostic(1, 1)).await.unwrap().into_inner(), Duration::from_secs(5)).await.unwrap();
     let id = events[0].job_id.clone();
     for _ in 0..100 {
         match client.get(GetJobRequest { job_id: id.clone() }).await {
@@ -419,7 +435,8 @@ async fn output_bursts_are_coalesced(backend: Backend) {
         })),
         ..Default::default()
     };
-    let events = collect_events(client.run(request).await.unwrap().into_inner(), Duration::from_secs(20)).await.unwrap();
+    let events =
+        collect_events(client.run(request).await.unwrap().into_inner(), Duration::from_secs(20)).await.unwrap();
     assert_contiguous(&events, 1);
     let outputs: Vec<&str> = events
         .iter()

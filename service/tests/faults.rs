@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use deephardway::v1::{job_event::Event, GetJobRequest, JobEvent, JobState, WatchRequest};
+use deephardway::v1::{GetJobRequest, JobEvent, JobState, WatchRequest, job_event::Event};
 use support::*;
-use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Watches a job to its end after `after_seq`, resuming through dropped connections and
 /// restarts.
@@ -76,7 +76,8 @@ async fn worker_killed_mid_job_completes_on_another_worker() {
     let names = started_names(&all);
     assert_eq!(names.len(), 2, "started twice: {names:?}");
     assert_ne!(names[0], names[1], "the rerun went to the other worker");
-    let requeued = all.iter().any(|e| matches!(&e.event, Some(Event::Queued(q)) if q.attempt == 2 && q.reason == "worker lost"));
+    let requeued =
+        all.iter().any(|e| matches!(&e.event, Some(Event::Queued(q)) if q.attempt == 2 && q.reason == "worker lost"));
     assert!(requeued, "a queued event for attempt 2: {all:?}");
     let results = all.iter().filter(|e| matches!(e.event, Some(Event::Result(_)))).count();
     assert_eq!(results, 1, "exactly one result");
@@ -213,7 +214,9 @@ async fn deephardway_up_runs_everything_on_one_machine() {
     wait_until_serving(&url).await;
     wait_for_workers(&url, 1).await;
     let mut client = jobs_client(&url).await;
-    let events = collect_events(client.run(diagnostic(5, 20)).await.unwrap().into_inner(), Duration::from_secs(20)).await.unwrap();
+    let events = collect_events(client.run(diagnostic(5, 20)).await.unwrap().into_inner(), Duration::from_secs(20))
+        .await
+        .unwrap();
     assert_contiguous(&events, 1);
     assert!(matches!(events.last().unwrap().event, Some(Event::Result(_))));
     assert!(dir.path().join("store.redb").exists(), "the embedded store lives in --data-dir");

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use deephardway::v1::{job_event::Event, DiagnosticResult, JobFailed, JobResult, JobState, Progress};
+use deephardway::v1::{DiagnosticResult, JobFailed, JobResult, JobState, Progress, job_event::Event};
 use deephardway_service::{
     jobs::{JobLifecycle, Rejected, ServedModel, WorkerRecord},
     keys,
@@ -66,15 +66,24 @@ async fn a_stale_worker_cannot_overwrite_a_rerun() {
 
         // a comes back from the dead with progress and a result: both are refused.
         let progress = Event::Progress(Progress { fraction: 0.9, ..Default::default() });
-        assert_eq!(lifecycle.report(&job.id, first.fence, vec![progress]).await.unwrap().unwrap_err(), Rejected::StaleFence);
-        assert_eq!(lifecycle.report(&job.id, first.fence, vec![result()]).await.unwrap().unwrap_err(), Rejected::StaleFence);
+        assert_eq!(
+            lifecycle.report(&job.id, first.fence, vec![progress]).await.unwrap().unwrap_err(),
+            Rejected::StaleFence
+        );
+        assert_eq!(
+            lifecycle.report(&job.id, first.fence, vec![result()]).await.unwrap().unwrap_err(),
+            Rejected::StaleFence
+        );
         let current = lifecycle.get(&job.id).await.unwrap();
         assert_eq!((current.state, current.worker_id.as_str(), current.attempts), (JobState::Running as i32, "b", 2));
 
         // b's result is accepted, once.
         let done = lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap().unwrap();
         assert_eq!(done.state, JobState::Succeeded as i32);
-        assert_eq!(lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap().unwrap_err(), Rejected::Finished);
+        assert_eq!(
+            lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap().unwrap_err(),
+            Rejected::Finished
+        );
         let (events, _) = lifecycle.events(&job.id).await.unwrap();
         assert_eq!(events.iter().filter(|e| matches!(e.event, Some(Event::Result(_)))).count(), 1);
         assert_contiguous(&events, 1);

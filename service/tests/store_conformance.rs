@@ -1,12 +1,12 @@
 //! The store conformance suite on every backend: the embedded store (in a temp dir) and
 //! a real etcd (started per test on free ports). Both must behave the same.
 
-mod support;
 #[path = "store_conformance/suite.rs"]
 mod suite;
+mod support;
 
-use deephardway_service::store::{embedded::EmbeddedStore, etcd::EtcdStore, SharedStore};
-use suite::{shared, Backend};
+use deephardway_service::store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore};
+use suite::{Backend, shared};
 
 struct Embedded {
     dir: tempfile::TempDir,
@@ -78,17 +78,21 @@ macro_rules! conformance {
 
 macro_rules! all_tests {
     ($backend:ident, $make:expr) => {
-        conformance!($backend, $make, [
-            put_get_range_and_revisions,
-            transactions_are_atomic_compare_and_swap,
-            transactions_under_contention_lose_no_update,
-            watch_replays_history_then_follows_live,
-            watch_from_zero_starts_at_the_next_write,
-            concurrent_writers_are_seen_by_a_watcher_in_revision_order,
-            lease_expiry_deletes_keys_and_watchers_see_it,
-            keep_alive_holds_and_revoke_ends_a_lease,
-            restart_keeps_everything,
-        ]);
+        conformance!(
+            $backend,
+            $make,
+            [
+                put_get_range_and_revisions,
+                transactions_are_atomic_compare_and_swap,
+                transactions_under_contention_lose_no_update,
+                watch_replays_history_then_follows_live,
+                watch_from_zero_starts_at_the_next_write,
+                concurrent_writers_are_seen_by_a_watcher_in_revision_order,
+                lease_expiry_deletes_keys_and_watchers_see_it,
+                keep_alive_holds_and_revoke_ends_a_lease,
+                restart_keeps_everything,
+            ]
+        );
     };
 }
 

@@ -8,10 +8,10 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use deephardway::v1::{
-    job_event::Event, service_message, worker_message, workers_client::WorkersClient, Cancelled, JobAssignment,
-    JobEvent, JobFailed, WorkerHello, WorkerMessage, WorkerReport,
+    Cancelled, JobAssignment, JobEvent, JobFailed, WorkerHello, WorkerMessage, WorkerReport, job_event::Event,
+    service_message, worker_message, workers_client::WorkersClient,
 };
 use rand::Rng;
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -46,7 +46,9 @@ pub async fn run(options: WorkerOptions, shutdown: CancellationToken) -> anyhow:
         let started = tokio::time::Instant::now();
         match session(&options, &shutdown).await {
             Ok(()) => return Ok(()),
-            Err(e) => tracing::warn!(server = %options.server, error = format!("{e:#}"), "disconnected from the service"),
+            Err(e) => {
+                tracing::warn!(server = %options.server, error = format!("{e:#}"), "disconnected from the service")
+            }
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = MIN_BACKOFF;
@@ -77,9 +79,8 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
             models.push(model);
         }
     }
-    let channel = deephardway::connect(&options.server)
-        .await
-        .with_context(|| format!("cannot reach {}", options.server))?;
+    let channel =
+        deephardway::connect(&options.server).await.with_context(|| format!("cannot reach {}", options.server))?;
     let mut client = WorkersClient::new(channel);
     let (outbound, rx) = mpsc::channel::<WorkerMessage>(1024);
     let hello = WorkerHello {
@@ -90,7 +91,8 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
         version: env!("CARGO_PKG_VERSION").into(),
     };
     outbound.send(WorkerMessage { message: Some(worker_message::Message::Hello(hello)) }).await?;
-    let mut inbound = client.connect(ReceiverStream::new(rx)).await.context("the service refused the worker")?.into_inner();
+    let mut inbound =
+        client.connect(ReceiverStream::new(rx)).await.context("the service refused the worker")?.into_inner();
     let Some(service_message::Message::Welcome(welcome)) = inbound.message().await?.and_then(|m| m.message) else {
         bail!("the service did not answer the hello with a welcome");
     };

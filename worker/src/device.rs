@@ -1,7 +1,7 @@
 //! Picking the device jobs compute on. `auto` takes the first CUDA GPU when the worker
 //! was built with the `cuda` feature and one is present, and the CPU otherwise.
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use candle_core::Device;
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` into a candle device.

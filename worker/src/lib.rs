@@ -12,5 +12,5 @@ pub mod device;
 pub mod runner;
 pub mod runners;
 
-pub use connection::{run, WorkerOptions};
+pub use connection::{WorkerOptions, run};
 pub use runner::{JobContext, JobError, Runner};

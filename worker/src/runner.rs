@@ -5,7 +5,7 @@
 //! the result or an error with a gRPC code. Models load once when the runner is built
 //! and stay resident; `run` may be called concurrently for up to `slots` jobs.
 
-use deephardway::v1::{job_event::Event, JobAssignment, JobResult, WorkerModel};
+use deephardway::v1::{JobAssignment, JobResult, WorkerModel, job_event::Event};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;

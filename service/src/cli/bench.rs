@@ -15,16 +15,16 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use deephardway::v1::{jobs_client::JobsClient, submit_request::Input, DiagnosticInput, SubmitRequest};
-use deephardway_worker::{runners::diagnostic::DiagnosticRunner, WorkerOptions};
+use deephardway::v1::{DiagnosticInput, SubmitRequest, jobs_client::JobsClient, submit_request::Input};
+use deephardway_worker::{WorkerOptions, runners::diagnostic::DiagnosticRunner};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    ServiceConfig,
     local_etcd::LocalEtcd,
     server::{self, Cors},
-    store::{embedded::EmbeddedStore, etcd::EtcdStore, Op, SharedStore, Txn},
-    ServiceConfig,
+    store::{Op, SharedStore, Txn, embedded::EmbeddedStore, etcd::EtcdStore},
 };
 
 #[derive(Args)]
@@ -90,7 +90,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!();
     println!(
         "{:<9} {:>9} {:>13} {:>13} {:>12} {:>12} {:>11} {:>12} {:>10}",
-        "store", "jobs/s", "first p50 ms", "first p99 ms", "done p50 ms", "done p99 ms", "writes/job", "raw puts/s", "jobs/puts"
+        "store",
+        "jobs/s",
+        "first p50 ms",
+        "first p99 ms",
+        "done p50 ms",
+        "done p99 ms",
+        "writes/job",
+        "raw puts/s",
+        "jobs/puts"
     );
     let mut etcd_jobs_per_s = None;
     for store_name in &stores {
@@ -171,7 +179,11 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<(f64, L
     wait_for_worker(&url).await?;
 
     let request = SubmitRequest {
-        input: Some(Input::Diagnostic(DiagnosticInput { steps: args.steps, step_ms: args.step_ms, ..Default::default() })),
+        input: Some(Input::Diagnostic(DiagnosticInput {
+            steps: args.steps,
+            step_ms: args.step_ms,
+            ..Default::default()
+        })),
         ..Default::default()
     };
     let revision_before = store.revision().await?;
@@ -212,7 +224,7 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<(f64, L
 }
 
 async fn wait_for_worker(url: &str) -> anyhow::Result<()> {
-    use deephardway::v1::{models_client::ModelsClient, ListModelsRequest};
+    use deephardway::v1::{ListModelsRequest, models_client::ModelsClient};
     for _ in 0..200 {
         if let Ok(channel) = deephardway::connect(url).await {
             let list = ModelsClient::new(channel).list(ListModelsRequest::default()).await?.into_inner();

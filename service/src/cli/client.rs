@@ -5,9 +5,9 @@ use std::{io::Write, process::ExitCode};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use deephardway::v1::{
-    job_event::Event, job_result, jobs_client::JobsClient, models_client::ModelsClient, submit_request::Input,
     CancelRequest, DiagnosticInput, EmbedInput, GenerateInput, Job, JobKind, JobResult, JobState, ListJobsRequest,
-    ListModelsRequest, SubmitRequest, WatchRequest,
+    ListModelsRequest, SubmitRequest, WatchRequest, job_event::Event, job_result, jobs_client::JobsClient,
+    models_client::ModelsClient, submit_request::Input,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
@@ -149,7 +149,9 @@ async fn follow(client: &mut JobsClient<Channel>, job_id: &str, after_seq: u64) 
                     retries = 0;
                     let Some(event) = event.event else { continue };
                     match event {
-                        Event::Queued(q) => bar.set_message(format!("queued, position {} (attempt {})", q.position, q.attempt)),
+                        Event::Queued(q) => {
+                            bar.set_message(format!("queued, position {} (attempt {})", q.position, q.attempt))
+                        }
                         Event::Started(s) => bar.set_message(format!("running on {} ({})", s.worker_name, s.device)),
                         Event::Progress(p) => {
                             bar.set_position((p.fraction * 1000.0) as u64);
@@ -277,14 +279,16 @@ pub async fn models(args: ServerArg) -> anyhow::Result<ExitCode> {
     let list = client.list(ListModelsRequest::default()).await.map_err(status_error)?.into_inner();
     println!("{:<28}  {:<10}  {:>7}  DEVICES", "MODEL", "KIND", "WORKERS");
     for m in list.models {
-        let kind = JobKind::try_from(m.kind).map_or("?".into(), |k| k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase());
+        let kind = JobKind::try_from(m.kind)
+            .map_or("?".into(), |k| k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase());
         println!("{:<28}  {:<10}  {:>7}  {}", m.name, kind, m.workers, m.devices.join(","));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn state_name(job: &Job) -> String {
-    JobState::try_from(job.state).map_or("?".into(), |s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
+    JobState::try_from(job.state)
+        .map_or("?".into(), |s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {

@@ -1,7 +1,7 @@
 //! Structured logs through tracing-subscriber: `RUST_LOG` picks levels, `--log-format
 //! json` emits one JSON object per line for log collectors.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{EnvFilter, fmt};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Format {

@@ -11,7 +11,7 @@ use super::worker;
 use crate::{
     config::ServiceConfig,
     server::{self, Cors},
-    store::{embedded::EmbeddedStore, etcd::EtcdStore, SharedStore},
+    store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
 };
 
 #[derive(Args, Clone)]
@@ -58,7 +58,9 @@ impl ServiceFlags {
         if self.cors_origins.trim() == "*" {
             Cors::Any
         } else {
-            Cors::Origins(self.cors_origins.split(',').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect())
+            Cors::Origins(
+                self.cors_origins.split(',').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect(),
+            )
         }
     }
 
@@ -97,7 +99,8 @@ async fn open_store(spec: &str, data_dir: PathBuf) -> anyhow::Result<SharedStore
         return Ok(Arc::new(store));
     }
     if let Some(urls) = spec.strip_prefix("etcd:") {
-        let endpoints: Vec<String> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
+        let endpoints: Vec<String> =
+            urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
         anyhow::ensure!(!endpoints.is_empty(), "--store etcd: needs at least one URL, e.g. etcd:http://127.0.0.1:2379");
         let store = EtcdStore::connect(&endpoints).await.context("cannot connect to etcd")?;
         return Ok(Arc::new(store));
@@ -110,7 +113,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -141,7 +145,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
     let worker_options = args.worker.options(url.clone())?;
     let worker = tokio::spawn(async move { deephardway_worker::run(worker_options, worker_stop).await });
     eprintln!("deephardway is up on {url} (embedded store in {})", args.service.data_dir().display());
-    eprintln!("  try: grpcurl -plaintext -d '{{\"diagnostic\":{{\"steps\":5,\"step_ms\":200}}}}' {addr} deephardway.v1.Jobs/Run");
+    eprintln!(
+        "  try: grpcurl -plaintext -d '{{\"diagnostic\":{{\"steps\":5,\"step_ms\":200}}}}' {addr} deephardway.v1.Jobs/Run"
+    );
     let signal = stop.clone();
     let served = server::serve(listener, store, args.service.config(), args.service.cors(), async move {
         shutdown_signal().await;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clap::Args;
-use deephardway_worker::{device, runners::diagnostic::DiagnosticRunner, Runner, WorkerOptions};
+use deephardway_worker::{Runner, WorkerOptions, device, runners::diagnostic::DiagnosticRunner};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Clone)]

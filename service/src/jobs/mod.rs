@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 use deephardway::{
     is_final, kind_of,
     v1::{
-        job_event::Event, submit_request::Input, Cancelled, Job, JobEvent, JobFailed, JobKind,
-        JobState, Queued, Started, SubmitRequest,
+        Cancelled, Job, JobEvent, JobFailed, JobKind, JobState, Queued, Started, SubmitRequest, job_event::Event,
+        submit_request::Input,
     },
 };
 use prost::Message;
@@ -123,8 +123,7 @@ pub fn store_status(err: StoreError) -> Status {
 }
 
 fn decode_job(kv: &KeyValue) -> Result<Job, Status> {
-    Job::decode(kv.value.as_slice())
-        .map_err(|e| Status::internal(format!("corrupt job record {}: {e}", kv.key)))
+    Job::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("corrupt job record {}: {e}", kv.key)))
 }
 
 fn queue_key(job: &Job) -> String {
@@ -255,9 +254,8 @@ impl JobLifecycle {
             }
         }
         let kind_name = |k: i32| {
-            JobKind::try_from(k).map_or("unknown".to_string(), |k| {
-                k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase()
-            })
+            JobKind::try_from(k)
+                .map_or("unknown".to_string(), |k| k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase())
         };
         Err(match other_kind {
             Some(k) => Status::invalid_argument(format!(
@@ -315,8 +313,7 @@ impl JobLifecycle {
         let mut jobs = Vec::new();
         for kv in range.kvs.iter().rev() {
             let job = decode_job(kv)?;
-            if (state == JobState::Unspecified || job.state == state as i32)
-                && (model.is_empty() || job.model == model)
+            if (state == JobState::Unspecified || job.state == state as i32) && (model.is_empty() || job.model == model)
             {
                 jobs.push(job);
                 if jobs.len() == limit {
@@ -388,7 +385,9 @@ impl JobLifecycle {
         let id = keys::last_segment(&entry.key).to_string();
         let drop_stale_entry = || async {
             // A queue entry whose job is gone or not waiting cannot be run; drop it.
-            let txn = Txn::new().when(Compare::ModRevision(entry.key.clone(), entry.mod_revision)).then(Op::delete(&entry.key));
+            let txn = Txn::new()
+                .when(Compare::ModRevision(entry.key.clone(), entry.mod_revision))
+                .then(Op::delete(&entry.key));
             self.store.txn(txn).await.map_err(store_status)
         };
         let Some((mut job, kv)) = self.find(&id).await? else {
@@ -445,7 +444,11 @@ impl JobLifecycle {
         let fence_holds = Compare::CreateRevision(keys::claim(id), fence as i64);
         self.update(id, |job| {
             if job.state != JobState::Running as i32 {
-                return Err(if job.state == JobState::Queued as i32 { Rejected::StaleFence } else { Rejected::Finished });
+                return Err(if job.state == JobState::Queued as i32 {
+                    Rejected::StaleFence
+                } else {
+                    Rejected::Finished
+                });
             }
             let mut change = Change { compares: vec![fence_holds.clone()], ..Default::default() };
             for event in &events {
@@ -465,9 +468,9 @@ impl JobLifecycle {
                 }
                 match event {
                     // The worker knows it was cancelled, not why; the record does.
-                    Event::Cancelled(c) if c.reason.is_empty() => change
-                        .events
-                        .push(Event::Cancelled(Cancelled { reason: job.cancel_reason.clone() })),
+                    Event::Cancelled(c) if c.reason.is_empty() => {
+                        change.events.push(Event::Cancelled(Cancelled { reason: job.cancel_reason.clone() }))
+                    }
                     event => change.events.push(event.clone()),
                 }
                 if is_final(event) {
@@ -527,7 +530,10 @@ impl JobLifecycle {
                 } else if job.attempts >= job.max_attempts {
                     let failure = JobFailed {
                         code: Code::Unavailable as i32,
-                        message: format!("the job's worker was lost during attempt {} of {}", job.attempts, job.max_attempts),
+                        message: format!(
+                            "the job's worker was lost during attempt {} of {}",
+                            job.attempts, job.max_attempts
+                        ),
                     };
                     job.failure = Some(failure.clone());
                     finish(job, JobState::Failed, &mut change);
@@ -555,7 +561,8 @@ impl JobLifecycle {
     /// and recovers them.
     pub async fn recover_all_orphans(&self) -> Result<usize, Status> {
         let claims = self.store.range(keys::CLAIMS, 0).await.map_err(store_status)?;
-        let claimed: std::collections::HashSet<&str> = claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
+        let claimed: std::collections::HashSet<&str> =
+            claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
         let mut recovered = 0;
         for job in self.list(JobState::Running, "", usize::MAX).await? {
             if !claimed.contains(job.id.as_str()) {

@@ -1,7 +1,7 @@
 //! Checks a request before anything is written, so a rejected request changes nothing.
 //! Every message names the offending field by its proto path, e.g. `diagnostic.steps`.
 
-use deephardway::v1::{submit_request::Input, SubmitRequest};
+use deephardway::v1::{SubmitRequest, submit_request::Input};
 use tonic::Status;
 
 pub const MAX_REQUEST_ID: usize = 128;

@@ -10,8 +10,8 @@ use std::pin::Pin;
 use deephardway::{
     is_final,
     v1::{
-        jobs_server::Jobs, CancelRequest, GetJobRequest, Job, JobEvent, JobState, ListJobsRequest,
-        ListJobsResponse, SubmitRequest, SubmitResponse, WatchRequest,
+        CancelRequest, GetJobRequest, Job, JobEvent, JobState, ListJobsRequest, ListJobsResponse, SubmitRequest,
+        SubmitResponse, WatchRequest, jobs_server::Jobs,
     },
 };
 use futures::Stream;
@@ -89,10 +89,7 @@ impl Jobs for JobsRpc {
 }
 
 fn is_finished(job: &Job) -> bool {
-    matches!(
-        JobState::try_from(job.state),
-        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    )
+    matches!(JobState::try_from(job.state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
 }
 
 /// Streams a job's events after `after_seq` until its final one.

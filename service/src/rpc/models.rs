@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use deephardway::v1::{models_server::Models, JobKind, ListModelsRequest, ListModelsResponse, ModelInfo};
+use deephardway::v1::{JobKind, ListModelsRequest, ListModelsResponse, ModelInfo, models_server::Models};
 use tonic::{Request, Response, Status};
 
 use super::SharedContext;

@@ -17,8 +17,8 @@ use std::{
 use deephardway::{
     is_final,
     v1::{
-        job_event::Event, service_message, worker_message, workers_server::Workers, CancelJob, Cancelled,
-        JobAssignment, JobFailed, ServiceMessage, WorkerHello, WorkerMessage, WorkerReport, WorkerWelcome,
+        CancelJob, Cancelled, JobAssignment, JobFailed, ServiceMessage, WorkerHello, WorkerMessage, WorkerReport,
+        WorkerWelcome, job_event::Event, service_message, worker_message, workers_server::Workers,
     },
 };
 use futures::Stream;
@@ -28,7 +28,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::SharedContext;
 use crate::{
-    jobs::{self, validate, Claimed, Rejected, ServedModel, WorkerRecord},
+    jobs::{self, Claimed, Rejected, ServedModel, WorkerRecord, validate},
     keys,
     store::{EventKind, Op, Txn},
 };
@@ -291,16 +291,22 @@ impl Session {
             return;
         }
         let lifecycle = &self.ctx.lifecycle;
-        let outcomes =
-            futures::future::join_all(batch.iter().map(|(id, fence, events)| lifecycle.report(id, *fence, events.clone())))
-                .await;
+        let outcomes = futures::future::join_all(
+            batch.iter().map(|(id, fence, events)| lifecycle.report(id, *fence, events.clone())),
+        )
+        .await;
         for ((id, _, events), outcome) in batch.into_iter().zip(outcomes) {
             self.settle(&id, events, outcome).await;
         }
     }
 
     /// Acts on the outcome of writing a job's reports.
-    async fn settle(&mut self, id: &str, events: Vec<Event>, outcome: Result<Result<deephardway::v1::Job, Rejected>, Status>) {
+    async fn settle(
+        &mut self,
+        id: &str,
+        events: Vec<Event>,
+        outcome: Result<Result<deephardway::v1::Job, Rejected>, Status>,
+    ) {
         match outcome {
             Ok(Ok(job)) => {
                 if job.finished_at.is_some() {

@@ -16,7 +16,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{mpsc as std_mpsc, Arc, Mutex},
+    sync::{Arc, Mutex, mpsc as std_mpsc},
     thread::JoinHandle,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -26,8 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Compare, EventKind, KeyValue, LeaseId, Op, RangeResult, Store, StoreError, Txn, TxnOutcome, WatchEvent,
-    WatchStream,
+    Compare, EventKind, KeyValue, LeaseId, Op, RangeResult, Store, StoreError, Txn, TxnOutcome, WatchEvent, WatchStream,
 };
 
 /// Revisions of history kept for watches, by default.

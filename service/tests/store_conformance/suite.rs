@@ -3,9 +3,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use deephardway_service::store::{
-    Compare, EventKind, Op, SharedStore, StoreError, Txn, WatchEvent, WatchStream,
-};
+use deephardway_service::store::{Compare, EventKind, Op, SharedStore, StoreError, Txn, WatchEvent, WatchStream};
 use futures::StreamExt;
 
 /// A store under test. `restart` closes and reopens it on the same data, where the
@@ -79,7 +77,12 @@ pub async fn transactions_are_atomic_compare_and_swap(backend: &mut dyn Backend)
     let r = put(&store, "/t/cas", "0").await;
     // A failed compare changes nothing, even the keys its ops would have touched.
     let failed = store
-        .txn(Txn::new().when(Compare::ModRevision("/t/cas".into(), r - 1)).then(Op::put("/t/cas", "x")).then(Op::put("/t/other", "y")))
+        .txn(
+            Txn::new()
+                .when(Compare::ModRevision("/t/cas".into(), r - 1))
+                .then(Op::put("/t/cas", "x"))
+                .then(Op::put("/t/other", "y")),
+        )
         .await
         .unwrap();
     assert!(!failed.succeeded);
@@ -103,8 +106,10 @@ pub async fn transactions_are_atomic_compare_and_swap(backend: &mut dyn Backend)
     let again = store.txn(Txn::new().when(Compare::absent("/t/new")).then(Op::put("/t/new", "m"))).await.unwrap();
     assert!(!again.succeeded);
     let created = store.get("/t/new").await.unwrap().unwrap().create_revision;
-    let by_create =
-        store.txn(Txn::new().when(Compare::CreateRevision("/t/new".into(), created)).then(Op::delete("/t/new"))).await.unwrap();
+    let by_create = store
+        .txn(Txn::new().when(Compare::CreateRevision("/t/new".into(), created)).then(Op::delete("/t/new")))
+        .await
+        .unwrap();
     assert!(by_create.succeeded);
 }
 
@@ -216,7 +221,10 @@ pub async fn lease_expiry_deletes_keys_and_watchers_see_it(backend: &mut dyn Bac
     let store = backend.store();
     let lease = store.lease_grant(Duration::from_secs(1)).await.unwrap();
     let mut watch = store.watch("/l/", 0).await.unwrap();
-    store.txn(Txn::new().then(Op::put_with_lease("/l/a", "1", lease)).then(Op::put_with_lease("/l/b", "2", lease))).await.unwrap();
+    store
+        .txn(Txn::new().then(Op::put_with_lease("/l/a", "1", lease)).then(Op::put_with_lease("/l/b", "2", lease)))
+        .await
+        .unwrap();
     assert_eq!(store.get("/l/a").await.unwrap().unwrap().lease, lease);
     assert!(gone_within(&store, "/l/a", Duration::from_secs(6)).await, "key outlived its lease");
     assert!(store.get("/l/b").await.unwrap().is_none());
@@ -230,7 +238,8 @@ pub async fn lease_expiry_deletes_keys_and_watchers_see_it(backend: &mut dyn Bac
     assert_eq!(deleted, HashSet::from(["/l/a".to_string(), "/l/b".to_string()]));
     // Expired is gone for good.
     assert!(matches!(store.lease_keep_alive(lease).await, Err(StoreError::LeaseNotFound(_))));
-    let put_on_dead = store.txn(Txn::new().then(Op::put("/l/ok", "x")).then(Op::put_with_lease("/l/c", "3", lease))).await;
+    let put_on_dead =
+        store.txn(Txn::new().then(Op::put("/l/ok", "x")).then(Op::put_with_lease("/l/c", "3", lease))).await;
     assert!(matches!(put_on_dead, Err(StoreError::LeaseNotFound(_))), "{put_on_dead:?}");
     assert!(store.get("/l/ok").await.unwrap().is_none(), "a failed txn changes nothing");
 }

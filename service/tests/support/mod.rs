@@ -9,21 +9,14 @@
 
 pub mod etcd;
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
-use deephardway::v1::{
-    jobs_client::JobsClient, submit_request::Input, DiagnosticInput, JobEvent, SubmitRequest,
-};
+use deephardway::v1::{DiagnosticInput, JobEvent, SubmitRequest, jobs_client::JobsClient, submit_request::Input};
 use deephardway_service::{
-    store::{embedded::EmbeddedStore, etcd::EtcdStore, SharedStore},
     Cors, ServiceConfig,
+    store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
 };
-use deephardway_worker::{runners::diagnostic::DiagnosticRunner, WorkerOptions};
+use deephardway_worker::{WorkerOptions, runners::diagnostic::DiagnosticRunner};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -230,7 +223,7 @@ pub fn diagnostic(steps: u32, step_ms: u32) -> SubmitRequest {
 
 /// Waits (up to `within`) until some connected worker serves the diagnostic model.
 pub async fn wait_for_workers(url: &str, count: u32) {
-    use deephardway::v1::{models_client::ModelsClient, ListModelsRequest};
+    use deephardway::v1::{ListModelsRequest, models_client::ModelsClient};
     let mut models = ModelsClient::new(deephardway::connect(url).await.expect("connect"));
     for _ in 0..200 {
         let list = models.list(ListModelsRequest::default()).await.expect("Models.List").into_inner();

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use deephardway::v1::{
-    job_event::Event, job_result, submit_request::Input, DiagnosticResult, JobKind, JobResult, Output, Progress,
-    WorkerModel,
+    DiagnosticResult, JobKind, JobResult, Output, Progress, WorkerModel, job_event::Event, job_result,
+    submit_request::Input,
 };
 use tonic::Code;
 
@@ -39,7 +39,10 @@ impl Runner for DiagnosticRunner {
                 _ = job.cancel.cancelled() => return Err(JobError::Cancelled),
             }
             if step == input.fail_at_step {
-                return Err(JobError::failed(Code::Internal, format!("diagnostic job failed at step {step} as requested")));
+                return Err(JobError::failed(
+                    Code::Internal,
+                    format!("diagnostic job failed at step {step} as requested"),
+                ));
             }
             if !input.output_per_step.is_empty() {
                 job.emit(Event::Output(Output { text: input.output_per_step.clone() }));
@@ -50,8 +53,6 @@ impl Runner for DiagnosticRunner {
                 metrics: [("step".to_string(), f64::from(step))].into(),
             }));
         }
-        Ok(JobResult {
-            value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps, echo: input.echo })),
-        })
+        Ok(JobResult { value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps, echo: input.echo })) })
     }
 }
