@@ -12,7 +12,8 @@
 //! - [`reaper`]: puts jobs of lost workers back in line; removes expired jobs.
 //! - [`rpc`]: the gRPC handlers (`Jobs`, `Models`, `Workers`).
 //! - [`health`]: `grpc.health.v1`, following the store's health.
-//! - [`server`]: everything above on one port, with grpc-web, CORS and reflection.
+//! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
+//! - [`server`]: everything above on one port, with grpc-web, reflection and health.
 //! - [`local_etcd`]: a throwaway etcd process, for the benchmark and the tests.
 //! - [`cli`]: the `deephardway` command line (`up`, `serve`, `worker`, `submit`, …).
 
@@ -28,6 +29,8 @@ pub mod reaper;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod web;
 
 pub use config::ServiceConfig;
-pub use server::{Cors, serve};
+pub use server::serve;
+pub use web::{Cors, Web};

@@ -1,4 +1,4 @@
-//! Assembles the service on one port: gRPC, grpc-web (for browsers, with CORS), server
+//! Assembles the service on one port: gRPC, grpc-web and the web client (see [`web`]), server
 //! reflection in both v1 and v1alpha (grpcurl 1.8 asks v1alpha), and `grpc.health.v1`.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests run a real server
@@ -8,11 +8,9 @@
 use std::{future::Future, sync::Arc};
 
 use deephardway::v1::{jobs_server::JobsServer, models_server::ModelsServer, workers_server::WorkersServer};
-use http::{HeaderValue, header::HeaderName};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     config::ServiceConfig,
@@ -23,36 +21,11 @@ use crate::{
     reaper,
     rpc::{Context, jobs::JobsRpc, models::ModelsRpc, workers::WorkersRpc},
     store::SharedStore,
+    web::{self, Web},
 };
 
 /// Largest request accepted; larger inputs are refused by field limits first.
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
-
-/// Which browser origins may call the service through grpc-web.
-#[derive(Debug, Clone, Default)]
-pub enum Cors {
-    /// Any origin (the default: the API carries no cookies or ambient credentials).
-    #[default]
-    Any,
-    /// Only these origins, e.g. `https://app.example.com`.
-    Origins(Vec<String>),
-}
-
-fn cors_layer(cors: &Cors) -> anyhow::Result<CorsLayer> {
-    let origin = match cors {
-        Cors::Any => AllowOrigin::any(),
-        Cors::Origins(list) => {
-            AllowOrigin::list(list.iter().map(|o| HeaderValue::from_str(o)).collect::<Result<Vec<_>, _>>()?)
-        }
-    };
-    let exposed = ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static);
-    Ok(CorsLayer::new()
-        .allow_origin(origin)
-        .allow_headers(tower_http::cors::Any)
-        .allow_methods([http::Method::POST, http::Method::OPTIONS])
-        .expose_headers(exposed)
-        .max_age(std::time::Duration::from_secs(24 * 3600)))
-}
 
 /// Accepted connections, with Nagle's algorithm off: streamed events are small writes,
 /// and Nagle plus delayed ACKs would hold each one back by ~40 ms.
@@ -71,7 +44,7 @@ pub async fn serve(
     listener: TcpListener,
     store: SharedStore,
     config: ServiceConfig,
-    cors: Cors,
+    web: Web,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
@@ -95,16 +68,21 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, store = store.name(), "serving gRPC, grpc-web, reflection and health");
     let stop = token.clone();
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .layer(cors_layer(&cors)?)
-        .layer(tonic_web::GrpcWebLayer::new())
-        .add_service(JobsServer::new(JobsRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(JobsServer::new(JobsRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
         .add_service(ModelsServer::new(ModelsRpc::new(ctx.clone())))
         .add_service(WorkersServer::new(WorkersRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(reflection_v1alpha);
+    // grpc-web translation wraps the gRPC routes only: it refuses other HTTP/1 requests,
+    // and the web client's files are plain HTTP/1 GETs.
+    let grpc = grpc.routes().into_axum_router().layer(tonic_web::GrpcWebLayer::new());
+    let routes = tonic::service::Routes::from(web::with_client(grpc, &web));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(web::cors_layer(&web.cors)?)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: ending streams");

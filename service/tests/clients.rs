@@ -177,3 +177,45 @@ async fn grpc_web_over_http1_with_cors() {
     assert!(allowed.contains("x-grpc-web") || allowed == "*", "{allowed}");
     server.shutdown().await;
 }
+
+/// The built web client is served on the gRPC port: files, the client's own routes
+/// (index.html), and without a build, a page that says how to make one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_client_files_are_served_beside_the_api() {
+    use http_body_util::BodyExt;
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<!doctype html><title>dhw</title>app shell").unwrap();
+    std::fs::create_dir(site.path().join("assets")).unwrap();
+    std::fs::write(site.path().join("assets/app.js"), "console.log('hi')").unwrap();
+    let get = |url: String| async move {
+        let http = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let response = http.get(url.parse().unwrap()).await.expect("GET");
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).to_string())
+    };
+
+    let backend = Backend::embedded().await;
+    let web = deephardway_service::Web { client_dir: Some(site.path().to_path_buf()), ..Default::default() };
+    let server = TestServer::start_full(backend.open().await, test_config(), web).await;
+    let (status, body) = get(format!("{}/", server.url)).await;
+    assert_eq!((status.as_u16(), body.contains("app shell")), (200, true), "{body}");
+    let (status, body) = get(format!("{}/assets/app.js", server.url)).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "console.log('hi')"));
+    let (status, body) = get(format!("{}/jobs/some-id", server.url)).await;
+    assert_eq!((status.as_u16(), body.contains("app shell")), (200, true), "client routes get index.html");
+    // gRPC still works on the same port.
+    let mut client = server.client().await;
+    let status = client.get(deephardway::v1::GetJobRequest { job_id: "nope".into() }).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    server.shutdown().await;
+
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let (status, body) = get(format!("{}/", server.url)).await;
+    assert_eq!(status.as_u16(), 200);
+    assert!(body.contains("web client is not built") && body.contains("npm --prefix client-web"), "{body}");
+    server.shutdown().await;
+}

@@ -47,6 +47,7 @@ on_both_backends!(
     full_queue_is_resource_exhausted,
     finished_jobs_are_removed_after_retention,
     output_bursts_are_coalesced,
+    watch_jobs_sends_a_snapshot_then_live_changes,
 );
 
 async fn run_streams_every_event_in_order(backend: Backend) {
@@ -447,5 +448,38 @@ async fn output_bursts_are_coalesced(backend: Backend) {
         .collect();
     assert_eq!(outputs.concat(), "tok ".repeat(300), "no output lost or reordered");
     assert!(outputs.len() < 100, "300 chunks written as {} events", outputs.len());
+    server.shutdown().await;
+}
+
+async fn watch_jobs_sends_a_snapshot_then_live_changes(backend: Backend) {
+    use deephardway::v1::WatchJobsRequest;
+    let server = TestServer::start(backend.open().await).await;
+    let _worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+    let mut client = server.client().await;
+    let earlier = client.submit(diagnostic(1, 1)).await.unwrap().into_inner().job.unwrap();
+    collect_events(client.watch(WatchRequest { job_id: earlier.id.clone(), after_seq: 0 }).await.unwrap().into_inner(), Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let mut updates = client.watch_jobs(WatchJobsRequest { limit: 10 }).await.unwrap().into_inner();
+    let first = updates.message().await.unwrap().unwrap();
+    assert!(first.snapshot);
+    assert_eq!(first.job.as_ref().unwrap().id, earlier.id);
+
+    let job = client.submit(diagnostic(3, 30)).await.unwrap().into_inner().job.unwrap();
+    let mut states = Vec::new();
+    while states.last() != Some(&(JobState::Succeeded as i32)) {
+        let update = tokio::time::timeout(Duration::from_secs(10), updates.message()).await.unwrap().unwrap().unwrap();
+        let seen = update.job.unwrap();
+        assert!(!update.snapshot);
+        if seen.id == job.id && states.last() != Some(&seen.state) {
+            states.push(seen.state);
+        }
+    }
+    let expected = [JobState::Queued, JobState::Running, JobState::Succeeded].map(|s| s as i32);
+    assert_eq!(states, expected, "the job's life, live");
+    let status = client.watch_jobs(WatchJobsRequest { limit: 5000 }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
     server.shutdown().await;
 }

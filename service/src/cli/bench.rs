@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ServiceConfig,
     local_etcd::LocalEtcd,
-    server::{self, Cors},
+    server,
+    web::Web,
     store::{Op, SharedStore, Txn, embedded::EmbeddedStore, etcd::EtcdStore},
 };
 
@@ -163,7 +164,7 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<(f64, L
     let stop = CancellationToken::new();
     let server_stop = stop.clone();
     let config = ServiceConfig { max_queue_depth: args.jobs * 2 + 100, ..ServiceConfig::default() };
-    let server = tokio::spawn(server::serve(listener, store.clone(), config, Cors::Any, async move {
+    let server = tokio::spawn(server::serve(listener, store.clone(), config, Web::default(), async move {
         server_stop.cancelled().await
     }));
     let worker = tokio::spawn(deephardway_worker::run(

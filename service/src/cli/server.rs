@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use super::worker;
 use crate::{
     config::ServiceConfig,
-    server::{self, Cors},
+    server,
+    web::{Cors, DEFAULT_CLIENT_DIR, Web},
     store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
 };
 
@@ -22,6 +23,10 @@ pub struct ServiceFlags {
     /// Directory of the embedded store (default: ~/.local/share/deephardway).
     #[arg(long, env = "DEEPHARDWAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The built web client to serve on the same port (default: client-web/dist, if it
+    /// exists under the current directory).
+    #[arg(long, env = "DEEPHARDWAY_WEB_DIR")]
+    web_dir: Option<PathBuf>,
     /// Origins allowed to call through grpc-web, comma-separated; `*` allows any.
     #[arg(long, env = "DEEPHARDWAY_CORS_ORIGINS", default_value = "*")]
     cors_origins: String,
@@ -52,6 +57,19 @@ impl ServiceFlags {
             worker_lease_ttl: Duration::from_secs(self.worker_lease_s.max(1)),
             ..ServiceConfig::default()
         }
+    }
+
+    fn web(&self) -> Web {
+        let client_dir = self.web_dir.clone().or_else(|| {
+            let default = PathBuf::from(DEFAULT_CLIENT_DIR);
+            if default.join("index.html").is_file() {
+                Some(default)
+            } else {
+                tracing::info!("no built web client in {DEFAULT_CLIENT_DIR}; `/` explains how to build it");
+                None
+            }
+        });
+        Web { cors: self.cors(), client_dir }
     }
 
     fn cors(&self) -> Cors {
@@ -131,7 +149,7 @@ async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let store = open_store(&args.store, args.service.data_dir()).await?;
     let listener = bind(&args.service.listen).await?;
-    server::serve(listener, store, args.service.config(), args.service.cors(), shutdown_signal()).await?;
+    server::serve(listener, store, args.service.config(), args.service.web(), shutdown_signal()).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -149,7 +167,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
         "  try: grpcurl -plaintext -d '{{\"diagnostic\":{{\"steps\":5,\"step_ms\":200}}}}' {addr} deephardway.v1.Jobs/Run"
     );
     let signal = stop.clone();
-    let served = server::serve(listener, store, args.service.config(), args.service.cors(), async move {
+    let served = server::serve(listener, store, args.service.config(), args.service.web(), async move {
         shutdown_signal().await;
         signal.cancel();
     })

@@ -1,4 +1,4 @@
-//! `deephardway.v1.Jobs`: submit, watch, get, list, cancel.
+//! `deephardway.v1.Jobs`: submit, watch, get, list, cancel, and the live job list.
 //!
 //! Watch is list-then-watch: subscribe to the hub, list the job's stored events, send
 //! those after `after_seq`, then forward live ones. Sequence numbers make it exact:
@@ -10,8 +10,8 @@ use std::pin::Pin;
 use deephardway::{
     is_final,
     v1::{
-        CancelRequest, GetJobRequest, Job, JobEvent, JobState, ListJobsRequest, ListJobsResponse, SubmitRequest,
-        SubmitResponse, WatchRequest, jobs_server::Jobs,
+        CancelRequest, GetJobRequest, Job, JobEvent, JobState, JobUpdate, ListJobsRequest, ListJobsResponse,
+        SubmitRequest, SubmitResponse, WatchJobsRequest, WatchRequest, jobs_server::Jobs,
     },
 };
 use futures::Stream;
@@ -82,6 +82,24 @@ impl Jobs for JobsRpc {
         Ok(Response::new(ListJobsResponse { jobs }))
     }
 
+    type WatchJobsStream = Pin<Box<dyn Stream<Item = Result<JobUpdate, Status>> + Send>>;
+
+    async fn watch_jobs(&self, request: Request<WatchJobsRequest>) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let limit = request.into_inner().limit;
+        if limit > 1000 {
+            return Err(Status::invalid_argument(format!("limit: is {limit}; at most 1000")));
+        }
+        let limit = if limit == 0 { 50 } else { limit as usize };
+        let (tx, rx) = mpsc::channel(256);
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            if let Err(status) = forward_job_updates(&ctx, limit, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<Job>, Status> {
         let req = request.into_inner();
         Ok(Response::new(self.ctx.lifecycle.cancel(&req.job_id, &req.reason).await?))
@@ -149,6 +167,56 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
                 _ = tx.closed() => return Ok(()),
                 _ = ctx.shutdown.cancelled() => return Err(shutting_down(last)),
             }
+        }
+    }
+}
+
+/// Sends a snapshot of recent jobs, then every change to a job record. Subscribing before
+/// the snapshot means nothing is missed; a subscriber that lags gets a fresh snapshot.
+async fn forward_job_updates(
+    ctx: &SharedContext,
+    limit: usize,
+    tx: &mpsc::Sender<Result<JobUpdate, Status>>,
+) -> Result<(), Status> {
+    use tokio::sync::broadcast::error::RecvError;
+
+    use crate::{keys, store::EventKind};
+
+    let mut changes = ctx.hub.changes();
+    let mut send_snapshot = true;
+    loop {
+        if std::mem::take(&mut send_snapshot) {
+            for job in ctx.lifecycle.list(JobState::Unspecified, "", limit).await? {
+                if tx.send(Ok(JobUpdate { job: Some(job), removed: false, snapshot: true })).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            _ = tx.closed() => return Ok(()),
+            _ = ctx.shutdown.cancelled() => return Err(Status::unavailable("server shutting down")),
+        };
+        let update = match change {
+            Ok(change) if change.kv.key.starts_with(keys::JOBS) => match change.kind {
+                EventKind::Put => match <Job as prost::Message>::decode(change.kv.value.as_slice()) {
+                    Ok(job) => JobUpdate { job: Some(job), removed: false, snapshot: false },
+                    Err(_) => continue,
+                },
+                EventKind::Delete => {
+                    let id = keys::last_segment(&change.kv.key).to_string();
+                    JobUpdate { job: Some(Job { id, ..Default::default() }), removed: true, snapshot: false }
+                }
+            },
+            Ok(_) => continue,
+            Err(RecvError::Lagged(_)) => {
+                send_snapshot = true;
+                continue;
+            }
+            Err(RecvError::Closed) => return Err(Status::unavailable("server shutting down")),
+        };
+        if tx.send(Ok(update)).await.is_err() {
+            return Ok(());
         }
     }
 }

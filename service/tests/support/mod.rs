@@ -13,7 +13,7 @@ use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
 use deephardway::v1::{DiagnosticInput, JobEvent, SubmitRequest, jobs_client::JobsClient, submit_request::Input};
 use deephardway_service::{
-    Cors, ServiceConfig,
+    ServiceConfig, Web,
     store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
 };
 use deephardway_worker::{WorkerOptions, runners::diagnostic::DiagnosticRunner};
@@ -68,10 +68,14 @@ impl TestServer {
     }
 
     pub async fn start_with(store: SharedStore, config: ServiceConfig) -> TestServer {
+        Self::start_full(store, config, Web::default()).await
+    }
+
+    pub async fn start_full(store: SharedStore, config: ServiceConfig, web: Web) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(deephardway_service::serve(listener, store.clone(), config, Cors::Any, async move {
+        let task = tokio::spawn(deephardway_service::serve(listener, store.clone(), config, web, async move {
             let _ = stopped.await;
         }));
         TestServer { url: format!("http://{addr}"), addr, store, stop: Some(stop), task: Some(task) }
