@@ -6,6 +6,7 @@
 //! /dhw/events/<id>/<seq:020>                  one event of the job (protobuf), append-only
 //! /dhw/queue/<model>/<rank:03><created:020>/<id>  a queued job; key order = dispatch order
 //! /dhw/claims/<id>                            the worker running the job, on its lease
+//! /dhw/running/<id>                           index of running jobs (not on a lease)
 //! /dhw/workers/<worker-id>                    a connected worker (JSON), on its lease
 //! /dhw/requests/<request-id>                  idempotency key → job id
 //! /dhw/done/<finished:020>/<id>               finished jobs by time, for retention
@@ -20,6 +21,7 @@ pub const JOBS: &str = "/dhw/jobs/";
 pub const EVENTS: &str = "/dhw/events/";
 pub const QUEUE: &str = "/dhw/queue/";
 pub const CLAIMS: &str = "/dhw/claims/";
+pub const RUNNING: &str = "/dhw/running/";
 pub const WORKERS: &str = "/dhw/workers/";
 pub const REQUESTS: &str = "/dhw/requests/";
 pub const DONE: &str = "/dhw/done/";
@@ -47,6 +49,11 @@ pub fn queue_entry(model: &str, priority: i32, created_micros: i64, id: &str) ->
 
 pub fn claim(id: &str) -> String {
     format!("{CLAIMS}{id}")
+}
+
+/// Running jobs, indexed so that finding ones whose claim vanished needs no full scan.
+pub fn running(id: &str) -> String {
+    format!("{RUNNING}{id}")
 }
 
 pub fn worker(worker_id: &str) -> String {

@@ -134,6 +134,7 @@ fn finish(job: &mut Job, state: JobState, change: &mut Change) {
     let finished = now();
     job.state = state as i32;
     change.ops.push(Op::delete(keys::claim(&job.id)));
+    change.ops.push(Op::delete(keys::running(&job.id)));
     change.ops.push(Op::put(keys::done(micros(&Some(finished)), &job.id), job.id.clone()));
     job.finished_at = Some(finished);
 }
@@ -422,6 +423,7 @@ impl JobLifecycle {
             .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
             .then(Op::delete(&entry.key))
             .then(Op::put_with_lease(keys::claim(&id), serde_json::to_vec(&claim).expect("serialisable"), lease))
+            .then(Op::put(keys::running(&id), id.clone()))
             .then(Op::put(kv.key.clone(), job.encode_to_vec()))
             .then(Op::put(keys::event(&id, job.last_seq), started.encode_to_vec()));
         let outcome = match self.store.txn(txn).await {
@@ -541,6 +543,7 @@ impl JobLifecycle {
                 } else {
                     job.state = JobState::Queued as i32;
                     job.progress = 0.0;
+                    change.ops.push(Op::delete(keys::running(id)));
                     change.ops.push(Op::put(entry.clone(), id.to_string()));
                     change.events.push(Event::Queued(Queued {
                         position,
@@ -560,13 +563,15 @@ impl JobLifecycle {
     /// Finds running jobs whose claim is gone (e.g. missed while this replica was down)
     /// and recovers them.
     pub async fn recover_all_orphans(&self) -> Result<usize, Status> {
+        // Both ranges are as small as the number of running jobs.
+        let running = self.store.range(keys::RUNNING, 0).await.map_err(store_status)?;
         let claims = self.store.range(keys::CLAIMS, 0).await.map_err(store_status)?;
-        let claimed: std::collections::HashSet<&str> =
-            claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
+        let claimed: std::collections::HashSet<&str> = claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
         let mut recovered = 0;
-        for job in self.list(JobState::Running, "", usize::MAX).await? {
-            if !claimed.contains(job.id.as_str()) {
-                self.recover_orphan(&job.id).await?;
+        for kv in &running.kvs {
+            let id = keys::last_segment(&kv.key);
+            if !claimed.contains(id) {
+                self.recover_orphan(id).await?;
                 recovered += 1;
             }
         }
