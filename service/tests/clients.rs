@@ -21,10 +21,10 @@ fn tool(name: &str, env_override: &str) -> PathBuf {
             return candidate;
         }
     }
-    if let Ok(output) = Command::new("which").arg(name).output() {
-        if output.status.success() {
-            return PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        }
+    if let Ok(output) = Command::new("which").arg(name).output()
+        && output.status.success()
+    {
+        return PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
     }
     panic!("{name} is not installed: run scripts/setup");
 }

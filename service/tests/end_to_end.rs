@@ -458,9 +458,12 @@ async fn watch_jobs_sends_a_snapshot_then_live_changes(backend: Backend) {
     wait_for_workers(&server.url, 1).await;
     let mut client = server.client().await;
     let earlier = client.submit(diagnostic(1, 1)).await.unwrap().into_inner().job.unwrap();
-    collect_events(client.watch(WatchRequest { job_id: earlier.id.clone(), after_seq: 0 }).await.unwrap().into_inner(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    collect_events(
+        client.watch(WatchRequest { job_id: earlier.id.clone(), after_seq: 0 }).await.unwrap().into_inner(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
 
     let mut updates = client.watch_jobs(WatchJobsRequest { limit: 10 }).await.unwrap().into_inner();
     let first = updates.message().await.unwrap().unwrap();

@@ -24,8 +24,8 @@ use crate::{
     ServiceConfig,
     local_etcd::LocalEtcd,
     server,
-    web::Web,
     store::{Op, SharedStore, Txn, embedded::EmbeddedStore, etcd::EtcdStore},
+    web::Web,
 };
 
 #[derive(Args)]

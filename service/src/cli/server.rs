@@ -11,8 +11,8 @@ use super::worker;
 use crate::{
     config::ServiceConfig,
     server,
-    web::{Cors, DEFAULT_CLIENT_DIR, Web},
     store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
+    web::{Cors, DEFAULT_CLIENT_DIR, Web},
 };
 
 #[derive(Args, Clone)]

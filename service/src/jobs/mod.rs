@@ -171,10 +171,10 @@ impl JobLifecycle {
         if request.model.is_empty() {
             request.model = default_model(kind).to_string();
         }
-        if !request.request_id.is_empty() {
-            if let Some(job) = self.by_request_id(&request.request_id).await? {
-                return Ok((job, true));
-            }
+        if !request.request_id.is_empty()
+            && let Some(job) = self.by_request_id(&request.request_id).await?
+        {
+            return Ok((job, true));
         }
         self.check_served(&request.model, kind).await?;
         let depth = self.store.count(keys::QUEUE).await.map_err(store_status)?;
@@ -566,7 +566,8 @@ impl JobLifecycle {
         // Both ranges are as small as the number of running jobs.
         let running = self.store.range(keys::RUNNING, 0).await.map_err(store_status)?;
         let claims = self.store.range(keys::CLAIMS, 0).await.map_err(store_status)?;
-        let claimed: std::collections::HashSet<&str> = claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
+        let claimed: std::collections::HashSet<&str> =
+            claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
         let mut recovered = 0;
         for kv in &running.kvs {
             let id = keys::last_segment(&kv.key);
@@ -596,10 +597,10 @@ impl JobLifecycle {
                 self.store.txn(txn).await.map_err(store_status)?;
             }
             let mut txn = Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key));
-            if let Some((job, _)) = self.find(&id).await? {
-                if let Some(rid) = job.request.as_ref().map(|r| &r.request_id).filter(|r| !r.is_empty()) {
-                    txn = txn.then(Op::delete(keys::request(rid)));
-                }
+            if let Some((job, _)) = self.find(&id).await?
+                && let Some(rid) = job.request.as_ref().map(|r| &r.request_id).filter(|r| !r.is_empty())
+            {
+                txn = txn.then(Op::delete(keys::request(rid)));
             }
             self.store.txn(txn).await.map_err(store_status)?;
             purged += 1;

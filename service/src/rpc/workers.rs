@@ -152,11 +152,10 @@ impl Session {
                 change = changes.recv() => match change {
                     Ok(change) if change.kind == EventKind::Put && change.kv.key.starts_with(keys::JOBS) => {
                         let id = keys::last_segment(&change.kv.key);
-                        if self.running.contains_key(id) {
-                            if let Ok(job) = <deephardway::v1::Job as prost::Message>::decode(change.kv.value.as_slice()) {
+                        if self.running.contains_key(id)
+                            && let Ok(job) = <deephardway::v1::Job as prost::Message>::decode(change.kv.value.as_slice()) {
                                 self.on_job_changed(&job).await;
                             }
-                        }
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => self.recheck_cancels().await,

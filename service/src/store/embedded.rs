@@ -563,10 +563,11 @@ impl Writer {
         }
         // Check leases before writing anything, so a failed txn changes nothing.
         for op in &txn.ops {
-            if let Op::Put { lease, .. } = op {
-                if *lease != 0 && tables.leases.get(*lease).map_err(internal)?.is_none() {
-                    return Err(StoreError::LeaseNotFound(*lease));
-                }
+            if let Op::Put { lease, .. } = op
+                && *lease != 0
+                && tables.leases.get(*lease).map_err(internal)?.is_none()
+            {
+                return Err(StoreError::LeaseNotFound(*lease));
             }
         }
         let revision = self.revision + 1;
@@ -578,10 +579,11 @@ impl Writer {
                         Some(v) => Some(Entry::decode(v.value())?),
                         None => None,
                     };
-                    if let Some(prev) = &previous {
-                        if prev.lease != 0 && prev.lease != lease {
-                            tables.lease_keys.remove((prev.lease, key.as_str())).map_err(internal)?;
-                        }
+                    if let Some(prev) = &previous
+                        && prev.lease != 0
+                        && prev.lease != lease
+                    {
+                        tables.lease_keys.remove((prev.lease, key.as_str())).map_err(internal)?;
                     }
                     if lease != 0 {
                         tables.lease_keys.insert((lease, key.as_str()), ()).map_err(internal)?;
