@@ -83,6 +83,7 @@ macro_rules! all_tests {
             $make,
             [
                 put_get_range_and_revisions,
+                reverse_ranges_page_backwards,
                 transactions_are_atomic_compare_and_swap,
                 transactions_under_contention_lose_no_update,
                 watch_replays_history_then_follows_live,

@@ -307,22 +307,30 @@ impl JobLifecycle {
         }
     }
 
-    /// Jobs matching the filters, most recent first.
+    /// Jobs matching the filters, most recent first. Reads backwards a page at a time
+    /// (ids are UUIDv7, so key order is creation order) and stops at `limit` matches.
     pub async fn list(&self, state: JobState, model: &str, limit: usize) -> Result<Vec<Job>, Status> {
-        let range = self.store.range(keys::JOBS, 0).await.map_err(store_status)?;
-        // Ids are UUIDv7, so key order is creation order.
+        const PAGE: usize = 256;
         let mut jobs = Vec::new();
-        for kv in range.kvs.iter().rev() {
-            let job = decode_job(kv)?;
-            if (state == JobState::Unspecified || job.state == state as i32) && (model.is_empty() || job.model == model)
-            {
-                jobs.push(job);
-                if jobs.len() == limit {
-                    break;
+        let mut before: Option<String> = None;
+        loop {
+            let page = self.store.range_rev(keys::JOBS, before.as_deref(), PAGE).await.map_err(store_status)?;
+            for kv in &page.kvs {
+                let job = decode_job(kv)?;
+                if (state == JobState::Unspecified || job.state == state as i32)
+                    && (model.is_empty() || job.model == model)
+                {
+                    jobs.push(job);
+                    if jobs.len() == limit {
+                        return Ok(jobs);
+                    }
                 }
             }
+            match page.kvs.last() {
+                Some(last) if page.kvs.len() == PAGE => before = Some(last.key.clone()),
+                _ => return Ok(jobs),
+            }
         }
-        Ok(jobs)
     }
 
     /// A job's events, in order, and the revision they were read at.
@@ -583,29 +591,42 @@ impl JobLifecycle {
     pub async fn purge_expired(&self) -> Result<usize, Status> {
         let cutoff = SystemTime::now().checked_sub(self.config.retention).unwrap_or(SystemTime::UNIX_EPOCH);
         let cutoff = micros(&Some(Timestamp::from(cutoff)));
-        let done = self.store.range(keys::DONE, 0).await.map_err(store_status)?;
+        const PAGE: usize = 512;
         let mut purged = 0;
-        for kv in &done.kvs {
-            let finished: i64 = kv.key[keys::DONE.len()..].split('/').next().and_then(|t| t.parse().ok()).unwrap_or(0);
-            if finished > cutoff {
-                break;
+        // Oldest first, a page at a time (purged keys leave the range), up to the cutoff.
+        loop {
+            let done = self.store.range(keys::DONE, PAGE).await.map_err(store_status)?;
+            for kv in &done.kvs {
+                let finished: i64 =
+                    kv.key[keys::DONE.len()..].split('/').next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                if finished > cutoff {
+                    return Ok(purged);
+                }
+                self.purge(kv).await?;
+                purged += 1;
             }
-            let id = keys::last_segment(&kv.key).to_string();
-            let events = self.store.range(&keys::events(&id), 0).await.map_err(store_status)?;
-            for chunk in events.kvs.chunks(128) {
-                let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
-                self.store.txn(txn).await.map_err(store_status)?;
+            if done.kvs.len() < PAGE {
+                return Ok(purged);
             }
-            let mut txn = Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key));
-            if let Some((job, _)) = self.find(&id).await?
-                && let Some(rid) = job.request.as_ref().map(|r| &r.request_id).filter(|r| !r.is_empty())
-            {
-                txn = txn.then(Op::delete(keys::request(rid)));
-            }
-            self.store.txn(txn).await.map_err(store_status)?;
-            purged += 1;
         }
-        Ok(purged)
+    }
+
+    /// Removes one finished job (`kv` is its done-index entry), events first.
+    async fn purge(&self, kv: &KeyValue) -> Result<(), Status> {
+        let id = keys::last_segment(&kv.key).to_string();
+        let events = self.store.range(&keys::events(&id), 0).await.map_err(store_status)?;
+        for chunk in events.kvs.chunks(128) {
+            let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
+            self.store.txn(txn).await.map_err(store_status)?;
+        }
+        let mut txn = Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key));
+        if let Some((job, _)) = self.find(&id).await?
+            && let Some(rid) = job.request.as_ref().map(|r| &r.request_id).filter(|r| !r.is_empty())
+        {
+            txn = txn.then(Op::delete(keys::request(rid)));
+        }
+        self.store.txn(txn).await.map_err(store_status)?;
+        Ok(())
     }
 }
 

@@ -293,6 +293,37 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn range_rev(&self, prefix: &str, before: Option<&str>, limit: usize) -> Result<RangeResult, StoreError> {
+        let prefix = prefix.to_string();
+        let before = before.map(str::to_string);
+        self.read(move |txn| {
+            let revision = read_revision(txn)?;
+            let kv = txn.open_table(KV).map_err(internal)?;
+            let end = match before {
+                Some(before) => Some(before),
+                None => prefix_end(&prefix),
+            };
+            let iter = match &end {
+                Some(end) => kv.range(prefix.as_str()..end.as_str()).map_err(internal)?,
+                None => kv.range(prefix.as_str()..).map_err(internal)?,
+            };
+            let mut kvs = Vec::new();
+            for item in iter.rev() {
+                let (k, v) = item.map_err(internal)?;
+                let key = k.value().to_string();
+                if !key.starts_with(&prefix) {
+                    continue;
+                }
+                kvs.push(Entry::decode(v.value())?.into_kv(key));
+                if limit > 0 && kvs.len() == limit {
+                    break;
+                }
+            }
+            Ok(RangeResult { kvs, revision })
+        })
+        .await
+    }
+
     async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
         let prefix = prefix.to_string();
         self.read(move |txn| {

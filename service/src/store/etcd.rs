@@ -201,6 +201,22 @@ impl Store for EtcdStore {
         Ok(RangeResult { kvs, revision })
     }
 
+    async fn range_rev(&self, prefix: &str, before: Option<&str>, limit: usize) -> Result<RangeResult, StoreError> {
+        // etcd sorts the whole range server-side before applying the limit, but only the
+        // page travels back.
+        let end = before.map_or_else(|| super::prefix_end(prefix), |b| b.as_bytes().to_vec());
+        let mut options =
+            GetOptions::new().with_range(end).with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Descend);
+        if limit > 0 {
+            options = options.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        let mut kv = self.kv.clone();
+        let mut response = self.request(0, kv.get(prefix, Some(options))).await?;
+        let revision = header_revision(response.header())?;
+        let kvs = response.take_kvs().into_iter().map(key_value).collect::<Result<_, _>>()?;
+        Ok(RangeResult { kvs, revision })
+    }
+
     async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
         let mut kv = self.kv.clone();
         let response = self.request(0, kv.get(prefix, Some(GetOptions::new().with_prefix().with_count_only()))).await?;

@@ -177,6 +177,11 @@ pub trait Store: Send + Sync + 'static {
     /// with the revision they were read at.
     async fn range(&self, prefix: &str, limit: usize) -> Result<RangeResult, StoreError>;
 
+    /// Keys starting with `prefix` and sorting before `before` (or all of them), in
+    /// reverse key order, at most `limit` (0 = all): with time-ordered keys, the newest
+    /// first; pass the last key returned as the next `before` to page backwards.
+    async fn range_rev(&self, prefix: &str, before: Option<&str>, limit: usize) -> Result<RangeResult, StoreError>;
+
     /// How many keys start with `prefix`.
     async fn count(&self, prefix: &str) -> Result<usize, StoreError>;
 
@@ -201,6 +206,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// A name for logs: "embedded" or "etcd".
     fn name(&self) -> &'static str;
+}
+
+/// The smallest key greater than every key starting with `prefix` (the end of its range).
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key: etcd's convention for "to the end"
 }
 
 /// Puts one key with no conditions, for callers that need no transaction.

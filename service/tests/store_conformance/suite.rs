@@ -72,6 +72,30 @@ pub async fn put_get_range_and_revisions(backend: &mut dyn Backend) {
     assert_eq!(store.get("/t/a/2").await.unwrap().unwrap().create_revision, r7);
 }
 
+pub async fn reverse_ranges_page_backwards(backend: &mut dyn Backend) {
+    let store = backend.store();
+    for i in 0..25 {
+        put(&store, &format!("/rev/{i:03}"), &i.to_string()).await;
+    }
+    put(&store, "/rew", "outside the prefix").await;
+    put(&store, "/re", "outside too").await;
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = store.range_rev("/rev/", before.as_deref(), 10).await.unwrap();
+        seen.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+        match page.kvs.last() {
+            Some(last) if page.kvs.len() == 10 => before = Some(last.key.clone()),
+            _ => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).rev().map(|i| format!("/rev/{i:03}")).collect();
+    assert_eq!(seen, expected, "newest first, every key once, nothing outside the prefix");
+    let all = store.range_rev("/rev/", None, 0).await.unwrap();
+    assert_eq!(all.kvs.len(), 25);
+    assert_eq!(all.kvs[0].value, b"24");
+}
+
 pub async fn transactions_are_atomic_compare_and_swap(backend: &mut dyn Backend) {
     let store = backend.store();
     let r = put(&store, "/t/cas", "0").await;
