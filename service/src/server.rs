@@ -24,8 +24,10 @@ use crate::{
     web::{self, Web},
 };
 
-/// Largest request accepted; larger inputs are refused by field limits first.
-const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+/// Largest request decoded. Every field's own limit (see `jobs::validate`) is well
+/// below it, so oversized inputs get INVALID_ARGUMENT naming the field; only a message
+/// beyond this gets tonic's OUT_OF_RANGE, before any of it is decoded.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Accepted connections, with Nagle's algorithm off: streamed events are small writes,
 /// and Nagle plus delayed ACKs would hold each one back by ~40 ms.

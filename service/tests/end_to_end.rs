@@ -314,7 +314,7 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
     let status = client.get(GetJobRequest { job_id: "../etc".into() }).await.unwrap_err();
     assert_eq!((status.code(), status.message().starts_with("job_id:")), (Code::InvalidArgument, true));
 
-    let cases: Vec<(SubmitRequest, Code, &str)> = vec![
+    let mut cases: Vec<(SubmitRequest, Code, &str)> = vec![
         (SubmitRequest::default(), Code::InvalidArgument, "input:"),
         (diagnostic(0, 1), Code::InvalidArgument, "diagnostic.steps:"),
         (diagnostic(1, 10_000_000), Code::InvalidArgument, "diagnostic.step_ms:"),
@@ -369,6 +369,15 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
             "no connected worker",
         ),
     ];
+    // Bigger than tonic's default 4 MiB message limit: still our field-level answer.
+    cases.push((
+        SubmitRequest {
+            input: Some(Input::Generate(GenerateInput { prompt: "x".repeat(5 << 20), ..Default::default() })),
+            ..Default::default()
+        },
+        Code::InvalidArgument,
+        "generate.prompt: is 5242880 bytes",
+    ));
     for (request, code, message) in cases {
         let status = client.submit(request.clone()).await.unwrap_err();
         assert_eq!(status.code(), code, "{status:?}");
@@ -376,6 +385,15 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
         let status = client.run(request).await.unwrap_err();
         assert_eq!(status.code(), code, "Run: {status:?}");
     }
+    // Beyond the 64 MiB message limit the decoder refuses it before reading it.
+    let huge = SubmitRequest {
+        input: Some(Input::Diagnostic(DiagnosticInput { steps: 1, echo: "x".repeat(65 << 20), ..Default::default() })),
+        ..Default::default()
+    };
+    let status = client.submit(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{}", status.message());
+
     let after = server.store.range("/dhw/", 0).await.unwrap();
     assert_eq!(before.kvs, after.kvs, "rejected requests changed the store");
     server.shutdown().await;

@@ -12,6 +12,7 @@ pub const MAX_EMBED_TEXTS: usize = 256;
 pub const MAX_EMBED_BYTES: usize = 1024 * 1024;
 pub const MAX_IMAGES: usize = 64;
 pub const MAX_IMAGE_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_IMAGES_TOTAL: usize = 32 * 1024 * 1024;
 pub const MAX_TIMEOUT_MS: u32 = 7 * 24 * 3600 * 1000;
 pub const MAX_REASON: usize = 1024;
 
@@ -125,6 +126,8 @@ pub fn submit(req: &SubmitRequest) -> Result<(), Status> {
         }
         Input::Classify(c) => {
             in_range("classify.images", c.images.len(), 1, MAX_IMAGES)?;
+            let total: usize = c.images.iter().map(Vec::len).sum();
+            at_most("classify.images", total, MAX_IMAGES_TOTAL)?;
             for (i, img) in c.images.iter().enumerate() {
                 let field = format!("classify.images[{i}]");
                 if img.is_empty() {
