@@ -12,22 +12,28 @@
 //! record never disagree) and moves the queue entry or claim. Workers' reports carry a
 //! *fence*, the revision that created their claim; a report is applied only while that
 //! same claim exists, so a worker presumed dead cannot overwrite a rerun.
+//!
+//! - this file: submit, claim, report, cancel, reads;
+//! - [`recovery`]: jobs whose worker was lost; [`retention`]: removing old jobs;
+//! - [`records`]: the JSON records of workers and claims; [`validate`]: request checks.
 
+mod records;
+mod recovery;
+mod retention;
 pub mod validate;
 
-use std::time::{Duration, SystemTime};
+use records::ClaimRecord;
+pub use records::{ServedModel, WorkerRecord};
+
+use std::time::SystemTime;
 
 use deephardway::{
     is_final, kind_of,
-    v1::{
-        Cancelled, Job, JobEvent, JobFailed, JobKind, JobState, Queued, Started, SubmitRequest, job_event::Event,
-        submit_request::Input,
-    },
+    v1::{Cancelled, Job, JobEvent, JobKind, JobState, Queued, Started, SubmitRequest, job_event::Event},
 };
 use prost::Message;
 use prost_types::Timestamp;
-use serde::{Deserialize, Serialize};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::{
     config::ServiceConfig,
@@ -47,32 +53,6 @@ pub fn default_model(kind: JobKind) -> &'static str {
         JobKind::Classify => "catvnoncat",
         JobKind::Train | JobKind::Unspecified => "trainer",
     }
-}
-
-/// A connected worker as recorded in the store (under its lease).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerRecord {
-    pub worker_id: String,
-    pub name: String,
-    pub device: String,
-    pub slots: u32,
-    pub models: Vec<ServedModel>,
-}
-
-/// A model a worker serves.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServedModel {
-    pub name: String,
-    /// A [`JobKind`] as its protobuf number.
-    pub kind: i32,
-    pub description: String,
-}
-
-/// Which worker holds a running job; stored under the worker's lease.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ClaimRecord {
-    worker_id: String,
-    attempt: u32,
 }
 
 /// A job handed to a worker.
@@ -517,128 +497,4 @@ impl JobLifecycle {
             .await?;
         Ok(result.expect("cancel has no fence"))
     }
-
-    /// Called when a running job's claim has vanished (its worker or the worker's
-    /// replica was lost): the job goes back in line, or fails after its last attempt,
-    /// or ends cancelled if a cancel was pending.
-    pub async fn recover_orphan(&self, id: &str) -> Result<(), Status> {
-        let Some((job, _)) = self.find(id).await? else { return Ok(()) };
-        if job.state != JobState::Running as i32 {
-            return Ok(());
-        }
-        let entry = queue_key(&job);
-        let position = self.position(&job.model, &entry).await?;
-        let result = self
-            .update(id, |job| {
-                if job.state != JobState::Running as i32 {
-                    return Ok(None);
-                }
-                let mut change = Change { compares: vec![Compare::absent(keys::claim(id))], ..Default::default() };
-                if job.cancel_requested {
-                    finish(job, JobState::Cancelled, &mut change);
-                    change.events.push(Event::Cancelled(Cancelled { reason: job.cancel_reason.clone() }));
-                } else if job.attempts >= job.max_attempts {
-                    let failure = JobFailed {
-                        code: Code::Unavailable as i32,
-                        message: format!(
-                            "the job's worker was lost during attempt {} of {}",
-                            job.attempts, job.max_attempts
-                        ),
-                    };
-                    job.failure = Some(failure.clone());
-                    finish(job, JobState::Failed, &mut change);
-                    change.events.push(Event::Failed(failure));
-                } else {
-                    job.state = JobState::Queued as i32;
-                    job.progress = 0.0;
-                    change.ops.push(Op::delete(keys::running(id)));
-                    change.ops.push(Op::put(entry.clone(), id.to_string()));
-                    change.events.push(Event::Queued(Queued {
-                        position,
-                        attempt: job.attempts + 1,
-                        reason: "worker lost".into(),
-                    }));
-                }
-                Ok(Some(change))
-            })
-            .await?;
-        if let Ok(job) = result {
-            tracing::warn!(job = %id, state = ?JobState::try_from(job.state).ok(), "recovered a job whose worker was lost");
-        }
-        Ok(())
-    }
-
-    /// Finds running jobs whose claim is gone (e.g. missed while this replica was down)
-    /// and recovers them.
-    pub async fn recover_all_orphans(&self) -> Result<usize, Status> {
-        // Both ranges are as small as the number of running jobs.
-        let running = self.store.range(keys::RUNNING, 0).await.map_err(store_status)?;
-        let claims = self.store.range(keys::CLAIMS, 0).await.map_err(store_status)?;
-        let claimed: std::collections::HashSet<&str> =
-            claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
-        let mut recovered = 0;
-        for kv in &running.kvs {
-            let id = keys::last_segment(&kv.key);
-            if !claimed.contains(id) {
-                self.recover_orphan(id).await?;
-                recovered += 1;
-            }
-        }
-        Ok(recovered)
-    }
-
-    /// Deletes finished jobs older than the retention, with their events. Returns how many.
-    pub async fn purge_expired(&self) -> Result<usize, Status> {
-        let cutoff = SystemTime::now().checked_sub(self.config.retention).unwrap_or(SystemTime::UNIX_EPOCH);
-        let cutoff = micros(&Some(Timestamp::from(cutoff)));
-        const PAGE: usize = 512;
-        let mut purged = 0;
-        // Oldest first, a page at a time (purged keys leave the range), up to the cutoff.
-        loop {
-            let done = self.store.range(keys::DONE, PAGE).await.map_err(store_status)?;
-            for kv in &done.kvs {
-                let finished: i64 =
-                    kv.key[keys::DONE.len()..].split('/').next().and_then(|t| t.parse().ok()).unwrap_or(0);
-                if finished > cutoff {
-                    return Ok(purged);
-                }
-                self.purge(kv).await?;
-                purged += 1;
-            }
-            if done.kvs.len() < PAGE {
-                return Ok(purged);
-            }
-        }
-    }
-
-    /// Removes one finished job (`kv` is its done-index entry), events first.
-    async fn purge(&self, kv: &KeyValue) -> Result<(), Status> {
-        let id = keys::last_segment(&kv.key).to_string();
-        let events = self.store.range(&keys::events(&id), 0).await.map_err(store_status)?;
-        for chunk in events.kvs.chunks(128) {
-            let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
-            self.store.txn(txn).await.map_err(store_status)?;
-        }
-        let mut txn = Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key));
-        if let Some((job, _)) = self.find(&id).await?
-            && let Some(rid) = job.request.as_ref().map(|r| &r.request_id).filter(|r| !r.is_empty())
-        {
-            txn = txn.then(Op::delete(keys::request(rid)));
-        }
-        self.store.txn(txn).await.map_err(store_status)?;
-        Ok(())
-    }
-}
-
-/// How long until a running job exceeds its timeout, from its record.
-pub fn time_left(job: &Job) -> Duration {
-    let started = micros(&job.started_at);
-    let now = micros(&Some(now()));
-    let elapsed = Duration::from_micros(u64::try_from(now - started).unwrap_or(0));
-    Duration::from_millis(u64::from(job.timeout_ms)).saturating_sub(elapsed)
-}
-
-/// The input of a job's request.
-pub fn input(job: &Job) -> Option<&Input> {
-    job.request.as_ref().and_then(|r| r.input.as_ref())
 }

@@ -1,0 +1,82 @@
+//! Jobs whose worker was lost: back in line, or failed after their last attempt, or
+//! cancelled if a cancel was pending. Idempotent, so every replica's reaper may call it.
+
+use deephardway::v1::{Cancelled, JobFailed, JobState, Queued, job_event::Event};
+use tonic::{Code, Status};
+
+use super::{Change, JobLifecycle, finish, queue_key, store_status};
+use crate::{
+    keys,
+    store::{Compare, Op},
+};
+
+impl JobLifecycle {
+    /// Called when a running job's claim has vanished (its worker or the worker's
+    /// replica was lost): the job goes back in line, or fails after its last attempt,
+    /// or ends cancelled if a cancel was pending.
+    pub async fn recover_orphan(&self, id: &str) -> Result<(), Status> {
+        let Some((job, _)) = self.find(id).await? else { return Ok(()) };
+        if job.state != JobState::Running as i32 {
+            return Ok(());
+        }
+        let entry = queue_key(&job);
+        let position = self.position(&job.model, &entry).await?;
+        let result = self
+            .update(id, |job| {
+                if job.state != JobState::Running as i32 {
+                    return Ok(None);
+                }
+                let mut change = Change { compares: vec![Compare::absent(keys::claim(id))], ..Default::default() };
+                if job.cancel_requested {
+                    finish(job, JobState::Cancelled, &mut change);
+                    change.events.push(Event::Cancelled(Cancelled { reason: job.cancel_reason.clone() }));
+                } else if job.attempts >= job.max_attempts {
+                    let failure = JobFailed {
+                        code: Code::Unavailable as i32,
+                        message: format!(
+                            "the job's worker was lost during attempt {} of {}",
+                            job.attempts, job.max_attempts
+                        ),
+                    };
+                    job.failure = Some(failure.clone());
+                    finish(job, JobState::Failed, &mut change);
+                    change.events.push(Event::Failed(failure));
+                } else {
+                    job.state = JobState::Queued as i32;
+                    job.progress = 0.0;
+                    change.ops.push(Op::delete(keys::running(id)));
+                    change.ops.push(Op::put(entry.clone(), id.to_string()));
+                    change.events.push(Event::Queued(Queued {
+                        position,
+                        attempt: job.attempts + 1,
+                        reason: "worker lost".into(),
+                    }));
+                }
+                Ok(Some(change))
+            })
+            .await?;
+        if let Ok(job) = result {
+            tracing::warn!(job = %id, state = ?JobState::try_from(job.state).ok(), "recovered a job whose worker was lost");
+        }
+        Ok(())
+    }
+
+    /// Finds running jobs whose claim is gone (e.g. missed while this replica was down)
+    /// and recovers them.
+    pub async fn recover_all_orphans(&self) -> Result<usize, Status> {
+        // Both ranges are as small as the number of running jobs.
+        let running = self.store.range(keys::RUNNING, 0).await.map_err(store_status)?;
+        let claims = self.store.range(keys::CLAIMS, 0).await.map_err(store_status)?;
+        let claimed: std::collections::HashSet<&str> =
+            claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
+        let mut recovered = 0;
+        for kv in &running.kvs {
+            let id = keys::last_segment(&kv.key);
+            if !claimed.contains(id) {
+                self.recover_orphan(id).await?;
+                recovered += 1;
+            }
+        }
+        Ok(recovered)
+    }
+}

@@ -1,0 +1,57 @@
+//! Removing finished jobs once their retention has passed: the record, its events, its
+//! idempotency key and its done-index entry, oldest first, a page at a time.
+
+use std::time::SystemTime;
+
+use prost_types::Timestamp;
+use tonic::Status;
+
+use super::{JobLifecycle, micros, store_status};
+use crate::{
+    keys,
+    store::{KeyValue, Op, Txn},
+};
+
+impl JobLifecycle {
+    /// Deletes finished jobs older than the retention, with their events. Returns how many.
+    pub async fn purge_expired(&self) -> Result<usize, Status> {
+        let cutoff = SystemTime::now().checked_sub(self.config.retention).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = micros(&Some(Timestamp::from(cutoff)));
+        const PAGE: usize = 512;
+        let mut purged = 0;
+        // Oldest first, a page at a time (purged keys leave the range), up to the cutoff.
+        loop {
+            let done = self.store.range(keys::DONE, PAGE).await.map_err(store_status)?;
+            for kv in &done.kvs {
+                let finished: i64 =
+                    kv.key[keys::DONE.len()..].split('/').next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                if finished > cutoff {
+                    return Ok(purged);
+                }
+                self.purge(kv).await?;
+                purged += 1;
+            }
+            if done.kvs.len() < PAGE {
+                return Ok(purged);
+            }
+        }
+    }
+
+    /// Removes one finished job (`kv` is its done-index entry), events first.
+    async fn purge(&self, kv: &KeyValue) -> Result<(), Status> {
+        let id = keys::last_segment(&kv.key).to_string();
+        let events = self.store.range(&keys::events(&id), 0).await.map_err(store_status)?;
+        for chunk in events.kvs.chunks(128) {
+            let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
+            self.store.txn(txn).await.map_err(store_status)?;
+        }
+        let mut txn = Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key));
+        if let Some((job, _)) = self.find(&id).await?
+            && let Some(rid) = job.request.as_ref().map(|r| &r.request_id).filter(|r| !r.is_empty())
+        {
+            txn = txn.then(Op::delete(keys::request(rid)));
+        }
+        self.store.txn(txn).await.map_err(store_status)?;
+        Ok(())
+    }
+}
