@@ -219,3 +219,43 @@ async fn web_client_files_are_served_beside_the_api() {
     assert!(body.contains("web client is not built") && body.contains("npm --prefix client-web"), "{body}");
     server.shutdown().await;
 }
+
+/// A real model through the whole path: `deephardway up` loads all-MiniLM-L6-v2 from
+/// the model cache (scripts/fetch-models) and answers an embed job over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_embed_model_from_the_cache() {
+    use deephardway::v1::{EmbedInput, SubmitRequest, job_event::Event, job_result, submit_request::Input};
+    let models = deephardway_worker::runners::default_models_dir();
+    assert!(models.join("all-minilm-l6-v2/model.safetensors").exists(), "run scripts/fetch-models");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _up = tokio::process::Command::new(binary())
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device", "cpu"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--models-dir")
+        .arg(&models)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_until_serving(&url).await;
+    wait_for_workers(&url, 1).await;
+    let mut client = jobs_client(&url).await;
+    let texts = ["The cat sits on the mat.", "A kitten rests on a rug.", "Quarterly revenue grew 4%."];
+    let request = SubmitRequest {
+        input: Some(Input::Embed(EmbedInput { texts: texts.map(String::from).to_vec() })),
+        ..Default::default()
+    };
+    let events =
+        collect_events(client.run(request).await.expect("Run embed").into_inner(), std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+    let Some(Event::Result(result)) = &events.last().unwrap().event else { panic!("{events:?}") };
+    let Some(job_result::Value::Embed(embed)) = &result.value else { panic!("{result:?}") };
+    let v: Vec<&Vec<f32>> = embed.embeddings.iter().map(|e| &e.values).collect();
+    assert_eq!((v.len(), v[0].len()), (3, 384));
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    assert!(cos(v[0], v[1]) > cos(v[0], v[2]), "cat/kitten closer than cat/revenue");
+}

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use clap::Args;
-use deephardway_worker::{Runner, WorkerOptions, device, runners::diagnostic::DiagnosticRunner};
+use deephardway_worker::{
+    Runner, WorkerOptions, device,
+    runners::{default_models_dir, diagnostic::DiagnosticRunner, embed::EmbedRunner},
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Clone)]
@@ -17,12 +20,25 @@ pub struct LocalWorkerFlags {
     /// The worker's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
+    /// Where model weights are (scripts/fetch-models puts them in
+    /// ~/.cache/deephardway/models); each model found there is served.
+    #[arg(long, env = "DEEPHARDWAY_MODELS")]
+    models_dir: Option<std::path::PathBuf>,
 }
 
 impl LocalWorkerFlags {
     pub fn options(&self, server: String) -> anyhow::Result<WorkerOptions> {
         let device = device::select(&self.device)?;
-        let runners: Vec<Arc<dyn Runner>> = vec![Arc::new(DiagnosticRunner)];
+        let mut runners: Vec<Arc<dyn Runner>> = vec![Arc::new(DiagnosticRunner)];
+        let models = self.models_dir.clone().unwrap_or_else(default_models_dir);
+        let minilm = models.join("all-minilm-l6-v2");
+        if minilm.join("model.safetensors").is_file() {
+            let runner = EmbedRunner::load("all-minilm-l6-v2", &minilm, &device)?;
+            tracing::info!(model = "all-minilm-l6-v2", dir = %minilm.display(), "serving embed model");
+            runners.push(Arc::new(runner));
+        } else {
+            tracing::info!(dir = %models.display(), "no embed model found; run scripts/fetch-models to serve one");
+        }
         let name = self.name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into())
         });

@@ -1,0 +1,54 @@
+//! The embed runner on the real all-MiniLM-L6-v2 weights (fetched by scripts/fetch-models).
+
+use candle_core::Device;
+use deephardway_worker::runners::{default_models_dir, embed::EmbedRunner};
+
+fn runner() -> EmbedRunner {
+    let dir = default_models_dir().join("all-minilm-l6-v2");
+    assert!(dir.join("model.safetensors").exists(), "{} is missing: run scripts/fetch-models", dir.display());
+    EmbedRunner::load("all-minilm-l6-v2", &dir, &Device::Cpu).expect("loads")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn similar_sentences_are_closer_than_unrelated_ones() {
+    let runner = runner();
+    let texts: Vec<String> = [
+        "A man is playing a guitar.",
+        "Someone plays an acoustic guitar.",
+        "The stock market fell sharply today.",
+        "",
+        "Ein Mann spielt Gitarre. 男人在弹吉他。",
+    ]
+    .map(String::from)
+    .to_vec();
+    let vectors = runner.embed(&texts).unwrap();
+    assert_eq!(vectors.len(), texts.len());
+    for v in &vectors {
+        assert_eq!(v.len(), 384);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "L2-normalised: {norm}");
+    }
+    let related = cosine(&vectors[0], &vectors[1]);
+    let unrelated = cosine(&vectors[0], &vectors[2]);
+    assert!(related > 0.5 && related > unrelated + 0.3, "related {related}, unrelated {unrelated}");
+}
+
+#[test]
+fn batching_and_truncation_do_not_change_a_texts_vector() {
+    let runner = runner();
+    let long = "word ".repeat(2000);
+    let texts: Vec<String> = vec!["short one".into(), long.clone(), "a medium length sentence here".into()];
+    let batch = runner.embed(&texts).unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        let alone = runner.embed(std::slice::from_ref(text)).unwrap().remove(0);
+        let agreement = cosine(&alone, &batch[i]);
+        assert!(agreement > 0.9999, "text {i}: batch vs alone cosine {agreement}");
+    }
+    // A text past the 256-token limit embeds like its first 256 tokens.
+    let truncated = runner.embed(&["word ".repeat(300)]).unwrap().remove(0);
+    assert!(cosine(&truncated, &batch[1]) > 0.9999);
+}
