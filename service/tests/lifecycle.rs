@@ -19,7 +19,7 @@ fn worker(id: &str) -> WorkerRecord {
         name: id.into(),
         device: "cpu".into(),
         slots: 1,
-        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new() }],
+        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
     }
 }
 

@@ -4,7 +4,7 @@
 //! - [`connection`]: the session with the service: hello, assignments, cancellations,
 //!   reports, and reconnecting with backoff when the stream breaks.
 //! - [`runner`]: the [`Runner`] trait, one implementation per kind of job.
-//! - [`runners`]: the implementations ([`runners::diagnostic`] so far).
+//! - [`runners`]: the implementations (diagnostic, embed, generate) and [`runners::open`], which picks one for a model on disk.
 //! - [`device`]: choosing a candle device (`auto`, `cpu`, `cuda[:N]`).
 
 pub mod connection;

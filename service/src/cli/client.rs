@@ -5,9 +5,9 @@ use std::{io::Write, process::ExitCode};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use deephardway::v1::{
-    CancelRequest, DiagnosticInput, EmbedInput, GenerateInput, Job, JobKind, JobResult, JobState, ListJobsRequest,
-    ListModelsRequest, SubmitRequest, WatchRequest, job_event::Event, job_result, jobs_client::JobsClient,
-    models_client::ModelsClient, submit_request::Input,
+    CancelRequest, ChatMessage, DiagnosticInput, EmbedInput, GenerateInput, Job, JobKind, JobResult, JobState,
+    ListJobsRequest, ListModelsRequest, SubmitRequest, WatchRequest, job_event::Event, job_result,
+    jobs_client::JobsClient, models_client::ModelsClient, submit_request::Input,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::transport::Channel;
@@ -66,10 +66,29 @@ enum InputArgs {
     /// Generate text from a prompt.
     Generate {
         prompt: String,
+        /// Send the prompt as a user message through the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// With --chat: a system message first.
+        #[arg(long, requires = "chat")]
+        system: Option<String>,
+        /// Tokens to generate at most (0: the worker's default, 256).
         #[arg(long, default_value_t = 0)]
         max_tokens: u32,
+        /// 0 picks the likeliest token every time (greedy).
         #[arg(long, default_value_t = 0.0)]
         temperature: f32,
+        #[arg(long, default_value_t = 0.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: u32,
+        #[arg(long, default_value_t = 0.0)]
+        repetition_penalty: f32,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop before this text (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
     },
     /// Embed sentences.
     Embed { texts: Vec<String> },
@@ -80,8 +99,36 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         InputArgs::Diagnostic { steps, step_ms, fail_at_step, echo } => {
             Input::Diagnostic(DiagnosticInput { steps, step_ms, fail_at_step, echo, ..Default::default() })
         }
-        InputArgs::Generate { prompt, max_tokens, temperature } => {
-            Input::Generate(GenerateInput { prompt, max_tokens, temperature, ..Default::default() })
+        InputArgs::Generate {
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+            stop,
+        } => {
+            let (prompt, messages) = if chat {
+                let message = |role: &str, content: String| ChatMessage { role: role.into(), content };
+                let system = system.map(|s| message("system", s));
+                (String::new(), system.into_iter().chain([message("user", prompt)]).collect())
+            } else {
+                (prompt, Vec::new())
+            };
+            Input::Generate(GenerateInput {
+                prompt,
+                messages,
+                max_tokens,
+                temperature,
+                top_p,
+                top_k,
+                repetition_penalty,
+                seed,
+                stop,
+            })
         }
         InputArgs::Embed { texts } => Input::Embed(EmbedInput { texts }),
     };

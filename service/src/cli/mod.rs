@@ -42,8 +42,24 @@ enum Command {
 }
 
 /// Parses the command line and runs it.
-pub async fn main() -> anyhow::Result<std::process::ExitCode> {
-    let cli = Cli::parse();
+impl Cli {
+    /// The CPU thread count asked for with `--threads`, by the commands that run models.
+    /// It must reach candle (as `RAYON_NUM_THREADS`) before any thread starts, which is
+    /// why `main` reads it before starting the async runtime.
+    pub fn threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Up(args) => args.worker.threads,
+            Command::Worker(args) => args.flags.threads,
+            _ => None,
+        }
+    }
+}
+
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let client_command = !matches!(cli.command, Command::Up(_) | Command::Serve(_) | Command::Worker(_));
     // The benchmark's own server and worker would otherwise log every job.
     logging::init(cli.log_format, if client_command { "warn" } else { "info" })?;

@@ -105,7 +105,7 @@ pub struct UpArgs {
     #[command(flatten)]
     service: ServiceFlags,
     #[command(flatten)]
-    worker: worker::LocalWorkerFlags,
+    pub worker: worker::LocalWorkerFlags,
 }
 
 async fn open_store(spec: &str, data_dir: PathBuf) -> anyhow::Result<SharedStore> {

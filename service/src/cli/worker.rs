@@ -1,11 +1,12 @@
 //! `deephardway worker`, and the local worker that `up` starts.
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
+use anyhow::Context;
 use clap::Args;
 use deephardway_worker::{
     Runner, WorkerOptions, device,
-    runners::{default_models_dir, diagnostic::DiagnosticRunner, embed::EmbedRunner},
+    runners::{self, default_models_dir, diagnostic::DiagnosticRunner},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -21,23 +22,53 @@ pub struct LocalWorkerFlags {
     #[arg(long)]
     name: Option<String>,
     /// Where model weights are (scripts/fetch-models puts them in
-    /// ~/.cache/deephardway/models); each model found there is served.
+    /// ~/.cache/deephardway/models); each model found there is served under its folder's
+    /// name.
     #[arg(long, env = "DEEPHARDWAY_MODELS")]
     models_dir: Option<std::path::PathBuf>,
+    /// Also serve the model at PATH under NAME: a .gguf file (or a folder holding one)
+    /// for generate, a Hugging Face BERT folder for embed. Repeatable.
+    #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
+    models: Vec<(String, PathBuf)>,
+    /// CPU threads for model arithmetic (default: every core).
+    #[arg(long, env = "DEEPHARDWAY_THREADS")]
+    pub threads: Option<usize>,
+}
+
+fn parse_model(value: &str) -> Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), PathBuf::from(path))),
+        _ => Err("expected NAME=PATH".into()),
+    }
 }
 
 impl LocalWorkerFlags {
+    /// The folders of the models directory that hold a complete model
+    /// (scripts/fetch-models marks each one `.verified` once its checksums pass).
+    fn discovered_models(&self) -> Vec<(String, PathBuf)> {
+        let dir = self.models_dir.clone().unwrap_or_else(default_models_dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        let mut found: Vec<(String, PathBuf)> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join(".verified").is_file())
+            .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), p)))
+            .collect();
+        found.sort();
+        found
+    }
+
     pub fn options(&self, server: String) -> anyhow::Result<WorkerOptions> {
         let device = device::select(&self.device)?;
         let mut runners: Vec<Arc<dyn Runner>> = vec![Arc::new(DiagnosticRunner)];
-        let models = self.models_dir.clone().unwrap_or_else(default_models_dir);
-        let minilm = models.join("all-minilm-l6-v2");
-        if minilm.join("model.safetensors").is_file() {
-            let runner = EmbedRunner::load("all-minilm-l6-v2", &minilm, &device)?;
-            tracing::info!(model = "all-minilm-l6-v2", dir = %minilm.display(), "serving embed model");
-            runners.push(Arc::new(runner));
-        } else {
-            tracing::info!(dir = %models.display(), "no embed model found; run scripts/fetch-models to serve one");
+        let concurrency = self.slots.max(1) as usize;
+        for (name, path) in self.discovered_models().into_iter().chain(self.models.iter().cloned()) {
+            let runner = runners::open(&name, &path, &device, concurrency)
+                .with_context(|| format!("cannot serve model {name} from {}", path.display()))?;
+            tracing::info!(model = %name, path = %path.display(), "serving model");
+            runners.push(runner);
+        }
+        if runners.len() == 1 {
+            tracing::info!("no models found; run scripts/fetch-models (or pass --model NAME=PATH) to serve some");
         }
         let name = self.name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into())
@@ -52,7 +83,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "DEEPHARDWAY_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
     #[command(flatten)]
-    flags: LocalWorkerFlags,
+    pub flags: LocalWorkerFlags,
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {

@@ -29,7 +29,10 @@ use std::time::SystemTime;
 
 use deephardway::{
     is_final, kind_of,
-    v1::{Cancelled, Job, JobEvent, JobKind, JobState, Queued, Started, SubmitRequest, job_event::Event},
+    v1::{
+        Cancelled, Job, JobEvent, JobKind, JobState, Queued, Started, SubmitRequest, job_event::Event,
+        submit_request::Input,
+    },
 };
 use prost::Message;
 use prost_types::Timestamp;
@@ -53,6 +56,22 @@ pub fn default_model(kind: JobKind) -> &'static str {
         JobKind::Classify => "catvnoncat",
         JobKind::Train | JobKind::Unspecified => "trainer",
     }
+}
+
+/// Checks what can be checked against the model before a job is queued: a generate
+/// job's `max_tokens` must fit the model's context (the prompt's length in tokens is only
+/// known to the worker, which checks the sum).
+fn fits(model: &ServedModel, input: &Input) -> Result<(), Status> {
+    if let Input::Generate(g) = input
+        && model.context_length > 0
+        && g.max_tokens >= model.context_length
+    {
+        return Err(Status::invalid_argument(format!(
+            "generate.max_tokens: is {}; {} holds {} tokens, prompt included",
+            g.max_tokens, model.name, model.context_length
+        )));
+    }
+    Ok(())
 }
 
 /// A job handed to a worker.
@@ -156,7 +175,7 @@ impl JobLifecycle {
         {
             return Ok((job, true));
         }
-        self.check_served(&request.model, kind).await?;
+        self.check_served(&request.model, input).await?;
         let depth = self.store.count(keys::QUEUE).await.map_err(store_status)?;
         if depth >= self.config.max_queue_depth {
             return Err(Status::resource_exhausted(format!(
@@ -223,13 +242,15 @@ impl JobLifecycle {
     }
 
     /// FAILED_PRECONDITION unless a connected worker serves `model` for `kind`.
-    async fn check_served(&self, model: &str, kind: JobKind) -> Result<(), Status> {
+    /// A connected worker serves `model` for this kind of job, and the request fits it.
+    async fn check_served(&self, model: &str, input: &Input) -> Result<(), Status> {
+        let kind = kind_of(input);
         let workers = self.workers().await?;
         let mut other_kind = None;
         for w in &workers {
             for m in w.models.iter().filter(|m| m.name == model) {
                 if m.kind == kind as i32 {
-                    return Ok(());
+                    return fits(m, input);
                 }
                 other_kind = Some(m.kind);
             }

@@ -20,6 +20,9 @@ pub struct ServedModel {
     /// A [`JobKind`] as its protobuf number.
     pub kind: i32,
     pub description: String,
+    /// The most tokens a sequence may hold (generative models; 0 where it does not apply).
+    #[serde(default)]
+    pub context_length: u32,
 }
 
 /// Which worker holds a running job; stored under the worker's lease.

@@ -29,6 +29,7 @@ impl Models for ModelsRpc {
                     name: m.name.clone(),
                     kind: m.kind,
                     description: m.description.clone(),
+                    context_length: m.context_length,
                     ..Default::default()
                 });
                 info.workers += 1;

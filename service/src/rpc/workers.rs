@@ -102,7 +102,12 @@ fn record_from_hello(hello: WorkerHello) -> Result<WorkerRecord, Status> {
         models: hello
             .models
             .into_iter()
-            .map(|m| ServedModel { name: m.name, kind: m.kind, description: m.description })
+            .map(|m| ServedModel {
+                name: m.name,
+                kind: m.kind,
+                description: m.description,
+                context_length: m.context_length,
+            })
             .collect(),
     })
 }

@@ -25,6 +25,7 @@ impl Runner for DiagnosticRunner {
             name: MODEL.into(),
             kind: JobKind::Diagnostic as i32,
             description: "built-in test job: timed steps with progress, optional failure".into(),
+            ..Default::default()
         }]
     }
 

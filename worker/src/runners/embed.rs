@@ -111,6 +111,7 @@ impl Runner for EmbedRunner {
             name: self.name.clone(),
             kind: JobKind::Embed as i32,
             description: format!("sentence embeddings, {} dimensions, mean pooled, L2-normalised", self.dimensions),
+            ..Default::default()
         }]
     }
 

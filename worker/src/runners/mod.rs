@@ -2,8 +2,17 @@
 
 pub mod diagnostic;
 pub mod embed;
+pub mod generate;
 
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context;
+use candle_core::Device;
+
+use crate::Runner;
 
 /// Where `scripts/fetch-models` keeps model weights: `$DEEPHARDWAY_MODELS`, else
 /// `$DEEPHARDWAY_CACHE/models`, else `~/.cache/deephardway/models`.
@@ -15,4 +24,26 @@ pub fn default_models_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/deephardway"));
     cache.join("models")
+}
+
+/// Opens the model at `path` and serves it under `name`, choosing the runner from what
+/// the path holds: a GGUF file (or a directory with one) is a text-generation model, a
+/// directory with `config.json` and `model.safetensors` a BERT sentence-embedding model.
+/// `concurrency` is how many jobs may run on it at once (generation batches them).
+pub fn open(name: &str, path: &Path, device: &Device, concurrency: usize) -> anyhow::Result<Arc<dyn Runner>> {
+    let is_gguf = |p: &Path| p.extension().is_some_and(|e| e == "gguf");
+    let holds_gguf = path.is_dir()
+        && std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .any(|e| e.is_ok_and(|e| is_gguf(&e.path())));
+    if (path.is_file() && is_gguf(path)) || holds_gguf {
+        return Ok(Arc::new(generate::GenerateRunner::load(name, path, device, concurrency)?));
+    }
+    if path.join("config.json").is_file() && path.join("model.safetensors").is_file() {
+        return Ok(Arc::new(embed::EmbedRunner::load(name, path, device)?));
+    }
+    anyhow::bail!(
+        "{}: not a model deephardway can serve (expected a .gguf file, or a directory with config.json and model.safetensors)",
+        path.display()
+    )
 }

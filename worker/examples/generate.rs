@@ -1,0 +1,40 @@
+//! Greedy generation straight from a GGUF, without the service: for trying a model and
+//! profiling the decoder.
+//!
+//!     cargo run -p deephardway-worker --example generate -- MODEL.gguf "The capital of France is" 64
+
+use std::{io::Write, time::Instant};
+
+use candle_core::Device;
+use deephardway_worker::runners::generate::{self, model::top2};
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let path = args.next().expect("usage: generate MODEL.gguf PROMPT [TOKENS]");
+    let prompt = args.next().unwrap_or_else(|| "The capital of France is".into());
+    let n: usize = args.next().map_or(Ok(64), |s| s.parse())?;
+    let loaded = generate::load(path.as_ref(), &Device::Cpu)?;
+    let tokenizer = &loaded.tokenizer.tokenizer;
+    let prompt_tokens = tokenizer.encode(prompt.as_str(), false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
+    let mut sequence = loaded.model.new_sequence(prompt_tokens.len() + n);
+    let started = Instant::now();
+    let mut logits = loaded.model.forward(&mut [&mut sequence], &[&prompt_tokens], false)?;
+    let first = started.elapsed();
+    let mut tokens = Vec::new();
+    print!("{prompt}");
+    for _ in 0..n {
+        let (token, _, _) = top2(&logits)?[0];
+        tokens.push(token);
+        print!("{}", tokenizer.decode(&[token], false).map_err(anyhow::Error::msg)?);
+        std::io::stdout().flush()?;
+        logits = loaded.model.forward(&mut [&mut sequence], &[&[token]], false)?;
+    }
+    let decode = started.elapsed() - first;
+    println!(
+        "\n\n{} prompt tokens in {:.1} ms; {n} tokens decoded at {:.1} tokens/s",
+        prompt_tokens.len(),
+        first.as_secs_f64() * 1e3,
+        n as f64 / decode.as_secs_f64()
+    );
+    Ok(())
+}
