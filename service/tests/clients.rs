@@ -7,28 +7,6 @@ use std::{path::PathBuf, process::Command};
 
 use support::*;
 
-/// A tool installed by `scripts/setup`, on PATH or in its cache.
-fn tool(name: &str, env_override: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env_override) {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var_os("DEEPHARDWAY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/deephardway"));
-    let candidates = [cache.join("tools/bin").join(name), cache.join("venv/bin").join(name)];
-    for candidate in candidates {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    if let Ok(output) = Command::new("which").arg(name).output()
-        && output.status.success()
-    {
-        return PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    }
-    panic!("{name} is not installed: run scripts/setup");
-}
-
 fn run(cmd: &mut Command) -> String {
     let output = cmd.output().expect("run tool");
     assert!(

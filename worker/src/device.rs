@@ -43,3 +43,9 @@ mod tests {
         assert!(super::select("cuda:x").is_err());
     }
 }
+
+/// The CPU threads candle's arithmetic uses (`--threads`, else `RAYON_NUM_THREADS`, else
+/// one per physical core).
+pub fn cpu_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}

@@ -161,11 +161,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
     let worker_stop = stop.clone();
     let url = format!("http://{addr}");
     let worker_options = args.worker.options(url.clone())?;
-    let worker = tokio::spawn(async move { deephardway_worker::run(worker_options, worker_stop).await });
     eprintln!("deephardway is up on {url} (embedded store in {})", args.service.data_dir().display());
-    eprintln!(
-        "  try: grpcurl -plaintext -d '{{\"diagnostic\":{{\"steps\":5,\"step_ms\":200}}}}' {addr} deephardway.v1.Jobs/Run"
-    );
+    use deephardway::v1::JobKind;
+    let serves = |kind: JobKind| worker_options.runners.iter().flat_map(|r| r.models()).any(|m| m.kind == kind as i32);
+    let example = if serves(JobKind::Generate) {
+        r#"{"generate":{"prompt":"The capital of France is","max_tokens":16}}"#
+    } else {
+        r#"{"diagnostic":{"steps":5,"step_ms":200}}"#
+    };
+    eprintln!("  try: grpcurl -plaintext -d '{example}' {addr} deephardway.v1.Jobs/Run");
+    let worker = tokio::spawn(async move { deephardway_worker::run(worker_options, worker_stop).await });
     let signal = stop.clone();
     let served = server::serve(listener, store, args.service.config(), args.service.web(), async move {
         shutdown_signal().await;

@@ -74,6 +74,12 @@ impl EmbedRunner {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        // On the CPU this runs the pass inside candle's thread pool, so its many short
+        // parallel ops find their threads awake instead of waking them each time.
+        self.device.with_context(|| self.embed_in_context(texts))
+    }
+
+    fn embed_in_context(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
         // Sort by length so each batch pads little; put the results back in order.
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());

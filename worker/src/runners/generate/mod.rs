@@ -3,7 +3,7 @@
 //! - [`tokenizer`]: the tokenizer rebuilt from the GGUF's metadata;
 //! - [`chat`]: chat messages rendered through the GGUF's Jinja chat template;
 //! - [`model`]: the decoder, run for many sequences per forward pass;
-//! - [`q4_1`]: the SIMD Q4_1 matrix multiplication the CPU path uses;
+//! - [`qmatmul`]: the SIMD quantized matrix multiplication (Q4_1, Q8_0) the CPU path uses;
 //! - [`engine`]: the thread that decodes every running job together, one token per step;
 //! - [`text`]: tokens to UTF-8 text chunks, with stop strings.
 //!
@@ -13,7 +13,7 @@
 pub mod chat;
 pub mod engine;
 pub mod model;
-pub mod q4_1;
+pub mod qmatmul;
 pub mod text;
 pub mod tokenizer;
 

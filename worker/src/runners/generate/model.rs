@@ -9,19 +9,19 @@
 //! sequence, against that sequence's own cache. A prompt is the same call with many
 //! tokens for one sequence.
 //!
-//! On the CPU, Q4_1 weights go through [`super::q4_1`]'s SIMD kernel; everything else,
-//! and every weight on a GPU, through candle's `QMatMul`.
+//! On the CPU, Q4_1 and Q8_0 weights go through [`super::qmatmul`]'s SIMD kernels;
+//! everything else, and every weight on a GPU, through candle's `QMatMul`.
 
 use std::io::{Read, Seek};
 
 use anyhow::Context;
 use candle_core::{
     DType, Device, Module, Tensor,
-    quantized::{GgmlDType, QMatMul, QTensor, gguf_file::Content},
+    quantized::{QMatMul, QTensor, gguf_file::Content},
 };
 use candle_nn::kv_cache::KvCache;
 
-use super::q4_1::Q4_1Matrix;
+use super::qmatmul::QMatrix;
 
 /// Hyper-parameters read from the GGUF's `llama.*` metadata.
 #[derive(Debug, Clone)]
@@ -66,14 +66,14 @@ impl Config {
 
 /// A weight matrix, multiplied as `x · Wᵀ`.
 enum Linear {
-    Q4_1(Q4_1Matrix),
+    Ours(QMatrix),
     Candle(QMatMul),
 }
 
 impl Linear {
     fn new(tensor: QTensor, device: &Device) -> anyhow::Result<Self> {
-        Ok(if device.is_cpu() && tensor.dtype() == GgmlDType::Q4_1 {
-            Linear::Q4_1(Q4_1Matrix::from_qtensor(&tensor)?)
+        Ok(if device.is_cpu() && QMatrix::supports(tensor.dtype()) {
+            Linear::Ours(QMatrix::from_qtensor(&tensor)?)
         } else {
             Linear::Candle(QMatMul::from_qtensor(tensor)?)
         })
@@ -81,7 +81,7 @@ impl Linear {
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Linear::Q4_1(m) => m.forward(x),
+            Linear::Ours(m) => m.forward(x),
             Linear::Candle(m) => m.forward(x),
         }
     }

@@ -1,4 +1,5 @@
-//! `deephardway bench`: end-to-end throughput and latency of the job path, per store.
+//! `deephardway bench`: end-to-end throughput and latency of the job path, per store;
+//! with `--embed` or `--generate`, of a real model (see [`models`]).
 //!
 //! For each store it starts the service on a free port with an in-process worker, then
 //! N concurrent clients each run diagnostic jobs back to back through `Jobs.Run`. It
@@ -6,6 +7,8 @@
 //! writes each job costs, and — as baselines measured in the same run — each store's raw
 //! put rate with the same concurrency (single-key transactions through the same `Store`
 //! trait, on etcd the same as `etcdctl put`), with the ratio of job throughput to it.
+
+mod models;
 
 use std::{
     process::ExitCode,
@@ -52,7 +55,14 @@ pub struct BenchArgs {
     /// single-text jobs, with the model in --models-dir (embedded store).
     #[arg(long)]
     embed: bool,
-    /// Where the embedding model is (default: the model cache).
+    /// Measure text generation instead: time to first token and tokens/s for 1, 4 and 16
+    /// concurrent jobs, with SmolLM2 in --models-dir (embedded store).
+    #[arg(long, conflicts_with = "embed")]
+    generate: bool,
+    /// Tokens per generation job.
+    #[arg(long, default_value_t = 128)]
+    tokens: u32,
+    /// Where the models are (default: the model cache).
     #[arg(long)]
     models_dir: Option<std::path::PathBuf>,
 }
@@ -76,7 +86,10 @@ fn ms(d: Duration) -> f64 {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.embed {
-        return embed(&args).await;
+        return models::embed(&args).await;
+    }
+    if args.generate {
+        return models::generate(&args).await;
     }
     let stores: Vec<&str> = args.stores.split(',').map(str::trim).collect();
     let mut local_etcd = None;
@@ -267,100 +280,4 @@ async fn raw_put_rate(store: SharedStore, writers: usize, puts: usize) -> anyhow
         task.await??;
     }
     Ok((per_writer * writers.max(1)) as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Sentences used by the embedding benchmark: ordinary sentences of varied length.
-fn sentences(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let words = 6 + (i * 7) % 30;
-            (0..words)
-                .map(|w| ["the", "model", "streams", "tokens", "while", "jobs", "wait", "in", "line"][(i + w) % 9])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
-
-async fn embed(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    use deephardway::v1::EmbedInput;
-    use deephardway_worker::runners::{default_models_dir, embed::EmbedRunner};
-
-    let dir = args.models_dir.clone().unwrap_or_else(default_models_dir).join("all-minilm-l6-v2");
-    let device = deephardway_worker::device::select("cpu")?;
-    let runner = EmbedRunner::load("all-minilm-l6-v2", &dir, &device)
-        .with_context(|| format!("cannot load {} (run scripts/fetch-models)", dir.display()))?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let stop = CancellationToken::new();
-    let server_stop = stop.clone();
-    let store: SharedStore = Arc::new(EmbeddedStore::open(tempfile_dir()?).await?);
-    let server = tokio::spawn(server::serve(listener, store, ServiceConfig::default(), Web::default(), async move {
-        server_stop.cancelled().await
-    }));
-    let worker = tokio::spawn(deephardway_worker::run(
-        WorkerOptions {
-            server: url.clone(),
-            name: "bench".into(),
-            slots: 32,
-            device: "cpu".into(),
-            runners: vec![Arc::new(runner)],
-        },
-        stop.clone(),
-    ));
-    wait_for_model(&url, "all-minilm-l6-v2").await?;
-    let request = |texts: Vec<String>| SubmitRequest {
-        input: Some(Input::Embed(EmbedInput { texts })),
-        model: "all-minilm-l6-v2".into(),
-        ..Default::default()
-    };
-    let run_job = |client: JobsClient<tonic::transport::Channel>, texts: Vec<String>| async move {
-        let mut client = client;
-        let mut stream = client.run(request(texts)).await?.into_inner();
-        while stream.message().await?.is_some() {}
-        Ok::<_, tonic::Status>(())
-    };
-    let total = args.jobs.max(64);
-    let texts = sentences(total);
-    let client = JobsClient::new(deephardway::connect(&url).await?);
-    run_job(client.clone(), texts[..8].to_vec()).await?; // warm up
-
-    println!("deephardway embed bench: all-MiniLM-L6-v2 on cpu, {total} sentences per row");
-    println!("{:<34} {:>12}", "mode", "sentences/s");
-    let started = Instant::now();
-    for text in &texts {
-        run_job(client.clone(), vec![text.clone()]).await?;
-    }
-    println!("{:<34} {:>12.1}", "batch 1 (one job per sentence)", total as f64 / started.elapsed().as_secs_f64());
-    let started = Instant::now();
-    for chunk in texts.chunks(32) {
-        run_job(client.clone(), chunk.to_vec()).await?;
-    }
-    println!("{:<34} {:>12.1}", "batch 32 (32 sentences per job)", total as f64 / started.elapsed().as_secs_f64());
-    let started = Instant::now();
-    for wave in texts.chunks(32) {
-        let jobs: Vec<_> = wave.iter().map(|t| tokio::spawn(run_job(client.clone(), vec![t.clone()]))).collect();
-        for job in jobs {
-            job.await??;
-        }
-    }
-    println!("{:<34} {:>12.1}", "32 concurrent single-sentence jobs", total as f64 / started.elapsed().as_secs_f64());
-    stop.cancel();
-    let _ = worker.await;
-    let _ = server.await;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_model(url: &str, model: &str) -> anyhow::Result<()> {
-    use deephardway::v1::{ListModelsRequest, models_client::ModelsClient};
-    for _ in 0..400 {
-        if let Ok(channel) = deephardway::connect(url).await {
-            let list = ModelsClient::new(channel).list(ListModelsRequest::default()).await?.into_inner();
-            if list.models.iter().any(|m| m.name == model) {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    anyhow::bail!("the bench worker did not serve {model}")
 }

@@ -1,0 +1,195 @@
+//! Text generation through the whole path: `deephardway up` serving SmolLM2 from the model
+//! cache (scripts/fetch-models), driven by grpcurl and by a gRPC client — streamed text,
+//! chat, stop strings, cancellation, bad input.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use deephardway::v1::{
+    CancelRequest, ChatMessage, GenerateInput, ListModelsRequest, SubmitRequest, job_event::Event, job_result,
+    models_client::ModelsClient, submit_request::Input,
+};
+use support::*;
+
+/// `deephardway up` on a free port with the model cache; killed when dropped.
+struct Up {
+    url: String,
+    addr: String,
+    _process: tokio::process::Child,
+    _data: tempfile::TempDir,
+}
+
+async fn up() -> Up {
+    let models = deephardway_worker::runners::default_models_dir();
+    assert!(models.join("smollm2-135m-instruct").exists(), "run scripts/fetch-models");
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let process = tokio::process::Command::new(binary())
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device", "cpu", "--slots", "4"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--models-dir")
+        .arg(&models)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_until_serving(&url).await;
+    wait_for_workers(&url, 1).await;
+    Up { url, addr: format!("127.0.0.1:{port}"), _process: process, _data: data }
+}
+
+fn generate(input: GenerateInput) -> SubmitRequest {
+    SubmitRequest { input: Some(Input::Generate(input)), ..Default::default() }
+}
+
+fn text_of(events: &[deephardway::v1::JobEvent]) -> (String, job_result::Value) {
+    let streamed: String =
+        events.iter().filter_map(|e| if let Some(Event::Output(o)) = &e.event { Some(o.text.as_str()) } else { None }).collect();
+    let Some(Event::Result(result)) = &events.last().unwrap().event else { panic!("no result: {events:?}") };
+    (streamed, result.value.clone().unwrap())
+}
+
+/// The issue's own acceptance command: grpcurl runs a generate job and the text streams
+/// back as `output` events before the `result`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_streams_generated_text() {
+    let up = up().await;
+    let grpcurl = tool("grpcurl", "GRPCURL");
+    let addr = up.addr.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(grpcurl)
+            .args([
+                "-plaintext",
+                "-d",
+                r#"{"generate":{"prompt":"The capital of France is","max_tokens":16}}"#,
+                &addr,
+                "deephardway.v1.Jobs/Run",
+            ])
+            .output()
+            .expect("run grpcurl (scripts/setup installs it)")
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    let events: Vec<serde_json::Value> =
+        serde_json::Deserializer::from_str(&printed).into_iter().collect::<Result<_, _>>().expect("JSON");
+    assert_eq!(events[1]["started"]["device"], "cpu", "{printed}");
+    let outputs: Vec<&str> = events.iter().filter_map(|e| e["output"]["text"].as_str()).collect();
+    assert!(outputs.len() >= 2, "text arrives in several chunks as it is generated: {printed}");
+    let result = &events.last().unwrap()["result"]["generate"];
+    assert_eq!(result["text"].as_str().unwrap(), outputs.concat(), "{printed}");
+    assert!(result["text"].as_str().unwrap().contains("Paris"), "{printed}");
+    assert_eq!(result["completionTokens"], 16, "{printed}");
+    assert_eq!(result["promptTokens"], 5, "{printed}");
+    assert_eq!(result["finishReason"], "length", "{printed}");
+
+    // Models.List shows the model with its context length.
+    let mut models = ModelsClient::new(deephardway::connect(&up.url).await.unwrap());
+    let list = models.list(ListModelsRequest::default()).await.unwrap().into_inner();
+    let smollm = list.models.iter().find(|m| m.name == "smollm2-135m-instruct").expect("served");
+    assert_eq!(smollm.context_length, 8192);
+}
+
+/// Chat through the template, stop strings, cancellation within a token, and requests
+/// the model cannot take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_stop_cancel_and_bad_requests() {
+    let up = up().await;
+    let mut client = jobs_client(&up.url).await;
+    let within = Duration::from_secs(60);
+
+    // Chat: the answer ends on its own (end of sequence), greedy so it is repeatable.
+    let chat = GenerateInput {
+        messages: vec![ChatMessage { role: "user".into(), content: "Say hello.".into() }],
+        max_tokens: 64,
+        ..Default::default()
+    };
+    let events = collect_events(client.run(generate(chat.clone())).await.unwrap().into_inner(), within).await.unwrap();
+    let (streamed, job_result::Value::Generate(first)) = text_of(&events) else { panic!() };
+    assert_eq!(streamed, first.text);
+    assert!(!first.text.contains("<|im_end|>") && !first.text.is_empty(), "{first:?}");
+    assert!(first.prompt_tokens > 20, "the template adds a system prompt: {first:?}");
+    let events = collect_events(client.run(generate(chat)).await.unwrap().into_inner(), within).await.unwrap();
+    let (_, job_result::Value::Generate(again)) = text_of(&events) else { panic!() };
+    assert_eq!(again.text, first.text, "greedy decoding is deterministic");
+
+    // A stop string cuts the text before it.
+    let prompt = "The capital of France is".to_string();
+    let stop = GenerateInput { prompt: prompt.clone(), max_tokens: 32, stop: vec!["\n".into()], ..Default::default() };
+    let events = collect_events(client.run(generate(stop)).await.unwrap().into_inner(), within).await.unwrap();
+    let (streamed, job_result::Value::Generate(stopped)) = text_of(&events) else { panic!() };
+    assert_eq!((stopped.finish_reason.as_str(), streamed.as_str()), ("stop", stopped.text.as_str()));
+    assert!(!stopped.text.contains('\n') && stopped.text.contains("Paris"), "{stopped:?}");
+
+    // Sampling with a seed is repeatable too.
+    let sampled = GenerateInput {
+        prompt: prompt.clone(),
+        max_tokens: 12,
+        temperature: 0.8,
+        top_p: 0.9,
+        top_k: 40,
+        repetition_penalty: 1.1,
+        seed: Some(7),
+        ..Default::default()
+    };
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        let events = collect_events(client.run(generate(sampled.clone())).await.unwrap().into_inner(), within)
+            .await
+            .unwrap();
+        let (_, job_result::Value::Generate(g)) = text_of(&events) else { panic!() };
+        texts.push(g.text);
+    }
+    assert_eq!(texts[0], texts[1]);
+
+    // Cancel a long generation once text flows: it ends cancelled, promptly.
+    let long = GenerateInput { prompt: "Once upon a time".into(), max_tokens: 4000, ..Default::default() };
+    let mut stream = client.run(generate(long)).await.unwrap().into_inner();
+    let mut job_id = String::new();
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(within, stream.message()).await.unwrap().unwrap() {
+        job_id = event.job_id.clone();
+        let is_output = matches!(event.event, Some(Event::Output(_)));
+        events.push(event);
+        if is_output {
+            break;
+        }
+    }
+    let cancelled_at = std::time::Instant::now();
+    client.cancel(CancelRequest { job_id, reason: "test".into() }).await.unwrap();
+    events.extend(collect_events(stream, within).await.unwrap());
+    assert!(matches!(events.last().unwrap().event, Some(Event::Cancelled(_))), "{:?}", events.last());
+    assert!(cancelled_at.elapsed() < Duration::from_secs(5), "cancel took {:?}", cancelled_at.elapsed());
+
+    // More tokens than the model's context: refused before anything is queued.
+    let status = client
+        .submit(generate(GenerateInput { prompt: prompt.clone(), max_tokens: 8192, ..Default::default() }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("8192"), "{status:?}");
+    // A prompt that only the tokenizer can tell is too long fails the job with the same code.
+    let huge = "word ".repeat(12_000);
+    let events = collect_events(
+        client.run(generate(GenerateInput { prompt: huge, max_tokens: 16, ..Default::default() })).await.unwrap().into_inner(),
+        within,
+    )
+    .await
+    .unwrap();
+    let Some(Event::Failed(failed)) = &events.last().unwrap().event else { panic!("{:?}", events.last()) };
+    assert_eq!(failed.code, tonic::Code::InvalidArgument as i32, "{failed:?}");
+    assert!(failed.message.contains("tokens"), "{failed:?}");
+    // A role the template does not know.
+    let status = client
+        .submit(generate(GenerateInput {
+            messages: vec![ChatMessage { role: "robot".into(), content: "hi".into() }],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
