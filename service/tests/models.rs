@@ -46,8 +46,10 @@ fn generate(input: GenerateInput) -> SubmitRequest {
 }
 
 fn text_of(events: &[deephardway::v1::JobEvent]) -> (String, job_result::Value) {
-    let streamed: String =
-        events.iter().filter_map(|e| if let Some(Event::Output(o)) = &e.event { Some(o.text.as_str()) } else { None }).collect();
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| if let Some(Event::Output(o)) = &e.event { Some(o.text.as_str()) } else { None })
+        .collect();
     let Some(Event::Result(result)) = &events.last().unwrap().event else { panic!("no result: {events:?}") };
     (streamed, result.value.clone().unwrap())
 }
@@ -138,9 +140,8 @@ async fn chat_stop_cancel_and_bad_requests() {
     };
     let mut texts = Vec::new();
     for _ in 0..2 {
-        let events = collect_events(client.run(generate(sampled.clone())).await.unwrap().into_inner(), within)
-            .await
-            .unwrap();
+        let events =
+            collect_events(client.run(generate(sampled.clone())).await.unwrap().into_inner(), within).await.unwrap();
         let (_, job_result::Value::Generate(g)) = text_of(&events) else { panic!() };
         texts.push(g.text);
     }
@@ -175,7 +176,11 @@ async fn chat_stop_cancel_and_bad_requests() {
     // A prompt that only the tokenizer can tell is too long fails the job with the same code.
     let huge = "word ".repeat(12_000);
     let events = collect_events(
-        client.run(generate(GenerateInput { prompt: huge, max_tokens: 16, ..Default::default() })).await.unwrap().into_inner(),
+        client
+            .run(generate(GenerateInput { prompt: huge, max_tokens: 16, ..Default::default() }))
+            .await
+            .unwrap()
+            .into_inner(),
         within,
     )
     .await
@@ -192,4 +197,40 @@ async fn chat_stop_cancel_and_bad_requests() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+/// Concurrent embed jobs are batched together on the worker; each still gets exactly its
+/// own vectors, in its own order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_embed_jobs_each_get_their_own_vectors() {
+    use deephardway::v1::EmbedInput;
+    let up = up().await;
+    let client = jobs_client(&up.url).await;
+    let embed = |texts: Vec<String>| {
+        let mut client = client.clone();
+        async move {
+            let request = SubmitRequest { input: Some(Input::Embed(EmbedInput { texts })), ..Default::default() };
+            let events =
+                collect_events(client.run(request).await.unwrap().into_inner(), Duration::from_secs(60)).await.unwrap();
+            let Some(Event::Result(result)) = &events.last().unwrap().event else { panic!("{events:?}") };
+            let Some(job_result::Value::Embed(e)) = &result.value else { panic!("{result:?}") };
+            e.embeddings.iter().map(|v| v.values.clone()).collect::<Vec<_>>()
+        }
+    };
+    let jobs: Vec<Vec<String>> = (0..12)
+        .map(|j| {
+            (0..1 + j % 3)
+                .map(|t| format!("job {j} text {t}: {}", "a fairly ordinary sentence ".repeat(j % 5)))
+                .collect()
+        })
+        .collect();
+    let together = futures::future::join_all(jobs.iter().cloned().map(&embed)).await;
+    for (texts, vectors) in jobs.into_iter().zip(together) {
+        assert_eq!(vectors.len(), texts.len());
+        for (text, vector) in texts.iter().zip(&vectors) {
+            let alone = embed(vec![text.clone()]).await.remove(0);
+            let cosine: f32 = alone.iter().zip(vector).map(|(a, b)| a * b).sum();
+            assert!(cosine > 0.9999, "{text:?}: cosine {cosine} between batched and alone");
+        }
+    }
 }

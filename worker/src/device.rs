@@ -32,6 +32,12 @@ pub fn name(device: &Device) -> String {
     }
 }
 
+/// The CPU threads candle's arithmetic uses (`--threads`, else `RAYON_NUM_THREADS`, else
+/// one per physical core).
+pub fn cpu_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -42,10 +48,4 @@ mod tests {
         assert!(super::select("tpu").is_err());
         assert!(super::select("cuda:x").is_err());
     }
-}
-
-/// The CPU threads candle's arithmetic uses (`--threads`, else `RAYON_NUM_THREADS`, else
-/// one per physical core).
-pub fn cpu_threads() -> usize {
-    candle_core::utils::get_num_threads()
 }

@@ -30,7 +30,13 @@ pub struct LocalWorkerFlags {
     /// for generate, a Hugging Face BERT folder for embed. Repeatable.
     #[arg(long = "model", value_name = "NAME=PATH", value_parser = parse_model)]
     models: Vec<(String, PathBuf)>,
-    /// CPU threads for model arithmetic (default: every core).
+    /// The most texts one embedding forward pass takes from concurrent embed jobs.
+    #[arg(long, env = "DEEPHARDWAY_EMBED_BATCH", default_value_t = 64)]
+    embed_batch: usize,
+    /// How long an embedding batch waits for concurrent jobs still handing over texts.
+    #[arg(long, env = "DEEPHARDWAY_EMBED_WAIT_MS", default_value_t = 5)]
+    embed_wait_ms: u64,
+    /// CPU threads for model arithmetic (default: one per physical core).
     #[arg(long, env = "DEEPHARDWAY_THREADS")]
     pub threads: Option<usize>,
 }
@@ -60,9 +66,15 @@ impl LocalWorkerFlags {
     pub fn options(&self, server: String) -> anyhow::Result<WorkerOptions> {
         let device = device::select(&self.device)?;
         let mut runners: Vec<Arc<dyn Runner>> = vec![Arc::new(DiagnosticRunner)];
-        let concurrency = self.slots.max(1) as usize;
+        let model_options = runners::ModelOptions {
+            concurrency: self.slots.max(1) as usize,
+            embed_batch: runners::embed::BatchOptions {
+                max_texts: self.embed_batch.max(1),
+                max_wait: std::time::Duration::from_millis(self.embed_wait_ms),
+            },
+        };
         for (name, path) in self.discovered_models().into_iter().chain(self.models.iter().cloned()) {
-            let runner = runners::open(&name, &path, &device, concurrency)
+            let runner = runners::open(&name, &path, &device, &model_options)
                 .with_context(|| format!("cannot serve model {name} from {}", path.display()))?;
             tracing::info!(model = %name, path = %path.display(), "serving model");
             runners.push(runner);

@@ -26,21 +26,29 @@ pub fn default_models_dir() -> PathBuf {
     cache.join("models")
 }
 
+/// How a worker runs the models it opens.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Jobs that may run on one model at once (generation decodes them together).
+    pub concurrency: usize,
+    /// How embed jobs are batched.
+    pub embed_batch: embed::BatchOptions,
+}
+
 /// Opens the model at `path` and serves it under `name`, choosing the runner from what
 /// the path holds: a GGUF file (or a directory with one) is a text-generation model, a
 /// directory with `config.json` and `model.safetensors` a BERT sentence-embedding model.
-/// `concurrency` is how many jobs may run on it at once (generation batches them).
-pub fn open(name: &str, path: &Path, device: &Device, concurrency: usize) -> anyhow::Result<Arc<dyn Runner>> {
+pub fn open(name: &str, path: &Path, device: &Device, options: &ModelOptions) -> anyhow::Result<Arc<dyn Runner>> {
     let is_gguf = |p: &Path| p.extension().is_some_and(|e| e == "gguf");
     let holds_gguf = path.is_dir()
         && std::fs::read_dir(path)
             .with_context(|| format!("cannot read {}", path.display()))?
             .any(|e| e.is_ok_and(|e| is_gguf(&e.path())));
     if (path.is_file() && is_gguf(path)) || holds_gguf {
-        return Ok(Arc::new(generate::GenerateRunner::load(name, path, device, concurrency)?));
+        return Ok(Arc::new(generate::GenerateRunner::load(name, path, device, options.concurrency)?));
     }
     if path.join("config.json").is_file() && path.join("model.safetensors").is_file() {
-        return Ok(Arc::new(embed::EmbedRunner::load(name, path, device)?));
+        return Ok(Arc::new(embed::EmbedRunner::load_with(name, path, device, options.embed_batch.clone())?));
     }
     anyhow::bail!(
         "{}: not a model deephardway can serve (expected a .gguf file, or a directory with config.json and model.safetensors)",

@@ -37,10 +37,17 @@ impl Bench {
         let stop = CancellationToken::new();
         let server_stop = stop.clone();
         let store: SharedStore = Arc::new(EmbeddedStore::open(tempfile_dir()?).await?);
-        let server = tokio::spawn(server::serve(listener, store, ServiceConfig::default(), Web::default(), async move {
-            server_stop.cancelled().await
-        }));
-        let options = WorkerOptions { server: url.clone(), name: "bench".into(), slots, device: "cpu".into(), runners: vec![runner] };
+        let server =
+            tokio::spawn(server::serve(listener, store, ServiceConfig::default(), Web::default(), async move {
+                server_stop.cancelled().await
+            }));
+        let options = WorkerOptions {
+            server: url.clone(),
+            name: "bench".into(),
+            slots,
+            device: "cpu".into(),
+            runners: vec![runner],
+        };
         let worker = tokio::spawn(deephardway_worker::run(options, stop.clone()));
         wait_for_model(&url, &model).await?;
         Ok(Bench { url, stop, tasks: vec![server, worker] })
@@ -195,7 +202,10 @@ pub async fn generate(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         "deephardway generate bench: SmolLM2-135M-Instruct Q4_1 on cpu ({} threads), greedy, {tokens} tokens per job",
         deephardway_worker::device::cpu_threads()
     );
-    println!("{:<22} {:>16} {:>22} {:>22}", "concurrent jobs", "first token ms", "tokens/s per stream", "aggregate tokens/s");
+    println!(
+        "{:<22} {:>16} {:>22} {:>22}",
+        "concurrent jobs", "first token ms", "tokens/s per stream", "aggregate tokens/s"
+    );
     for concurrency in [1, 4, 16] {
         let rounds = if concurrency == 1 { 3 } else { 1 };
         let (mut first_token, mut per_stream, mut aggregate) = (Vec::new(), Vec::new(), Vec::new());
