@@ -36,5 +36,28 @@ fn main() -> anyhow::Result<()> {
         first.as_secs_f64() * 1e3,
         n as f64 / decode.as_secs_f64()
     );
+
+    // The same prompt as BATCH sequences decoded in lockstep, one forward pass per step.
+    let batch: usize = std::env::var("BATCH").ok().and_then(|b| b.parse().ok()).unwrap_or(0);
+    if batch > 0 {
+        let mut sequences: Vec<_> = (0..batch).map(|_| loaded.model.new_sequence(prompt_tokens.len() + n)).collect();
+        let mut next = Vec::new();
+        for sequence in &mut sequences {
+            let logits = loaded.model.forward(&mut [sequence], &[&prompt_tokens], false)?;
+            next.push(top2(&logits)?[0].0);
+        }
+        let started = Instant::now();
+        for _ in 0..n {
+            let tokens: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let tokens: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
+            let mut refs: Vec<_> = sequences.iter_mut().collect();
+            let logits = loaded.model.forward(&mut refs, &tokens, false)?;
+            next = top2(&logits)?.into_iter().map(|(t, _, _)| t).collect();
+        }
+        println!(
+            "{batch} sequences in lockstep: {:.1} tokens/s in all",
+            (batch * n) as f64 / started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! - [`tokenizer`]: the tokenizer rebuilt from the GGUF's metadata;
 //! - [`chat`]: chat messages rendered through the GGUF's Jinja chat template;
 //! - [`model`]: the decoder, run for many sequences per forward pass;
+//! - [`attention`]: attention over per-sequence caches on the CPU, all sequences in one call;
 //! - [`qmatmul`]: the SIMD quantized matrix multiplication (Q4_1, Q8_0) the CPU path uses;
 //! - [`engine`]: the thread that decodes every running job together, one token per step;
 //! - [`text`]: tokens to UTF-8 text chunks, with stop strings.
@@ -10,6 +11,7 @@
 //! This module is the [`Runner`]: it checks a job's input against the model (context
 //! length), hands it to the engine and turns the engine's updates into job events.
 
+pub mod attention;
 pub mod chat;
 pub mod engine;
 pub mod model;

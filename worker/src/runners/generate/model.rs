@@ -21,7 +21,7 @@ use candle_core::{
 };
 use candle_nn::kv_cache::KvCache;
 
-use super::qmatmul::QMatrix;
+use super::{attention, qmatmul::QMatrix};
 
 /// Hyper-parameters read from the GGUF's `llama.*` metadata.
 #[derive(Debug, Clone)]
@@ -113,8 +113,14 @@ pub struct Llama {
 
 /// One sequence's state: its key/value caches and how many tokens they hold.
 pub struct Sequence {
-    caches: Vec<KvCache>,
+    caches: Caches,
     len: usize,
+}
+
+/// Per layer: plain vectors on the CPU (see [`super::attention`]), tensors elsewhere.
+enum Caches {
+    Cpu(Vec<attention::LayerCache>),
+    Tensors(Vec<KvCache>),
 }
 
 impl Sequence {
@@ -161,8 +167,16 @@ impl Llama {
 
     /// A new, empty sequence whose caches can hold `capacity` tokens.
     pub fn new_sequence(&self, capacity: usize) -> Sequence {
-        let capacity = capacity.clamp(1, self.config.context_length);
-        Sequence { caches: (0..self.config.layers).map(|_| KvCache::new(2, capacity)).collect(), len: 0 }
+        let cfg = &self.config;
+        let capacity = capacity.clamp(1, cfg.context_length);
+        let caches = if self.device.is_cpu() {
+            Caches::Cpu(
+                (0..cfg.layers).map(|_| attention::LayerCache::new(cfg.kv_heads, cfg.head_dim, capacity)).collect(),
+            )
+        } else {
+            Caches::Tensors((0..cfg.layers).map(|_| KvCache::new(2, capacity)).collect())
+        };
+        Sequence { caches, len: 0 }
     }
 
     /// Appends `tokens[i]` to `sequences[i]` for every `i` and returns logits of shape
@@ -208,17 +222,7 @@ impl Llama {
             let k = rotate(layer.k.forward(&h)?, cfg.kv_heads)?;
             let v = layer.v.forward(&h)?.reshape((total, cfg.kv_heads, cfg.head_dim))?;
 
-            let mut outputs = Vec::with_capacity(sequences.len());
-            let mut row = 0;
-            for (sequence, new) in sequences.iter_mut().zip(tokens) {
-                let n = new.len();
-                let q = q.narrow(0, row, n)?;
-                let k = k.narrow(0, row, n)?;
-                let v = v.narrow(0, row, n)?;
-                outputs.push(self.attend(&mut sequence.caches[layer_index], &q, &k, &v)?);
-                row += n;
-            }
-            let attention = Tensor::cat(&outputs, 0)?;
+            let attention = self.attention(layer_index, sequences, tokens, &q, &k, &v)?;
             x = (x + layer.o.forward(&attention)?)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
@@ -242,6 +246,48 @@ impl Llama {
         };
         let x = candle_nn::ops::rms_norm(&x, &self.norm, cfg.rms_eps as f32)?;
         self.output.forward(&x)?.to_dtype(DType::F32)
+    }
+
+    /// Attention of every sequence's new tokens over its own cache, `(rows, hidden)`.
+    fn attention(
+        &self,
+        layer: usize,
+        sequences: &mut [&mut Sequence],
+        tokens: &[&[u32]],
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let cfg = &self.config;
+        let total = q.dim(0)?;
+        if self.device.is_cpu() {
+            let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+            let (q, k, v) = (flat(q)?, flat(k)?, flat(v)?);
+            let mut row = 0;
+            let mut parts = Vec::with_capacity(sequences.len());
+            for (sequence, new) in sequences.iter_mut().zip(tokens) {
+                let Caches::Cpu(caches) = &mut sequence.caches else { candle_core::bail!("a GPU sequence on the CPU") };
+                parts.push(attention::Part {
+                    cache: &mut caches[layer],
+                    past: sequence.len,
+                    rows: row..row + new.len(),
+                });
+                row += new.len();
+            }
+            let shape = attention::Shape { heads: cfg.heads, kv_heads: cfg.kv_heads, head_dim: cfg.head_dim };
+            let out = attention::attend(shape, &mut parts, &q, &k, &v);
+            return Tensor::from_vec(out, (total, cfg.hidden), &self.device);
+        }
+        let mut outputs = Vec::with_capacity(sequences.len());
+        let mut row = 0;
+        for (sequence, new) in sequences.iter_mut().zip(tokens) {
+            let n = new.len();
+            let Caches::Tensors(caches) = &mut sequence.caches else { candle_core::bail!("a CPU sequence on a GPU") };
+            let (q, k, v) = (q.narrow(0, row, n)?, k.narrow(0, row, n)?, v.narrow(0, row, n)?);
+            outputs.push(self.attend(&mut caches[layer], &q, &k, &v)?);
+            row += n;
+        }
+        Tensor::cat(&outputs, 0)
     }
 
     /// Attention of one sequence's `n` new tokens (`q`: `(n, heads, head_dim)`, `k`/`v`:
