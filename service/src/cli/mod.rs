@@ -50,6 +50,7 @@ impl Cli {
         match &self.command {
             Command::Up(args) => args.worker.threads,
             Command::Worker(args) => args.flags.threads,
+            Command::Bench(args) => args.threads,
             _ => None,
         }
     }

@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Tokens per generation job.
     #[arg(long, default_value_t = 128)]
     tokens: u32,
+    /// CPU threads for model arithmetic (default: one per physical core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Where the models are (default: the model cache).
     #[arg(long)]
     models_dir: Option<std::path::PathBuf>,

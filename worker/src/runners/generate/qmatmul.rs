@@ -41,8 +41,11 @@ const MAX_TILE_ACTIVATIONS: usize = 4;
 /// How a block's quants are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Quants {
-    /// 16 bytes: byte `j` holds element `j` in its low nibble and element `j + 16` in its
-    /// high nibble (GGML's Q4_1 layout).
+    /// 16 bytes per block, repacked by pairs of blocks: byte `j` of a pair's 32 holds
+    /// element `j` of the first block in its low nibble and element `j` of the second in
+    /// its high nibble, so one 32-byte load, a shift and a mask give both blocks' quants in
+    /// element order. An odd last block keeps GGML's Q4_1 layout: byte `j` holds element `j`
+    /// in its low nibble and element `j + 16` in its high nibble.
     Nibbles,
     /// 32 bytes, one per element.
     Bytes,
@@ -137,6 +140,17 @@ impl QMatrix {
                 Quants::Bytes => {
                     matrix.m.push(-128.0 * d);
                     matrix.qs.extend(block[2..34].iter().map(|&q| (q as i8 as i16 + 128) as u8));
+                }
+            }
+        }
+        if quants == Quants::Nibbles {
+            let blocks = cols / BLOCK;
+            for row in matrix.qs.chunks_exact_mut(blocks * 16) {
+                for pair in row[..blocks / 2 * 32].chunks_exact_mut(32) {
+                    let (first, second) = (gguf_nibbles(&pair[..16]), gguf_nibbles(&pair[16..]));
+                    for (j, byte) in pair.iter_mut().enumerate() {
+                        *byte = first[j] | (second[j] << 4);
+                    }
                 }
             }
         }
@@ -379,32 +393,34 @@ impl Kernel {
 
 /// The reference: Σ over blocks of `d_w d_x Σ q_w q_x + m_w s_x`.
 fn dot_scalar(quants: Quants, w: WeightRow, x: ActivationRow) -> f32 {
-    let per_block = quants.bytes_per_block();
     let mut total = 0f32;
     for b in 0..w.d.len() {
-        let sum = block_dot(quants, &w.qs[b * per_block..], &x.qs[b * BLOCK..]);
+        let sum = block_dot(&weight_quants(quants, w, b), &x.qs[b * BLOCK..]);
         total += w.d[b] * x.d[b] * sum as f32 + w.m[b] * x.s[b];
     }
     total
 }
 
-/// `Σ q_w q_x` over one block.
-fn block_dot(quants: Quants, wq: &[u8], xq: &[i8]) -> i32 {
-    let mut sum = 0i32;
+/// The 32 quants of a Q4_1 block in GGML's layout, in element order.
+fn gguf_nibbles(bytes: &[u8]) -> [u8; BLOCK] {
+    std::array::from_fn(|j| if j < 16 { bytes[j] & 0x0f } else { bytes[j - 16] >> 4 })
+}
+
+/// Block `b`'s weight quants, in element order, from either layout.
+fn weight_quants(quants: Quants, w: WeightRow, b: usize) -> [u8; BLOCK] {
     match quants {
-        Quants::Nibbles => {
-            for j in 0..BLOCK / 2 {
-                sum += (wq[j] & 0x0f) as i32 * xq[j] as i32;
-                sum += (wq[j] >> 4) as i32 * xq[j + BLOCK / 2] as i32;
-            }
+        Quants::Bytes => w.qs[b * BLOCK..(b + 1) * BLOCK].try_into().expect("32 bytes"),
+        Quants::Nibbles if b / 2 < w.d.len() / 2 => {
+            let pair = &w.qs[b / 2 * 32..][..32];
+            std::array::from_fn(|j| if b % 2 == 0 { pair[j] & 0x0f } else { pair[j] >> 4 })
         }
-        Quants::Bytes => {
-            for j in 0..BLOCK {
-                sum += wq[j] as i32 * xq[j] as i32;
-            }
-        }
+        Quants::Nibbles => gguf_nibbles(&w.qs[b * 16..][..16]),
     }
-    sum
+}
+
+/// `Σ q_w q_x` over one block.
+fn block_dot(wq: &[u8; BLOCK], xq: &[i8]) -> i32 {
+    wq.iter().zip(xq).map(|(&w, &x)| w as i32 * x as i32).sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -435,10 +451,17 @@ mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); X]; W];
         let mut offsets = [[0f32; X]; W];
-        for b in 0..w[0].d.len() {
+        let blocks = w[0].d.len();
+        for b in 0..blocks {
             for k in 0..W {
                 // SAFETY: the caller checked every row holds the same number of blocks.
-                let qw = if NIBBLES {
+                let qw = if NIBBLES && b / 2 < blocks / 2 {
+                    // Paired layout: this block is the low or the high nibbles of its pair.
+                    let packed = unsafe { _mm256_loadu_si256(w[k].qs.as_ptr().add(b / 2 * 32) as *const __m256i) };
+                    let packed = if b % 2 == 0 { packed } else { _mm256_srli_epi16(packed, 4) };
+                    _mm256_and_si256(packed, low_nibbles)
+                } else if NIBBLES {
+                    // An odd last block, in GGML's layout.
                     let packed = unsafe { _mm_loadu_si128(w[k].qs.as_ptr().add(b * 16) as *const __m128i) };
                     _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_nibbles)
                 } else {
@@ -494,9 +517,9 @@ mod avx512 {
         out: &mut [[f32; MAX_TILE_ACTIVATIONS]; MAX_TILE_WEIGHTS],
     ) {
         let quants = if NIBBLES { Quants::Nibbles } else { Quants::Bytes };
-        let per_block = quants.bytes_per_block();
         let blocks = w[0].d.len();
         let low_nibbles = _mm512_set1_epi8(0x0f);
+        let upper_by_4 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
         // Lanes 0..8 take the first block's scale, 8..16 the second's.
         let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         // Two consecutive block scales, spread over the lanes of their blocks.
@@ -510,11 +533,10 @@ mod avx512 {
             for k in 0..W {
                 // SAFETY: the caller checked every row holds `blocks` blocks; b + 1 < blocks.
                 qw[k] = if NIBBLES {
+                    // The pair's 32 bytes in both halves; the upper half shifted by a nibble:
+                    // first block's quants below, second's above, each in element order.
                     let packed = unsafe { _mm256_loadu_si256(w[k].qs.as_ptr().add(b * 16) as *const __m256i) };
-                    // [lo0 lo1 | hi0 hi1] in 128-bit lanes, reordered to [lo0 hi0 lo1 hi1]:
-                    // each block's 32 quants in element order, as the activations are.
-                    let both = _mm512_inserti64x4(_mm512_castsi256_si512(packed), _mm256_srli_epi16(packed, 4), 1);
-                    _mm512_and_si512(_mm512_shuffle_i64x2(both, both, 0b11_01_10_00), low_nibbles)
+                    _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(packed), upper_by_4), low_nibbles)
                 } else {
                     unsafe { _mm512_loadu_si512(w[k].qs.as_ptr().add(b * BLOCK) as *const _) }
                 };
@@ -560,7 +582,7 @@ mod avx512 {
             let last = blocks - 1;
             for k in 0..W {
                 for i in 0..X {
-                    let sum = super::block_dot(quants, &w[k].qs[last * per_block..], &xs[i].qs[last * BLOCK..]);
+                    let sum = super::block_dot(&super::weight_quants(quants, w[k], last), &xs[i].qs[last * BLOCK..]);
                     out[k][i] += w[k].d[last] * xs[i].d[last] * sum as f32;
                 }
             }
