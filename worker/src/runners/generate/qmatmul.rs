@@ -412,7 +412,7 @@ fn weight_quants(quants: Quants, w: WeightRow, b: usize) -> [u8; BLOCK] {
         Quants::Bytes => w.qs[b * BLOCK..(b + 1) * BLOCK].try_into().expect("32 bytes"),
         Quants::Nibbles if b / 2 < w.d.len() / 2 => {
             let pair = &w.qs[b / 2 * 32..][..32];
-            std::array::from_fn(|j| if b % 2 == 0 { pair[j] & 0x0f } else { pair[j] >> 4 })
+            std::array::from_fn(|j| if b.is_multiple_of(2) { pair[j] & 0x0f } else { pair[j] >> 4 })
         }
         Quants::Nibbles => gguf_nibbles(&w.qs[b * 16..][..16]),
     }
@@ -458,7 +458,7 @@ mod avx2 {
                 let qw = if NIBBLES && b / 2 < blocks / 2 {
                     // Paired layout: this block is the low or the high nibbles of its pair.
                     let packed = unsafe { _mm256_loadu_si256(w[k].qs.as_ptr().add(b / 2 * 32) as *const __m256i) };
-                    let packed = if b % 2 == 0 { packed } else { _mm256_srli_epi16(packed, 4) };
+                    let packed = if b.is_multiple_of(2) { packed } else { _mm256_srli_epi16(packed, 4) };
                     _mm256_and_si256(packed, low_nibbles)
                 } else if NIBBLES {
                     // An odd last block, in GGML's layout.
