@@ -205,21 +205,8 @@ async fn up_serves_the_embed_model_from_the_cache() {
     use deephardway::v1::{EmbedInput, SubmitRequest, job_event::Event, job_result, submit_request::Input};
     let models = deephardway_worker::runners::default_models_dir();
     assert!(models.join("all-minilm-l6-v2/model.safetensors").exists(), "run scripts/fetch-models");
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _up = tokio::process::Command::new(binary())
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device", "cpu"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--models-dir")
-        .arg(&models)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_until_serving(&url).await;
-    wait_for_workers(&url, 1).await;
+    let up = UpProcess::start(Some(&models), &[]).await;
+    let url = up.url.clone();
     let mut client = jobs_client(&url).await;
     let texts = ["The cat sits on the mat.", "A kitten rests on a rug.", "Quarterly revenue grew 4%."];
     let request = SubmitRequest {

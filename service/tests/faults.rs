@@ -200,31 +200,21 @@ async fn graceful_shutdown_ends_live_streams_with_a_resume_point() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deephardway_up_runs_everything_on_one_machine() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut up = tokio::process::Command::new(binary())
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device", "cpu"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_until_serving(&url).await;
-    wait_for_workers(&url, 1).await;
+    let mut up = UpProcess::start(None, &[]).await;
+    let (url, dir) = (up.url.clone(), up.data_dir.path().to_path_buf());
     let mut client = jobs_client(&url).await;
     let events = collect_events(client.run(diagnostic(5, 20)).await.unwrap().into_inner(), Duration::from_secs(20))
         .await
         .unwrap();
     assert_contiguous(&events, 1);
     assert!(matches!(events.last().unwrap().event, Some(Event::Result(_))));
-    assert!(dir.path().join("store.redb").exists(), "the embedded store lives in --data-dir");
+    assert!(dir.join("store.redb").exists(), "the embedded store lives in --data-dir");
 
     // SIGTERM: a clean exit.
-    let pid = up.id().expect("running") as i32;
+    let pid = up.child.id().expect("running") as i32;
     sigterm(pid);
-    let status = tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("exits on SIGTERM").unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(15), up.child.wait()).await.expect("exits on SIGTERM").unwrap();
     assert!(status.success(), "{status:?}");
 }
 

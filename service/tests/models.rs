@@ -12,33 +12,11 @@ use deephardway::v1::{
 };
 use support::*;
 
-/// `deephardway up` on a free port with the model cache; killed when dropped.
-struct Up {
-    url: String,
-    addr: String,
-    _process: tokio::process::Child,
-    _data: tempfile::TempDir,
-}
-
-async fn up() -> Up {
+/// `deephardway up` with the model cache.
+async fn up() -> UpProcess {
     let models = deephardway_worker::runners::default_models_dir();
     assert!(models.join("smollm2-135m-instruct").exists(), "run scripts/fetch-models");
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let process = tokio::process::Command::new(binary())
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--device", "cpu", "--slots", "4"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--models-dir")
-        .arg(&models)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_until_serving(&url).await;
-    wait_for_workers(&url, 1).await;
-    Up { url, addr: format!("127.0.0.1:{port}"), _process: process, _data: data }
+    UpProcess::start(Some(&models), &["--slots", "4"]).await
 }
 
 fn generate(input: GenerateInput) -> SubmitRequest {

@@ -170,6 +170,35 @@ impl WorkerProcess {
     }
 }
 
+/// `deephardway up` (service, embedded store and a local worker) on a free port, with a
+/// fresh data directory; killed when dropped.
+pub struct UpProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+    /// `host:port`, as grpcurl takes it.
+    pub addr: String,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl UpProcess {
+    /// Starts it serving the models in `models_dir` (none: the default models directory)
+    /// with `extra` flags, and waits until its worker is connected.
+    pub async fn start(models_dir: Option<&std::path::Path>, extra: &[&str]) -> UpProcess {
+        let data_dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = tokio::process::Command::new(binary());
+        command.args(["up", "--listen", &addr, "--device", "cpu"]).args(extra).arg("--data-dir").arg(data_dir.path());
+        if let Some(models) = models_dir {
+            command.arg("--models-dir").arg(models);
+        }
+        let child = command.env("RUST_LOG", "warn").stdin(Stdio::null()).kill_on_drop(true).spawn().expect("spawn up");
+        let url = format!("http://{addr}");
+        wait_until_serving(&url).await;
+        wait_for_workers(&url, 1).await;
+        UpProcess { child, url, addr, data_dir }
+    }
+}
+
 /// A `deephardway serve` process on the embedded store.
 pub struct ServiceProcess {
     pub child: tokio::process::Child,
