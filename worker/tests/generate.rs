@@ -367,3 +367,34 @@ async fn cancellation_stops_within_one_token() {
         }
     }
 }
+
+/// A prompt longer than one step's prompt budget is read over several steps, alongside
+/// other jobs, and gives exactly what reading it in one pass gives.
+#[tokio::test]
+async fn long_prompts_are_read_in_chunks_without_changing_the_result() {
+    let loaded = model();
+    let text = "Once upon a time, in a small village, there lived a baker who rose before the sun. ".repeat(20);
+    let prompt = loaded.tokenizer.tokenizer.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+    assert!(prompt.len() > 2 * generate::engine::PREFILL_CHUNK, "{} tokens", prompt.len());
+    let n = 8;
+    // In one pass, then greedy.
+    let mut sequence = loaded.model.new_sequence(prompt.len() + n);
+    let mut logits = loaded.model.forward(&mut [&mut sequence], &[&prompt], false).unwrap();
+    let mut expected = Vec::new();
+    for _ in 0..n {
+        let (token, _, _) = top2(&logits).unwrap()[0];
+        expected.push(token);
+        logits = loaded.model.forward(&mut [&mut sequence], &[&[token]], false).unwrap();
+    }
+    let expected = loaded.tokenizer.tokenizer.decode(&expected, true).unwrap();
+    // Through the engine, while another job decodes.
+    let (other, other_updates) = greedy(&reference().cases[0].prompt_tokens, 40, &[]);
+    engine().submit(other).ok().unwrap();
+    let (request, received) = greedy(&prompt, n, &[]);
+    engine().submit(request).ok().unwrap();
+    let (streamed, got, tokens, _) = collect(received).await;
+    assert_eq!((got.as_str(), tokens), (expected.as_str(), n));
+    assert_eq!(streamed, got);
+    let (_, _, _, other_reason) = collect(other_updates).await;
+    assert!(matches!(other_reason, FinishReason::Length | FinishReason::EndOfSequence), "{other_reason:?}");
+}

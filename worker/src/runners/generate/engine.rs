@@ -2,11 +2,14 @@
 //! together, one token per step (continuous batching).
 //!
 //! Jobs hand [`Request`]s to the engine and read [`Update`]s back. Each step the engine
-//! admits waiting requests (running their prompts), then decodes one token for every
-//! active sequence in a single forward pass, samples each sequence's next token, and
-//! sends each job its new text. A sequence leaves as soon as it is done, cancelled or its
-//! job stops listening, and a new one can join at the next step. Cancellation is checked
-//! before every step, so a cancelled job stops within one token.
+//! admits waiting requests, then runs one forward pass for every active sequence: a
+//! decoding sequence feeds its last token, a new one the next chunk of its prompt (at most
+//! [`PREFILL_CHUNK`] prompt tokens per step in all, so a long prompt delays the others'
+//! next token by a bounded amount instead of stalling them until it is read). It samples
+//! each decoding sequence's next token and sends each job its new text. A sequence leaves
+//! as soon as it is done, cancelled or its job stops listening, and a new one can join at
+//! the next step. Cancellation is checked before every step, so a cancelled job stops
+//! within one token (or one prompt chunk).
 
 use std::sync::{Arc, mpsc};
 
@@ -29,6 +32,9 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     pub seed: u64,
 }
+
+/// Prompt tokens read per step, across all sequences still reading their prompts.
+pub const PREFILL_CHUNK: usize = 128;
 
 /// How many recent tokens the repetition penalty looks at (llama.cpp's default).
 const REPETITION_WINDOW: usize = 64;
@@ -132,6 +138,8 @@ struct Active {
     processor: LogitsProcessor,
     /// Prompt and generated tokens, for the repetition penalty.
     context: Vec<u32>,
+    /// How many prompt tokens the sequence has read so far.
+    read: usize,
     generated: usize,
     /// The token to feed at the next step.
     next: u32,
@@ -154,9 +162,7 @@ impl Loop {
             waiting.extend(incoming.try_iter());
             while active.len() < self.max_batch {
                 let Some(request) = waiting.pop_front() else { break };
-                if let Some(admitted) = self.admit(request) {
-                    active.push(admitted);
-                }
+                active.extend(self.admit(request));
             }
             active.retain_mut(|a| !self.finish_if_done(a));
             if active.is_empty() {
@@ -170,7 +176,7 @@ impl Loop {
         }
     }
 
-    /// Reads the prompt and samples the first token.
+    /// Starts a sequence for a request; its prompt is read by the next steps.
     fn admit(&self, request: Request) -> Option<Active> {
         if request.cancel.is_cancelled() || request.updates.is_closed() {
             let _ = request.updates.send(Update::Finished {
@@ -180,41 +186,46 @@ impl Loop {
             });
             return None;
         }
-        let mut sequence = self.model.new_sequence(request.prompt.len() + request.max_tokens);
-        let logits = self.model.forward(&mut [&mut sequence], &[&request.prompt], false);
-        let mut active = Active {
+        Some(Active {
+            sequence: self.model.new_sequence(request.prompt.len() + request.max_tokens),
             processor: request.sampling.processor(),
             context: request.prompt.clone(),
+            read: 0,
             text: TextStream::new(self.tokenizer.clone(), request.stop.clone()),
             stopped: false,
             request,
-            sequence,
             generated: 0,
             next: 0,
-        };
-        let _ = active.request.updates.send(Update::PromptDone);
-        match logits.and_then(|l| l.get(0)) {
-            Ok(logits) => match self.accept(&mut active, &logits) {
-                Ok(()) => Some(active),
-                Err(e) => {
-                    let _ = active.request.updates.send(Update::Failed(e.to_string()));
-                    None
-                }
-            },
-            Err(e) => {
-                let _ = active.request.updates.send(Update::Failed(format!("reading the prompt failed: {e}")));
-                None
-            }
-        }
+        })
     }
 
-    /// One token for every active sequence.
+    /// One forward pass: a token for every decoding sequence, a prompt chunk for those
+    /// still reading.
     fn step(&self, active: &mut [Active]) -> anyhow::Result<()> {
-        let next: Vec<[u32; 1]> = active.iter().map(|a| [a.next]).collect();
-        let tokens: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        let mut budget = PREFILL_CHUNK;
+        let mut inputs: Vec<Vec<u32>> = Vec::with_capacity(active.len());
+        for a in active.iter() {
+            let left = a.request.prompt.len() - a.read;
+            inputs.push(if left == 0 {
+                vec![a.next]
+            } else {
+                // Every reading sequence advances by at least one token per step.
+                let take = left.min(budget).max(1);
+                budget = budget.saturating_sub(take);
+                a.request.prompt[a.read..a.read + take].to_vec()
+            });
+        }
+        let tokens: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
         let mut sequences: Vec<&mut Sequence> = active.iter_mut().map(|a| &mut a.sequence).collect();
         let logits = self.model.forward(&mut sequences, &tokens, false)?;
-        for (i, a) in active.iter_mut().enumerate() {
+        for (i, (a, input)) in active.iter_mut().zip(&inputs).enumerate() {
+            if a.read < a.request.prompt.len() {
+                a.read += input.len();
+                if a.read < a.request.prompt.len() {
+                    continue; // more prompt to read
+                }
+                let _ = a.request.updates.send(Update::PromptDone);
+            }
             self.accept(a, &logits.get(i)?)?;
         }
         Ok(())
@@ -248,6 +259,8 @@ impl Loop {
     fn finish_if_done(&self, a: &mut Active) -> bool {
         let reason = if a.request.cancel.is_cancelled() || a.request.updates.is_closed() {
             FinishReason::Cancelled
+        } else if a.generated == 0 {
+            return false; // still reading its prompt
         } else if a.stopped {
             FinishReason::Stop
         } else if self.end_of_generation.contains(&a.next) {
