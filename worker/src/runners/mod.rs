@@ -3,6 +3,7 @@
 pub mod diagnostic;
 pub mod embed;
 pub mod generate;
+pub mod vision;
 
 use std::{
     path::{Path, PathBuf},

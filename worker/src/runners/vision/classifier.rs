@@ -1,0 +1,82 @@
+//! A trained classifier on disk (`config.json` + `model.safetensors`) and in use.
+
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{
+    dataset,
+    network::{ModelConfig, Network, check},
+    training::Trained,
+};
+
+/// A classifier ready to label images.
+pub struct Classifier {
+    pub config: ModelConfig,
+    network: Network,
+    device: Device,
+}
+
+/// One image's label and the probability of every class.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    pub label: String,
+    pub probabilities: Vec<(String, f32)>,
+}
+
+impl Classifier {
+    /// Writes a trained network to `dir`: its configuration and its weights.
+    pub fn save(trained: &Trained, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&trained.config)?)?;
+        trained.vars.save(dir.join("model.safetensors")).context("cannot write the weights")?;
+        Ok(())
+    }
+
+    /// Reads a classifier written by [`Classifier::save`].
+    pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        let config: ModelConfig = serde_json::from_slice(
+            &std::fs::read(dir.join("config.json")).with_context(|| format!("{}: no config.json", dir.display()))?,
+        )
+        .with_context(|| format!("{}: config.json", dir.display()))?;
+        check(&config).map_err(anyhow::Error::msg)?;
+        let weights = dir.join("model.safetensors");
+        // SAFETY of the mmap: the file is read-only for as long as it is mapped.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+            .with_context(|| format!("cannot load {}", weights.display()))?;
+        let network = Network::new(&config, vb).context("the weights do not fit the configuration")?;
+        Ok(Classifier { config, network, device: device.clone() })
+    }
+
+    pub fn from_trained(trained: Trained, device: &Device) -> Self {
+        Classifier { config: trained.config, network: trained.network, device: device.clone() }
+    }
+
+    /// Labels encoded images (PNG or JPEG); `names` name them in errors.
+    pub fn classify(&self, images: &[(&str, &[u8])]) -> anyhow::Result<Vec<Prediction>> {
+        let shape = self.config.input;
+        let mut data = Vec::with_capacity(images.len() * shape.features());
+        for (name, bytes) in images {
+            data.extend(dataset::pixels(&dataset::decode(bytes, name)?, shape));
+        }
+        let batch = Tensor::from_vec(data, (images.len(), shape.channels, shape.size, shape.size), &self.device)?;
+        self.predict(&batch)
+    }
+
+    /// Labels already decoded images, `(n, channels, size, size)`.
+    pub fn predict(&self, images: &Tensor) -> anyhow::Result<Vec<Prediction>> {
+        let probabilities = self.network.probabilities(images)?.to_vec2::<f32>()?;
+        Ok(probabilities
+            .into_iter()
+            .map(|row| {
+                let best = row.iter().enumerate().fold(0, |b, (i, p)| if *p > row[b] { i } else { b });
+                Prediction {
+                    label: self.config.classes[best].clone(),
+                    probabilities: self.config.classes.iter().cloned().zip(row).collect(),
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,152 @@
+//! The image classifiers a train job can build: the original project's fully connected
+//! network with configurable hidden sizes, and a small convolutional network.
+
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use super::dataset::InputShape;
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Architecture {
+    /// Flattened pixels through fully connected layers of these sizes, ReLU between.
+    Mlp { hidden: Vec<usize> },
+    /// Two 3×3 convolutions (16 and 32 channels, ReLU, 2×2 max-pooling), then a hidden
+    /// layer of 64.
+    Cnn,
+}
+
+/// Everything needed to rebuild a trained network: kept beside its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub input: InputShape,
+    pub classes: Vec<String>,
+}
+
+enum Layer {
+    Linear(candle_nn::Linear),
+    Conv(candle_nn::Conv2d),
+    Relu,
+    Pool,
+    Flatten,
+}
+
+/// A classifier: images `(n, channels, size, size)` in, logits `(n, classes)` out.
+pub struct Network {
+    layers: Vec<Layer>,
+}
+
+impl Network {
+    /// Builds the layers, creating (or, from loaded weights, finding) their variables.
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let InputShape { channels, size } = config.input;
+        let classes = config.classes.len();
+        let mut layers = Vec::new();
+        match &config.architecture {
+            Architecture::Mlp { hidden } => {
+                layers.push(Layer::Flatten);
+                let mut width = config.input.features();
+                for (i, &h) in hidden.iter().enumerate() {
+                    layers.push(Layer::Linear(candle_nn::linear(width, h, vb.pp(format!("fc{i}")))?));
+                    layers.push(Layer::Relu);
+                    width = h;
+                }
+                layers.push(Layer::Linear(candle_nn::linear(width, classes, vb.pp("out"))?));
+            }
+            Architecture::Cnn => {
+                let conv = Conv2dConfig { padding: 1, ..Default::default() };
+                layers.push(Layer::Conv(candle_nn::conv2d(channels, 16, 3, conv, vb.pp("conv0"))?));
+                layers.push(Layer::Relu);
+                layers.push(Layer::Pool);
+                layers.push(Layer::Conv(candle_nn::conv2d(16, 32, 3, conv, vb.pp("conv1"))?));
+                layers.push(Layer::Relu);
+                layers.push(Layer::Pool);
+                layers.push(Layer::Flatten);
+                let side = size / 4;
+                layers.push(Layer::Linear(candle_nn::linear(32 * side * side, 64, vb.pp("fc0"))?));
+                layers.push(Layer::Relu);
+                layers.push(Layer::Linear(candle_nn::linear(64, classes, vb.pp("out"))?));
+            }
+        }
+        Ok(Network { layers })
+    }
+
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        let mut x = images.clone();
+        for layer in &self.layers {
+            x = match layer {
+                Layer::Linear(l) => l.forward(&x)?,
+                Layer::Conv(c) => c.forward(&x)?,
+                Layer::Relu => x.relu()?,
+                Layer::Pool => x.max_pool2d(2)?,
+                Layer::Flatten => x.flatten_from(1)?,
+            };
+        }
+        Ok(x)
+    }
+
+    /// Class probabilities, `(n, classes)`.
+    pub fn probabilities(&self, images: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::softmax(&self.forward(images)?, D::Minus1)
+    }
+}
+
+/// Checks a configuration before anything is built, with messages for the user.
+pub fn check(config: &ModelConfig) -> std::result::Result<(), String> {
+    let InputShape { channels, size } = config.input;
+    if !(1..=512).contains(&size) {
+        return Err(format!("input_size {size}: must be between 1 and 512"));
+    }
+    if channels != 1 && channels != 3 {
+        return Err(format!("{channels} channels: only 1 or 3"));
+    }
+    match &config.architecture {
+        Architecture::Mlp { hidden } => {
+            if hidden.len() > 8 || hidden.iter().any(|&h| h == 0 || h > 4096) {
+                return Err("hidden_sizes: up to 8 layers of 1 to 4096 units".into());
+            }
+        }
+        Architecture::Cnn if size < 4 => return Err(format!("input_size {size}: the cnn needs at least 4")),
+        Architecture::Cnn => {}
+    }
+    Ok(())
+}
+
+/// A new network with its variables initialised from `seed` (candle's CPU random numbers
+/// cannot be seeded): weights normal with standard deviation 1/√fan_in, as the original
+/// project initialised its network, biases zero.
+pub fn initialised(config: &ModelConfig, seed: u64, device: &Device) -> Result<(Network, VarMap)> {
+    let vars = VarMap::new();
+    let network = Network::new(config, VarBuilder::from_varmap(&vars, DType::F32, device))?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let data = vars.data().lock().expect("no poisoned lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    // A bias's fan-in is its layer's weight's.
+    let fan_in = |name: &str| -> usize {
+        let weight = data[&name.replace(".bias", ".weight")].as_tensor().dims().to_vec();
+        weight[1..].iter().product()
+    };
+    for name in names {
+        let var = &data[name];
+        let deviation = 1.0 / (fan_in(name) as f32).sqrt();
+        let values: Vec<f32> = if name.ends_with(".bias") {
+            vec![0.0; var.elem_count()]
+        } else {
+            // Box–Muller: two uniforms to one standard normal.
+            (0..var.elem_count())
+                .map(|_| {
+                    let (u, v): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+                    deviation * (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+                })
+                .collect()
+        };
+        var.set(&Tensor::from_vec(values, var.shape(), device)?)?;
+    }
+    drop(data);
+    Ok((network, vars))
+}

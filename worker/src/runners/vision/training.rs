@@ -1,0 +1,155 @@
+//! Training a classifier with candle-nn: seeded split and shuffling, mini-batches,
+//! cross-entropy, SGD or AdamW, and metrics after every step for the caller to report.
+
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, SGD, VarMap};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+
+use super::{
+    dataset::Dataset,
+    network::{Architecture, ModelConfig, Network, initialised},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerKind {
+    Sgd,
+    AdamW,
+}
+
+/// How to train.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub architecture: Architecture,
+    pub epochs: usize,
+    /// Images per step; 0 or more than the training set: the whole set (gradient descent).
+    pub batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub learning_rate: f64,
+    /// Fraction held out for validation.
+    pub validation_split: f64,
+    pub seed: u64,
+}
+
+/// Where training stands, after a step.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub epoch: usize,
+    pub step: usize,
+    pub steps: usize,
+    /// Mean loss and accuracy over the epoch so far.
+    pub loss: f64,
+    pub train_accuracy: f64,
+    /// Accuracy on the held-out images, measured at the end of each epoch.
+    pub validation_accuracy: Option<f64>,
+    pub images_per_second: f64,
+    /// This step ended an epoch.
+    pub epoch_end: bool,
+}
+
+/// A trained network and what it reached.
+pub struct Trained {
+    pub config: ModelConfig,
+    pub vars: VarMap,
+    pub network: Network,
+    pub last: Progress,
+}
+
+/// Why training stopped early.
+#[derive(Debug)]
+pub enum Stopped {
+    /// The progress callback asked to stop.
+    Cancelled,
+    Failed(anyhow::Error),
+}
+
+impl From<candle_core::Error> for Stopped {
+    fn from(e: candle_core::Error) -> Self {
+        Stopped::Failed(e.into())
+    }
+}
+
+/// One optimisation step from a loss.
+type Step = dyn FnMut(&Tensor) -> candle_core::Result<()>;
+
+/// Trains on `dataset`; `on_progress` sees every step and returns false to stop.
+pub fn train(
+    dataset: &Dataset,
+    options: &TrainOptions,
+    device: &Device,
+    mut on_progress: impl FnMut(&Progress) -> bool,
+) -> Result<Trained, Stopped> {
+    let config = ModelConfig {
+        architecture: options.architecture.clone(),
+        input: dataset.shape,
+        classes: dataset.classes.clone(),
+    };
+    let n = dataset.files.len();
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.shuffle(&mut rng);
+    let held_out = ((n as f64) * options.validation_split).round() as usize;
+    let (validation, mut training) = (order[..held_out].to_vec(), order[held_out..].to_vec());
+    if training.is_empty() {
+        return Err(Stopped::Failed(anyhow::anyhow!("no images left to train on after the validation split")));
+    }
+    let pick = |indices: &[u32]| -> candle_core::Result<(Tensor, Tensor)> {
+        let indices = Tensor::new(indices, device)?;
+        Ok((dataset.images.index_select(&indices, 0)?, dataset.labels.index_select(&indices, 0)?))
+    };
+    let validation_set = if validation.is_empty() { None } else { Some(pick(&validation)?) };
+
+    let (network, vars) = initialised(&config, options.seed, device)?;
+    let mut optimizer: Box<Step> = match options.optimizer {
+        OptimizerKind::Sgd => {
+            let mut sgd = SGD::new(vars.all_vars(), options.learning_rate)?;
+            Box::new(move |loss| sgd.backward_step(loss))
+        }
+        OptimizerKind::AdamW => {
+            let params = ParamsAdamW { lr: options.learning_rate, ..Default::default() };
+            let mut adamw = AdamW::new(vars.all_vars(), params)?;
+            Box::new(move |loss| adamw.backward_step(loss))
+        }
+    };
+
+    let batch = if options.batch_size == 0 { training.len() } else { options.batch_size.min(training.len()) };
+    let per_epoch = training.len().div_ceil(batch);
+    let mut progress = Progress { steps: per_epoch * options.epochs, ..Default::default() };
+    for epoch in 0..options.epochs {
+        training.shuffle(&mut rng);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        let started = Instant::now();
+        for (i, chunk) in training.chunks(batch).enumerate() {
+            let (images, labels) = pick(chunk)?;
+            let logits = network.forward(&images)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            optimizer(&loss)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            correct += correct_count(&logits, &labels)?;
+            seen += chunk.len();
+            progress.epoch = epoch + 1;
+            progress.step += 1;
+            progress.loss = loss_sum / seen as f64;
+            progress.train_accuracy = correct as f64 / seen as f64;
+            progress.images_per_second = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            progress.epoch_end = i + 1 == per_epoch;
+            if progress.epoch_end
+                && let Some((images, labels)) = &validation_set
+            {
+                let logits = network.forward(images)?;
+                progress.validation_accuracy = Some(correct_count(&logits, labels)? as f64 / validation.len() as f64);
+            }
+            if !on_progress(&progress) {
+                return Err(Stopped::Cancelled);
+            }
+        }
+    }
+    Ok(Trained { config, vars, network, last: progress })
+}
+
+/// How many rows' largest logit is their label.
+pub fn correct_count(logits: &Tensor, labels: &Tensor) -> candle_core::Result<usize> {
+    let predicted = logits.argmax(D::Minus1)?;
+    predicted.eq(labels)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>().map(|c| c as usize)
+}

@@ -1,0 +1,157 @@
+//! Training image classifiers on the shared datasets (`../shared/datasets`, see its
+//! README): the original project's cat/non-cat network, a small convolutional network,
+//! and handwritten digits, each to its accuracy bar on the held-out `test/` images.
+//!
+//! The accuracy tests are ignored by default while issue 5 is in progress: each takes up
+//! to a minute, and their margins are thin (see each one). Run them with
+//! `cargo test -p deephardway-worker --test vision -- --ignored --nocapture`.
+
+use std::{path::PathBuf, time::Instant};
+
+use candle_core::Device;
+use deephardway_worker::runners::vision::{
+    classifier::Classifier,
+    dataset::{self, Dataset},
+    network::Architecture,
+    training::{OptimizerKind, Stopped, TrainOptions, train},
+};
+
+/// `$DEEPHARDWAY_DATASETS`, else `../shared/datasets` beside the repository.
+fn datasets() -> Option<PathBuf> {
+    let dir = std::env::var_os("DEEPHARDWAY_DATASETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/datasets")));
+    if dir.exists() {
+        return Some(dir);
+    }
+    // The datasets are not part of the repository; without them these tests cannot run.
+    eprintln!("SKIPPED: {} is missing (the shared test datasets; set DEEPHARDWAY_DATASETS)", dir.display());
+    None
+}
+
+fn load(name: &str, part: &str, size: usize) -> Dataset {
+    dataset::load(&datasets().expect("datasets").join(name).join(part), size, &Device::Cpu).unwrap()
+}
+
+fn accuracy(classifier: &Classifier, test: &Dataset) -> f64 {
+    let predictions = classifier.predict(&test.images).unwrap();
+    let labels = test.labels.to_vec1::<u32>().unwrap();
+    let correct = predictions.iter().zip(&labels).filter(|(p, l)| p.label == test.classes[**l as usize]).count();
+    correct as f64 / labels.len() as f64
+}
+
+/// Trains, reports time per epoch and accuracy, and returns the classifier.
+fn train_and_test(name: &str, size: usize, options: TrainOptions, bar: f64) -> Option<Classifier> {
+    datasets()?;
+    let (training, test) = (load(name, "train", size), load(name, "test", size));
+    assert_eq!(training.classes, test.classes);
+    let started = Instant::now();
+    let trained = train(&training, &options, &Device::Cpu, |_| true).unwrap_or_else(|e| panic!("{e:?}"));
+    let per_epoch = started.elapsed() / options.epochs as u32;
+    let last = trained.last.clone();
+    let classifier = Classifier::from_trained(trained, &Device::Cpu);
+    let accuracy = accuracy(&classifier, &test);
+    println!(
+        "{name} {:?}: {} epochs, {per_epoch:?} per epoch on CPU; loss {:.4}, train accuracy {:.3}, test accuracy {accuracy:.3}",
+        options.architecture, options.epochs, last.loss, last.train_accuracy
+    );
+    assert!(accuracy >= bar, "{name}: test accuracy {accuracy:.3} < {bar}");
+    Some(classifier)
+}
+
+/// The original project: 12288→20→7→5→(2), ReLU, plain gradient descent on the whole
+/// training set, 2,500 iterations at 0.0075. It reported about 80% on the test set.
+#[test]
+#[ignore = "a minute of training; 78% on the 50 test images with seed 1, one image above the bar"]
+fn catvnoncat_with_the_original_network() {
+    let options = TrainOptions {
+        architecture: Architecture::Mlp { hidden: vec![20, 7, 5] },
+        epochs: 2500,
+        batch_size: 0,
+        optimizer: OptimizerKind::Sgd,
+        learning_rate: 0.0075,
+        validation_split: 0.0,
+        seed: 1,
+    };
+    let Some(classifier) = train_and_test("catvnoncat", 64, options, 0.75) else { return };
+    let photo = std::fs::read(datasets().unwrap().join("catvnoncat/gray-cat.jpeg")).unwrap();
+    let prediction = classifier.classify(&[("gray-cat.jpeg", &photo)]).unwrap().remove(0);
+    println!("gray-cat.jpeg: {prediction:?}");
+}
+
+#[test]
+#[ignore = "a minute of training; 86% with seed 1"]
+fn catvnoncat_with_a_small_cnn() {
+    let options = TrainOptions {
+        architecture: Architecture::Cnn,
+        epochs: 20,
+        batch_size: 16,
+        optimizer: OptimizerKind::AdamW,
+        learning_rate: 1e-3,
+        validation_split: 0.0,
+        seed: 1,
+    };
+    train_and_test("catvnoncat", 64, options, 0.80);
+}
+
+#[test]
+#[ignore = "not at the bar yet: 95.3% with seed 1 but 93.3% and 93.9% with seeds 2 and 3 (an MLP \
+            reaches 90–92%, as scikit-learn's does on this split)"]
+fn digits() {
+    let options = TrainOptions {
+        architecture: Architecture::Cnn,
+        epochs: 30,
+        batch_size: 32,
+        optimizer: OptimizerKind::AdamW,
+        learning_rate: 2e-3,
+        validation_split: 0.0,
+        seed: 1,
+    };
+    train_and_test("digits", 8, options, 0.95);
+}
+
+/// Same seed, same model; saved and loaded, the same predictions; stopping is honoured;
+/// a broken image is an error naming the file.
+#[test]
+fn deterministic_round_trips_cancels_and_names_bad_files() {
+    if datasets().is_none() {
+        return;
+    }
+    let digits = load("digits", "train", 8);
+    let options = TrainOptions {
+        architecture: Architecture::Cnn,
+        epochs: 2,
+        batch_size: 64,
+        optimizer: OptimizerKind::AdamW,
+        learning_rate: 1e-3,
+        validation_split: 0.2,
+        seed: 42,
+    };
+    let run = || train(&digits, &options, &Device::Cpu, |_| true).unwrap_or_else(|e| panic!("{e:?}"));
+    let (a, b) = (run(), run());
+    assert_eq!(a.last.loss, b.last.loss, "same seed, same training");
+    assert!(a.last.validation_accuracy.is_some());
+
+    let dir = tempfile::tempdir().unwrap();
+    Classifier::save(&a, dir.path()).unwrap();
+    let loaded = Classifier::load(dir.path(), &Device::Cpu).unwrap();
+    let fresh = Classifier::from_trained(a, &Device::Cpu);
+    let image = std::fs::read(&digits.files[0]).unwrap();
+    let (x, y) = (
+        loaded.classify(&[("0.png", &image)]).unwrap().remove(0),
+        fresh.classify(&[("0.png", &image)]).unwrap().remove(0),
+    );
+    assert_eq!(x.label, y.label);
+    assert_eq!(x.probabilities, y.probabilities);
+
+    let mut steps = 0;
+    let stopped = train(&digits, &options, &Device::Cpu, |_| {
+        steps += 1;
+        steps < 3
+    });
+    assert!(matches!(stopped, Err(Stopped::Cancelled)));
+    assert_eq!(steps, 3);
+
+    let error = loaded.classify(&[("broken.png", b"\x89PNG\r\n\x1a\nnot really")]).unwrap_err();
+    assert!(format!("{error:#}").contains("broken.png"), "{error:#}");
+}
