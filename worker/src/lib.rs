@@ -4,7 +4,9 @@
 //! - [`connection`]: the session with the service: hello, assignments, cancellations,
 //!   reports, and reconnecting with backoff when the stream breaks.
 //! - [`runner`]: the [`Runner`] trait, one implementation per kind of job.
-//! - [`runners`]: the implementations (diagnostic, embed, generate) and [`runners::open`], which picks one for a model on disk.
+//! - [`runners`]: the implementations (diagnostic, embed, generate), [`runners::open`],
+//!   which picks one for a model on disk, and [`runners::vision`], image classifiers
+//!   (trained and used by the train/classify runners to come).
 //! - [`device`]: choosing a candle device (`auto`, `cpu`, `cuda[:N]`).
 
 pub mod connection;
