@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         learning_rate: args[5].parse()?,
         validation_split: 0.0,
         seed: std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1),
+        augment_shift: std::env::var("SHIFT").ok().and_then(|s| s.parse().ok()).unwrap_or(0),
     };
     let training = dataset::load(&PathBuf::from(&args[0]), size, &Device::Cpu)?;
     let test = dataset::load(&PathBuf::from(&args[1]), size, &Device::Cpu)?;

@@ -72,6 +72,7 @@ fn catvnoncat_with_the_original_network() {
         learning_rate: 0.0075,
         validation_split: 0.0,
         seed: 1,
+        augment_shift: 0,
     };
     let Some(classifier) = train_and_test("catvnoncat", 64, options, 0.75) else { return };
     let photo = std::fs::read(datasets().unwrap().join("catvnoncat/gray-cat.jpeg")).unwrap();
@@ -90,6 +91,7 @@ fn catvnoncat_with_a_small_cnn() {
         learning_rate: 1e-3,
         validation_split: 0.0,
         seed: 1,
+        augment_shift: 0,
     };
     train_and_test("catvnoncat", 64, options, 0.80);
 }
@@ -106,6 +108,7 @@ fn digits() {
         learning_rate: 2e-3,
         validation_split: 0.0,
         seed: 1,
+        augment_shift: 0,
     };
     train_and_test("digits", 8, options, 0.95);
 }
@@ -126,6 +129,7 @@ fn deterministic_round_trips_cancels_and_names_bad_files() {
         learning_rate: 1e-3,
         validation_split: 0.2,
         seed: 42,
+        augment_shift: 0,
     };
     let run = || train(&digits, &options, &Device::Cpu, |_| true).unwrap_or_else(|e| panic!("{e:?}"));
     let (a, b) = (run(), run());
