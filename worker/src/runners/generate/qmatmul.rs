@@ -186,7 +186,7 @@ impl QMatrix {
         // Weight rows are the unit of work: each is read from memory once and multiplied
         // against the activation rows in small tiles (see `Kernel::tile`).
         candle_core::utils::barrier_pool().execute_chunked(n, |range| {
-            let weight_rows = if m == 1 { 4 } else { 2 };
+            let weight_rows = kernel.weight_rows(m);
             let mut r = range.start;
             while r < range.end {
                 let take = if range.end - r >= weight_rows { weight_rows } else { 1 };
@@ -332,6 +332,17 @@ impl Kernel {
         Kernel::Scalar
     }
 
+    /// Weight rows per tile for `m` activation rows: as many accumulators as the
+    /// registers hold (AVX-512 has 32, AVX2 16).
+    fn weight_rows(self, m: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => 4,
+            _ if m == 1 => 4,
+            _ => 2,
+        }
+    }
+
     /// `out[k][i] = w[k] · xs[i]` for a tile of 1, 2 or 4 weight rows and 1 to 4
     /// activation rows.
     fn tile(
@@ -357,6 +368,9 @@ impl Kernel {
             ($module:ident, $nibbles:literal) => {
                 match (w.len(), xs.len()) {
                     (4, 1) => $module::tile::<4, 1, $nibbles>(w, xs, out),
+                    (4, 2) => $module::tile::<4, 2, $nibbles>(w, xs, out),
+                    (4, 3) => $module::tile::<4, 3, $nibbles>(w, xs, out),
+                    (4, 4) => $module::tile::<4, 4, $nibbles>(w, xs, out),
                     (2, 1) => $module::tile::<2, 1, $nibbles>(w, xs, out),
                     (2, 2) => $module::tile::<2, 2, $nibbles>(w, xs, out),
                     (2, 3) => $module::tile::<2, 3, $nibbles>(w, xs, out),
@@ -675,7 +689,9 @@ mod tests {
                 let x = Q8_1Rows::quantize(&random(4, cols, 4));
                 let rows: Vec<ActivationRow> = (0..4).map(|i| x.row(i, cols / BLOCK, w.quants)).collect();
                 for kernel in &kernels {
-                    for (nw, nx) in [(4, 1), (2, 1), (2, 2), (2, 3), (2, 4), (1, 1), (1, 2), (1, 3), (1, 4)] {
+                    for (nw, nx) in
+                        [(4, 1), (4, 2), (4, 3), (4, 4), (2, 1), (2, 2), (2, 3), (2, 4), (1, 1), (1, 2), (1, 3), (1, 4)]
+                    {
                         let mut out = [[0f32; MAX_TILE_ACTIVATIONS]; MAX_TILE_WEIGHTS];
                         kernel.tile(w.quants, &weights[..nw], &rows[..nx], &mut out);
                         for k in 0..nw {
