@@ -4,9 +4,8 @@ fn main() -> std::process::ExitCode {
     let cli = deephardway_service::cli::parse();
     // candle sizes its thread pools from RAYON_NUM_THREADS and, without it, works out the
     // physical core count again from /proc at every parallel op. Settle it once: --threads,
-    // else the variable as given, else candle's own default.
-    let threads = cli.threads().or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok().filter(|&n| n > 0));
-    let threads = threads.unwrap_or_else(deephardway_worker::device::cpu_threads);
+    // else what candle would use (the variable as given, else one per physical core).
+    let threads = cli.threads().unwrap_or_else(deephardway_worker::device::cpu_threads);
     // SAFETY: no other thread exists yet (the runtime starts below), so nothing can read
     // the environment while it changes.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };

@@ -41,7 +41,6 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Parses the command line and runs it.
 impl Cli {
     /// The CPU thread count asked for with `--threads`, by the commands that run models.
     /// It must reach candle (as `RAYON_NUM_THREADS`) before any thread starts, which is
@@ -56,10 +55,12 @@ impl Cli {
     }
 }
 
+/// Parses the command line.
 pub fn parse() -> Cli {
     Cli::parse()
 }
 
+/// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let client_command = !matches!(cli.command, Command::Up(_) | Command::Serve(_) | Command::Worker(_));
     // The benchmark's own server and worker would otherwise log every job.

@@ -241,8 +241,8 @@ impl JobLifecycle {
         Ok(self.find(&id).await?.map(|(job, _)| job))
     }
 
-    /// FAILED_PRECONDITION unless a connected worker serves `model` for `kind`.
-    /// A connected worker serves `model` for this kind of job, and the request fits it.
+    /// FAILED_PRECONDITION unless a connected worker serves `model` for this kind of job;
+    /// INVALID_ARGUMENT if the request does not fit the model (see [`fits`]).
     async fn check_served(&self, model: &str, input: &Input) -> Result<(), Status> {
         let kind = kind_of(input);
         let workers = self.workers().await?;
