@@ -41,16 +41,13 @@ fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let last = trained.last.clone();
     let classifier = Classifier::from_trained(trained, &Device::Cpu);
-    let predictions = classifier.predict(&test.images)?;
-    let labels = test.labels.to_vec1::<u32>()?;
-    let correct = predictions.iter().zip(&labels).filter(|(p, l)| p.label == test.classes[**l as usize]).count();
     println!(
         "{:.1?} ({:.1?} per epoch); loss {:.4}, train accuracy {:.3}; test accuracy {:.3}",
         elapsed,
         elapsed / options.epochs as u32,
         last.loss,
         last.train_accuracy,
-        correct as f64 / labels.len() as f64
+        classifier.accuracy(&test)?
     );
     Ok(())
 }

@@ -21,7 +21,7 @@ use deephardway_worker::runners::{
         self, Loaded,
         chat::{ChatTemplate, Message},
         engine::{Engine, FinishReason, Request, SamplingParams, Update},
-        model::top2,
+        model::{Llama, top2},
     },
 };
 use serde::Deserialize;
@@ -157,6 +157,19 @@ fn teacher_forced_logits_agree_with_llama_cpp() {
     assert!(positions > 100);
 }
 
+/// The prompt read in one pass, then `n` tokens decoded greedily one at a time.
+fn greedy_tokens(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut sequence = model.new_sequence(prompt.len() + n);
+    let mut logits = model.forward(&mut [&mut sequence], &[prompt], false).unwrap();
+    let mut generated = Vec::new();
+    for _ in 0..n {
+        let (token, _, _) = top2(&logits).unwrap()[0];
+        generated.push(token);
+        logits = model.forward(&mut [&mut sequence], &[&[token]], false).unwrap();
+    }
+    generated
+}
+
 /// Greedy decoding token by token (the cached path, not one pass) follows llama.cpp up to
 /// the first position where llama.cpp's own choice was a close call.
 #[test]
@@ -165,14 +178,7 @@ fn greedy_decoding_follows_llama_cpp() {
     for case in reference().cases {
         let prompt = &case.prompt_tokens;
         let n = case.completion_tokens.len();
-        let mut sequence = loaded.model.new_sequence(prompt.len() + n);
-        let mut logits = loaded.model.forward(&mut [&mut sequence], &[prompt], false).unwrap();
-        let mut generated = Vec::new();
-        for _ in 0..n {
-            let (token, _, _) = top2(&logits).unwrap()[0];
-            generated.push(token);
-            logits = loaded.model.forward(&mut [&mut sequence], &[&[token]], false).unwrap();
-        }
+        let generated = greedy_tokens(&loaded.model, prompt, n);
         // Completion token i is predicted at position prompt.len() - 1 + i.
         let certain = (0..n).take_while(|i| case.margin(prompt.len() - 1 + i) >= CLEAR_MARGIN).count();
         assert_eq!(
@@ -378,14 +384,7 @@ async fn long_prompts_are_read_in_chunks_without_changing_the_result() {
     assert!(prompt.len() > 2 * generate::engine::PREFILL_CHUNK, "{} tokens", prompt.len());
     let n = 8;
     // In one pass, then greedy.
-    let mut sequence = loaded.model.new_sequence(prompt.len() + n);
-    let mut logits = loaded.model.forward(&mut [&mut sequence], &[&prompt], false).unwrap();
-    let mut expected = Vec::new();
-    for _ in 0..n {
-        let (token, _, _) = top2(&logits).unwrap()[0];
-        expected.push(token);
-        logits = loaded.model.forward(&mut [&mut sequence], &[&[token]], false).unwrap();
-    }
+    let expected = greedy_tokens(&loaded.model, &prompt, n);
     let expected = loaded.tokenizer.tokenizer.decode(&expected, true).unwrap();
     // Through the engine, while another job decodes.
     let (other, other_updates) = greedy(&reference().cases[0].prompt_tokens, 40, &[]);

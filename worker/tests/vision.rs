@@ -33,13 +33,6 @@ fn load(name: &str, part: &str, size: usize) -> Dataset {
     dataset::load(&datasets().expect("datasets").join(name).join(part), size, &Device::Cpu).unwrap()
 }
 
-fn accuracy(classifier: &Classifier, test: &Dataset) -> f64 {
-    let predictions = classifier.predict(&test.images).unwrap();
-    let labels = test.labels.to_vec1::<u32>().unwrap();
-    let correct = predictions.iter().zip(&labels).filter(|(p, l)| p.label == test.classes[**l as usize]).count();
-    correct as f64 / labels.len() as f64
-}
-
 /// Trains, reports time per epoch and accuracy, and returns the classifier.
 fn train_and_test(name: &str, size: usize, options: TrainOptions, bar: f64) -> Option<Classifier> {
     datasets()?;
@@ -50,7 +43,7 @@ fn train_and_test(name: &str, size: usize, options: TrainOptions, bar: f64) -> O
     let per_epoch = started.elapsed() / options.epochs as u32;
     let last = trained.last.clone();
     let classifier = Classifier::from_trained(trained, &Device::Cpu);
-    let accuracy = accuracy(&classifier, &test);
+    let accuracy = classifier.accuracy(&test).unwrap();
     println!(
         "{name} {:?}: {} epochs, {per_epoch:?} per epoch on CPU; loss {:.4}, train accuracy {:.3}, test accuracy {accuracy:.3}",
         options.architecture, options.epochs, last.loss, last.train_accuracy

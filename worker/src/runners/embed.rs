@@ -154,17 +154,18 @@ fn batch_loop(embedder: &Embedder, pending: &mpsc::Receiver<Pending>, in_flight:
         }
         let counts: Vec<usize> = batch.iter().map(|p| p.texts.len()).collect();
         let all: Vec<String> = batch.iter_mut().flat_map(|p| std::mem::take(&mut p.texts)).collect();
-        match embedder.embed(&all) {
+        let result = embedder.embed(&all);
+        // These jobs are answered now: the next batch need not wait for them.
+        in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
+        match result {
             Ok(vectors) => {
                 let mut vectors = vectors.into_iter();
                 for (job, count) in batch.into_iter().zip(counts) {
-                    in_flight.fetch_sub(1, Ordering::AcqRel);
                     let _ = job.reply.send(Ok(vectors.by_ref().take(count).collect()));
                 }
             }
             Err(e) => {
                 for job in batch {
-                    in_flight.fetch_sub(1, Ordering::AcqRel);
                     let _ = job.reply.send(Err(format!("{e:#}")));
                 }
             }

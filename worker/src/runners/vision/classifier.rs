@@ -65,6 +65,16 @@ impl Classifier {
         self.predict(&batch)
     }
 
+    /// The fraction of a dataset's images labelled correctly (its classes must be this
+    /// classifier's, in the same order).
+    pub fn accuracy(&self, dataset: &dataset::Dataset) -> anyhow::Result<f64> {
+        anyhow::ensure!(dataset.classes == self.config.classes, "the dataset's classes are not the model's");
+        let predictions = self.predict(&dataset.images)?;
+        let labels = dataset.labels.to_vec1::<u32>()?;
+        let correct = predictions.iter().zip(&labels).filter(|(p, l)| p.label == dataset.classes[**l as usize]).count();
+        Ok(correct as f64 / labels.len() as f64)
+    }
+
     /// Labels already decoded images, `(n, channels, size, size)`.
     pub fn predict(&self, images: &Tensor) -> anyhow::Result<Vec<Prediction>> {
         let probabilities = self.network.probabilities(images)?.to_vec2::<f32>()?;
