@@ -7,8 +7,12 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos =
-        ["proto/deephardway/v1/jobs.proto", "proto/deephardway/v1/models.proto", "proto/deephardway/v1/workers.proto"];
+    let protos = [
+        "proto/deephardway/v1/jobs.proto",
+        "proto/deephardway/v1/models.proto",
+        "proto/deephardway/v1/datasets.proto",
+        "proto/deephardway/v1/workers.proto",
+    ];
     let descriptor = PathBuf::from(env::var("OUT_DIR")?).join("deephardway_descriptor.bin");
     tonic_prost_build::configure()
         // `Workers.Connect` would collide with the generated `connect` constructor;

@@ -4,6 +4,7 @@
 //! - [`v1`]: messages, `*_client` and `*_server` modules for `Jobs`, `Models`, `Workers`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
 //! - [`kind_of`], [`is_final`]: small facts about requests and events both sides need.
+//! - [`TRAINER_MODEL`], [`CLASSIFIER_MODEL`]: the names of the vision capabilities.
 //! - [`connect`]: a channel to a service, for any of the generated clients.
 
 /// Generated code for package `deephardway.v1`.
@@ -11,6 +12,17 @@ pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("deephardway.v1");
 }
+
+/// The model name workers announce for train jobs: they train any architecture on any
+/// uploaded dataset.
+pub const TRAINER_MODEL: &str = "trainer";
+
+/// The model name workers announce when they can run classify jobs on any trained model,
+/// fetching it from the service. Classify jobs name the trained model itself.
+pub const CLASSIFIER_MODEL: &str = "classifier";
+
+/// The largest message on the worker protocol: trained weights published in one piece.
+pub const MAX_ARTIFACT_MESSAGE: usize = 512 << 20;
 
 /// The file descriptor set of every file under `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("deephardway_descriptor");

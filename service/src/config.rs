@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::artifacts::ArtifactStore;
+
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// Most jobs waiting in line across all models; more → RESOURCE_EXHAUSTED.
@@ -20,6 +22,10 @@ pub struct ServiceConfig {
     pub output_coalesce: Duration,
     /// How long a cancelled job's worker gets to stop before the job is ended anyway.
     pub cancel_grace: Duration,
+    /// Where dataset archives and trained models are kept (in memory unless told).
+    pub artifacts: ArtifactStore,
+    /// The largest dataset archive `Datasets.Upload` accepts.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -32,6 +38,8 @@ impl Default for ServiceConfig {
             worker_lease_ttl: Duration::from_secs(10),
             output_coalesce: Duration::from_millis(30),
             cancel_grace: Duration::from_secs(10),
+            artifacts: ArtifactStore::in_memory(),
+            max_upload_bytes: 64 << 20,
         }
     }
 }

@@ -10,7 +10,12 @@
 //! /dhw/workers/<worker-id>                    a connected worker (JSON), on its lease
 //! /dhw/requests/<request-id>                  idempotency key → job id
 //! /dhw/done/<finished:020>/<id>               finished jobs by time, for retention
+//! /dhw/datasets/<name>                        an uploaded dataset (protobuf Dataset)
+//! /dhw/models/<name>/<version:010>            a trained model version (protobuf TrainedModel)
 //! ```
+//!
+//! Dataset archives and model weights are not in the store but in the artifact store
+//! (see `artifacts`), at the paths their records name.
 //!
 //! `rank` is `100 - priority`, so higher priorities sort first; `created` is the job's
 //! submission time in microseconds, so equal priorities run first-come first-served,
@@ -25,6 +30,8 @@ pub const RUNNING: &str = "/dhw/running/";
 pub const WORKERS: &str = "/dhw/workers/";
 pub const REQUESTS: &str = "/dhw/requests/";
 pub const DONE: &str = "/dhw/done/";
+pub const DATASETS: &str = "/dhw/datasets/";
+pub const MODELS: &str = "/dhw/models/";
 
 pub fn job(id: &str) -> String {
     format!("{JOBS}{id}")
@@ -66,6 +73,19 @@ pub fn request(request_id: &str) -> String {
 
 pub fn done(finished_micros: i64, id: &str) -> String {
     format!("{DONE}{finished_micros:020}/{id}")
+}
+
+pub fn dataset(name: &str) -> String {
+    format!("{DATASETS}{name}")
+}
+
+/// Every version of a trained model.
+pub fn model_versions(name: &str) -> String {
+    format!("{MODELS}{name}/")
+}
+
+pub fn model_version(name: &str, version: u32) -> String {
+    format!("{MODELS}{name}/{version:010}")
 }
 
 /// The job id at the end of a queue entry, claim or done key.

@@ -4,21 +4,26 @@
 //! - [`store`]: the key-value store trait (etcd semantics) and its two backends,
 //!   [`store::embedded`] (one machine, the default) and [`store::etcd`] (a cluster).
 //! - [`keys`]: where everything lives in the store.
+//! - [`artifacts`]: the artifact store (local directory, memory, S3) for the files behind
+//!   [`datasets`] (uploaded archives, checked on arrival) and [`trained_models`] (the
+//!   registry of classifiers that train jobs publish, by name and version).
 //! - [`jobs`]: the job state machine (submit, claim, report, cancel, requeue, retention)
 //!   and request validation, written once on top of the store trait.
 //! - [`hub`]: the replica's single store watch, fanned out to job watchers and to the
 //!   background tasks below.
 //! - [`dispatch`]: hands queued jobs to this replica's connected workers.
 //! - [`reaper`]: puts jobs of lost workers back in line; removes expired jobs.
-//! - [`rpc`]: the gRPC handlers (`Jobs`, `Models`, `Workers`).
+//! - [`rpc`]: the gRPC handlers (`Jobs`, `Models`, `Datasets`, `Workers`).
 //! - [`health`]: `grpc.health.v1`, following the store's health.
 //! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
 //! - [`server`]: everything above on one port, with grpc-web, reflection and health.
 //! - [`local_etcd`]: a throwaway etcd process, for the benchmark and the tests.
 //! - [`cli`]: the `deephardway` command line (`up`, `serve`, `worker`, `submit`, …).
 
+pub mod artifacts;
 pub mod cli;
 pub mod config;
+pub mod datasets;
 pub mod dispatch;
 pub mod health;
 pub mod hub;
@@ -29,6 +34,7 @@ pub mod reaper;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod trained_models;
 pub mod web;
 
 pub use config::ServiceConfig;

@@ -7,7 +7,10 @@
 
 use std::{future::Future, sync::Arc};
 
-use deephardway::v1::{jobs_server::JobsServer, models_server::ModelsServer, workers_server::WorkersServer};
+use deephardway::v1::{
+    datasets_server::DatasetsServer, jobs_server::JobsServer, models_server::ModelsServer,
+    workers_server::WorkersServer,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +22,7 @@ use crate::{
     hub::Hub,
     jobs::JobLifecycle,
     reaper,
-    rpc::{Context, jobs::JobsRpc, models::ModelsRpc, workers::WorkersRpc},
+    rpc::{Context, datasets::DatasetsRpc, jobs::JobsRpc, models::ModelsRpc, workers::WorkersRpc},
     store::SharedStore,
     web::{self, Web},
 };
@@ -51,6 +54,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     let hub = Hub::start(store.clone(), token.clone()).await?;
+    // An upload is one message. Up to twice the archive limit it is decoded, so that the
+    // handler can refuse an archive too large with INVALID_ARGUMENT and the limit; beyond
+    // that tonic refuses it (OUT_OF_RANGE) before reading it.
+    let max_upload_message = 2 * config.max_upload_bytes + (1 << 20);
     let lifecycle = JobLifecycle::new(store.clone(), config);
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
     reaper::start(lifecycle.clone(), &hub, token.clone());
@@ -73,7 +80,12 @@ pub async fn serve(
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(JobsServer::new(JobsRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
         .add_service(ModelsServer::new(ModelsRpc::new(ctx.clone())))
-        .add_service(WorkersServer::new(WorkersRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(DatasetsServer::new(DatasetsRpc::new(ctx.clone())).max_decoding_message_size(max_upload_message))
+        .add_service(
+            WorkersServer::new(WorkersRpc::new(ctx.clone()))
+                .max_decoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE)
+                .max_encoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

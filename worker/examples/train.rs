@@ -33,11 +33,12 @@ fn main() -> anyhow::Result<()> {
         validation_split: 0.0,
         seed: std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1),
         augment_shift: std::env::var("SHIFT").ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+        cosine_decay: std::env::var("COSINE").is_ok_and(|v| v == "1"),
     };
     let training = dataset::load(&PathBuf::from(&args[0]), size, &Device::Cpu)?;
     let test = dataset::load(&PathBuf::from(&args[1]), size, &Device::Cpu)?;
     let started = Instant::now();
-    let trained = train(&training, &options, &Device::Cpu, |_| true).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let trained = train(&training, None, &options, &Device::Cpu, |_| true).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let elapsed = started.elapsed();
     let last = trained.last.clone();
     let classifier = Classifier::from_trained(trained, &Device::Cpu);

@@ -17,7 +17,7 @@ use rand::Rng;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
+use tonic::{Code, transport::Channel};
 
 use crate::runner::{JobContext, JobError, Runner};
 
@@ -81,7 +81,10 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
     }
     let channel =
         deephardway::connect(&options.server).await.with_context(|| format!("cannot reach {}", options.server))?;
-    let mut client = WorkersClient::new(channel);
+    let service = WorkersClient::new(channel)
+        .max_decoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE)
+        .max_encoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE);
+    let mut client = service.clone();
     let (outbound, rx) = mpsc::channel::<WorkerMessage>(1024);
     let hello = WorkerHello {
         name: options.name.clone(),
@@ -107,8 +110,11 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
                     Some(service_message::Message::Assignment(assignment)) => {
                         let id = assignment.job_id.clone();
                         let cancel = CancellationToken::new();
-                        let runner = routes.get(&assignment.model).cloned();
-                        let task = tokio::spawn(run_job(runner, assignment, cancel.clone(), outbound.clone(), finished_tx.clone()));
+                        // A classify job on a trained model goes to whoever serves "classifier".
+                        let runner = routes.get(&assignment.model).or_else(|| {
+                            assignment.trained_model.as_ref().and_then(|_| routes.get(deephardway::CLASSIFIER_MODEL))
+                        }).cloned();
+                        let task = tokio::spawn(run_job(runner, assignment, cancel.clone(), outbound.clone(), finished_tx.clone(), service.clone()));
                         running.insert(id, RunningJob { cancel, task });
                     }
                     Some(service_message::Message::Cancel(cancel)) => {
@@ -143,6 +149,7 @@ async fn run_job(
     cancel: CancellationToken,
     outbound: mpsc::Sender<WorkerMessage>,
     finished: mpsc::UnboundedSender<String>,
+    service: WorkersClient<Channel>,
 ) {
     let job_id = assignment.job_id.clone();
     let fence = assignment.fence;
@@ -160,7 +167,7 @@ async fn run_job(
         )),
         Some(runner) => {
             let (events_tx, mut events) = mpsc::unbounded_channel();
-            let ctx = JobContext::new(assignment, events_tx, cancel);
+            let ctx = JobContext::new(assignment, events_tx, cancel, service);
             // Its own task, so that a panic fails this job only.
             let mut job = tokio::spawn(async move { runner.run(ctx).await });
             loop {

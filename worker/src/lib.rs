@@ -4,11 +4,13 @@
 //! - [`connection`]: the session with the service: hello, assignments, cancellations,
 //!   reports, and reconnecting with backoff when the stream breaks.
 //! - [`runner`]: the [`Runner`] trait, one implementation per kind of job.
-//! - [`runners`]: the implementations (diagnostic, embed, generate), [`runners::open`],
-//!   which picks one for a model on disk, and [`runners::vision`], image classifiers
-//!   (trained and used by the train/classify runners to come).
+//! - [`runners`]: the implementations (diagnostic, embed, generate, train, classify),
+//!   [`runners::open`], which picks one for a model on disk, and [`runners::vision`],
+//!   the image classifiers that train and classify jobs build and use.
+//! - [`artifacts`]: datasets and trained models fetched from the service, cached on disk.
 //! - [`device`]: choosing a candle device (`auto`, `cpu`, `cuda[:N]`).
 
+pub mod artifacts;
 pub mod connection;
 pub mod device;
 pub mod runner;

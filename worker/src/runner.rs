@@ -5,10 +5,10 @@
 //! the result or an error with a gRPC code. Models load once when the runner is built
 //! and stay resident; `run` may be called concurrently for up to `slots` jobs.
 
-use deephardway::v1::{JobAssignment, JobResult, WorkerModel, job_event::Event};
+use deephardway::v1::{JobAssignment, JobResult, WorkerModel, job_event::Event, workers_client::WorkersClient};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
+use tonic::{Code, transport::Channel};
 
 /// Why a job did not produce a result.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,16 +30,28 @@ pub struct JobContext {
     pub assignment: JobAssignment,
     events: mpsc::UnboundedSender<Event>,
     pub cancel: CancellationToken,
+    /// The service the job came from: for fetching artifacts and publishing models.
+    pub service: WorkersClient<Channel>,
 }
 
 impl JobContext {
-    pub fn new(assignment: JobAssignment, events: mpsc::UnboundedSender<Event>, cancel: CancellationToken) -> Self {
-        Self { assignment, events, cancel }
+    pub fn new(
+        assignment: JobAssignment,
+        events: mpsc::UnboundedSender<Event>,
+        cancel: CancellationToken,
+        service: WorkersClient<Channel>,
+    ) -> Self {
+        Self { assignment, events, cancel, service }
     }
 
     /// Reports a progress or output event. Never blocks: the connection coalesces them.
     pub fn emit(&self, event: Event) {
         let _ = self.events.send(event);
+    }
+
+    /// A handle for reporting events from another thread (e.g. a blocking computation).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Event> {
+        self.events.clone()
     }
 }
 

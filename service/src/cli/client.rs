@@ -1,12 +1,13 @@
-//! The client commands: `submit`, `watch`, `cancel`, `jobs`, `models`.
+//! The client commands: `submit`, `watch`, `cancel`, `jobs`, `models`, `datasets`.
 
 use std::{io::Write, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use deephardway::v1::{
-    CancelRequest, ChatMessage, DiagnosticInput, EmbedInput, GenerateInput, Job, JobKind, JobResult, JobState,
-    ListJobsRequest, ListModelsRequest, SubmitRequest, WatchRequest, job_event::Event, job_result,
+    CancelRequest, ChatMessage, ClassifyInput, DeleteDatasetRequest, DiagnosticInput, EmbedInput, GenerateInput, Job,
+    JobKind, JobResult, JobState, ListDatasetsRequest, ListJobsRequest, ListModelsRequest, SubmitRequest, TrainInput,
+    UploadDatasetRequest, WatchRequest, datasets_client::DatasetsClient, job_event::Event, job_result,
     jobs_client::JobsClient, models_client::ModelsClient, submit_request::Input,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -92,6 +93,50 @@ enum InputArgs {
     },
     /// Embed sentences.
     Embed { texts: Vec<String> },
+    /// Train an image classifier on an uploaded dataset (see `datasets upload`).
+    Train {
+        /// The dataset's name.
+        dataset: String,
+        /// mlp (fully connected) or cnn (small convolutional).
+        #[arg(long, default_value = "mlp")]
+        architecture: String,
+        /// Hidden layer sizes of an mlp, e.g. 20,7,5 (the default).
+        #[arg(long, value_delimiter = ',')]
+        hidden: Vec<u32>,
+        /// Images are resized to this many pixels square (0: the first image's size).
+        #[arg(long, default_value_t = 0)]
+        input_size: u32,
+        #[arg(long, default_value_t = 10)]
+        epochs: u32,
+        /// Images per step (0: the whole training set).
+        #[arg(long, default_value_t = 0)]
+        batch_size: u32,
+        /// sgd or adamw.
+        #[arg(long, default_value = "sgd")]
+        optimizer: String,
+        /// 0: 0.0075 for sgd, 0.001 for adamw.
+        #[arg(long, default_value_t = 0.0)]
+        learning_rate: f32,
+        /// Fraction of the training images held out (0: validate on the dataset's test/).
+        #[arg(long, default_value_t = 0.0)]
+        validation_split: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Random shifts of up to this many pixels (data augmentation).
+        #[arg(long, default_value_t = 0)]
+        augment_shift: u32,
+        /// constant or cosine (decay to 0 by the last step).
+        #[arg(long, default_value = "constant")]
+        schedule: String,
+        /// The trained model's name (default: the dataset's).
+        #[arg(long, default_value = "")]
+        output: String,
+    },
+    /// Classify image files (PNG or JPEG) with a trained model (--model NAME[@VERSION]).
+    Classify {
+        #[arg(required = true)]
+        images: Vec<std::path::PathBuf>,
+    },
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -131,6 +176,41 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             })
         }
         InputArgs::Embed { texts } => Input::Embed(EmbedInput { texts }),
+        InputArgs::Train {
+            dataset,
+            architecture,
+            hidden,
+            input_size,
+            epochs,
+            batch_size,
+            optimizer,
+            learning_rate,
+            validation_split,
+            seed,
+            augment_shift,
+            schedule,
+            output,
+        } => Input::Train(TrainInput {
+            dataset,
+            architecture,
+            hidden_sizes: hidden,
+            input_size,
+            epochs,
+            batch_size,
+            optimizer,
+            learning_rate,
+            validation_split,
+            seed,
+            output_model: output,
+            augment_shift,
+            learning_rate_schedule: schedule,
+        }),
+        InputArgs::Classify { images } => Input::Classify(ClassifyInput {
+            images: images
+                .iter()
+                .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+                .collect::<anyhow::Result<_>>()?,
+        }),
     };
     let request = SubmitRequest {
         input: Some(input),
@@ -257,8 +337,8 @@ fn print_result(result: &JobResult) {
             }
         }
         Some(job_result::Value::Train(t)) => println!(
-            "trained {}: loss {:.4}, train accuracy {:.3}, validation accuracy {:.3}",
-            t.model, t.loss, t.train_accuracy, t.validation_accuracy
+            "trained {}@{}: loss {:.4}, train accuracy {:.3}, validation accuracy {:.3} on {} images, {:.1} ms per epoch",
+            t.model, t.version, t.loss, t.train_accuracy, t.validation_accuracy, t.validation_images, t.epoch_ms
         ),
         None => println!("done"),
     }
@@ -329,6 +409,63 @@ pub async fn models(args: ServerArg) -> anyhow::Result<ExitCode> {
         let kind = JobKind::try_from(m.kind)
             .map_or("?".into(), |k| k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase());
         println!("{:<28}  {:<10}  {:>7}  {}", m.name, kind, m.workers, m.devices.join(","));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct DatasetsArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    #[command(subcommand)]
+    command: DatasetsCommand,
+}
+
+#[derive(Subcommand)]
+enum DatasetsCommand {
+    /// Upload a dataset: a folder (one subfolder per class, or train/ and test/ each
+    /// holding them), or a zip, tar or tar.gz archive of one.
+    Upload { name: String, path: std::path::PathBuf },
+    /// List the uploaded datasets.
+    List,
+    /// Delete a dataset (models trained on it stay).
+    Delete { name: String },
+}
+
+pub async fn datasets(args: DatasetsArgs) -> anyhow::Result<ExitCode> {
+    let mut client = DatasetsClient::new(args.server.channel().await?).max_encoding_message_size(usize::MAX);
+    let print = |d: &deephardway::v1::Dataset| {
+        println!(
+            "{:<24}  {:>7}  {:>6}  {:>9}  {}",
+            d.name,
+            d.train_images,
+            d.test_images,
+            d.archive_bytes,
+            d.classes.join(",")
+        )
+    };
+    let header = || println!("{:<24}  {:>7}  {:>6}  {:>9}  CLASSES", "DATASET", "TRAIN", "TEST", "BYTES");
+    match args.command {
+        DatasetsCommand::Upload { name, path } => {
+            let archive = if path.is_dir() {
+                deephardway_worker::runners::vision::source::tar_folder(&path)?
+            } else {
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?
+            };
+            let dataset =
+                client.upload(UploadDatasetRequest { name, archive }).await.map_err(status_error)?.into_inner();
+            header();
+            print(&dataset);
+        }
+        DatasetsCommand::List => {
+            let list = client.list(ListDatasetsRequest {}).await.map_err(status_error)?.into_inner();
+            header();
+            list.datasets.iter().for_each(print);
+        }
+        DatasetsCommand::Delete { name } => {
+            let dataset = client.delete(DeleteDatasetRequest { name }).await.map_err(status_error)?.into_inner();
+            println!("deleted {}", dataset.name);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -35,8 +35,10 @@ enum Command {
     Cancel(client::CancelArgs),
     /// List jobs.
     Jobs(client::JobsArgs),
-    /// List the models the connected workers serve.
+    /// List the models the connected workers serve, and the trained ones.
     Models(client::ServerArg),
+    /// Upload, list and delete datasets for train jobs.
+    Datasets(client::DatasetsArgs),
     /// Measure job throughput and latency on each store against raw etcd puts.
     Bench(bench::BenchArgs),
 }
@@ -74,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Cancel(args) => client::cancel(args).await,
         Command::Jobs(args) => client::jobs(args).await,
         Command::Models(args) => client::models(args).await,
+        Command::Datasets(args) => client::datasets(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::worker;
 use crate::{
+    artifacts::ArtifactStore,
     config::ServiceConfig,
     server,
     store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
@@ -45,18 +46,33 @@ pub struct ServiceFlags {
     /// Seconds a worker's jobs stay claimed after its replica stops renewing its lease.
     #[arg(long, default_value_t = 10)]
     worker_lease_s: u64,
+    /// Where dataset archives and trained models are stored: a directory, or
+    /// `s3://bucket/prefix` (with the `s3` build feature; every replica of a cluster must
+    /// use the same one). Default: `artifacts` in the data directory.
+    #[arg(long, env = "DEEPHARDWAY_ARTIFACTS")]
+    artifacts: Option<String>,
+    /// The largest dataset archive accepted by Datasets.Upload, in MiB.
+    #[arg(long, env = "DEEPHARDWAY_MAX_UPLOAD_MB", default_value_t = 64)]
+    max_upload_mb: usize,
 }
 
 impl ServiceFlags {
-    fn config(&self) -> ServiceConfig {
-        ServiceConfig {
+    fn config(&self) -> anyhow::Result<ServiceConfig> {
+        let artifacts = match &self.artifacts {
+            Some(location) => ArtifactStore::open(location)?,
+            None => ArtifactStore::open(&self.data_dir().join("artifacts").to_string_lossy())?,
+        };
+        tracing::info!(location = artifacts.location(), "artifact store open");
+        Ok(ServiceConfig {
             max_queue_depth: self.max_queue_depth,
             default_max_attempts: self.max_attempts.clamp(1, 10),
             default_timeout: Duration::from_secs(self.job_timeout_s),
             retention: Duration::from_secs(self.retention_s),
             worker_lease_ttl: Duration::from_secs(self.worker_lease_s.max(1)),
+            artifacts,
+            max_upload_bytes: self.max_upload_mb.clamp(1, 1024) << 20,
             ..ServiceConfig::default()
-        }
+        })
     }
 
     fn web(&self) -> Web {
@@ -149,7 +165,7 @@ async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let store = open_store(&args.store, args.service.data_dir()).await?;
     let listener = bind(&args.service.listen).await?;
-    server::serve(listener, store, args.service.config(), args.service.web(), shutdown_signal()).await?;
+    server::serve(listener, store, args.service.config()?, args.service.web(), shutdown_signal()).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -172,7 +188,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
     eprintln!("  try: grpcurl -plaintext -d '{example}' {addr} deephardway.v1.Jobs/Run");
     let worker = tokio::spawn(async move { deephardway_worker::run(worker_options, worker_stop).await });
     let signal = stop.clone();
-    let served = server::serve(listener, store, args.service.config(), args.service.web(), async move {
+    let config = args.service.config()?;
+    let served = server::serve(listener, store, config, args.service.web(), async move {
         shutdown_signal().await;
         signal.cancel();
     })

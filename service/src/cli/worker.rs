@@ -5,8 +5,10 @@ use std::{path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::Args;
 use deephardway_worker::{
-    Runner, WorkerOptions, device,
-    runners::{self, default_models_dir, diagnostic::DiagnosticRunner},
+    Runner, WorkerOptions,
+    artifacts::ArtifactCache,
+    device,
+    runners::{self, classify::ClassifyRunner, default_models_dir, diagnostic::DiagnosticRunner, train::TrainRunner},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,10 @@ pub struct LocalWorkerFlags {
     /// CPU threads for model arithmetic (default: one per physical core).
     #[arg(long, env = "DEEPHARDWAY_THREADS")]
     pub threads: Option<usize>,
+    /// Where the worker keeps datasets and trained models fetched from the service
+    /// (default: ~/.cache/deephardway/artifacts).
+    #[arg(long, env = "DEEPHARDWAY_ARTIFACT_CACHE")]
+    pub artifact_cache: Option<PathBuf>,
 }
 
 fn parse_model(value: &str) -> Result<(String, PathBuf), String> {
@@ -65,7 +71,14 @@ impl LocalWorkerFlags {
 
     pub fn options(&self, server: String) -> anyhow::Result<WorkerOptions> {
         let device = device::select(&self.device)?;
-        let mut runners: Vec<Arc<dyn Runner>> = vec![Arc::new(DiagnosticRunner)];
+        // Every worker trains and classifies: those need no files of their own, only what
+        // the service hands out (datasets, trained models), cached here.
+        let cache = ArtifactCache::new(self.artifact_cache.clone().unwrap_or_else(ArtifactCache::default_dir));
+        let mut runners: Vec<Arc<dyn Runner>> = vec![
+            Arc::new(DiagnosticRunner),
+            Arc::new(TrainRunner::new(device.clone(), cache.clone())),
+            Arc::new(ClassifyRunner::new(device.clone(), cache)),
+        ];
         let model_options = runners::ModelOptions {
             concurrency: self.slots.max(1) as usize,
             embed_batch: runners::embed::BatchOptions {
@@ -79,7 +92,7 @@ impl LocalWorkerFlags {
             tracing::info!(model = %name, path = %path.display(), "serving model");
             runners.push(runner);
         }
-        if runners.len() == 1 {
+        if runners.len() == 3 {
             tracing::info!("no models found; run scripts/fetch-models (or pass --model NAME=PATH) to serve some");
         }
         let name = self.name.clone().unwrap_or_else(|| {

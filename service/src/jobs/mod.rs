@@ -125,8 +125,14 @@ fn decode_job(kv: &KeyValue) -> Result<Job, Status> {
     Job::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("corrupt job record {}: {e}", kv.key)))
 }
 
+/// The queue a job waits in: its model's, except that classify jobs on any trained
+/// model wait for the workers that announce the `classifier` capability.
+fn route(job: &Job) -> &str {
+    if job.kind == JobKind::Classify as i32 { deephardway::CLASSIFIER_MODEL } else { &job.model }
+}
+
 fn queue_key(job: &Job) -> String {
-    keys::queue_entry(&job.model, job.priority(), micros(&job.created_at), &job.id)
+    keys::queue_entry(route(job), job.priority(), micros(&job.created_at), &job.id)
 }
 
 fn finish(job: &mut Job, state: JobState, change: &mut Change) {
@@ -175,7 +181,25 @@ impl JobLifecycle {
         {
             return Ok((job, true));
         }
-        self.check_served(&request.model, input).await?;
+        // Names of stored things are resolved now, so that the job records what it uses.
+        match request.input.as_mut() {
+            Some(Input::Train(train)) => {
+                crate::datasets::find(&self.store, &train.dataset)
+                    .await
+                    .map_err(|s| Status::new(s.code(), format!("train.dataset: {}", s.message())))?;
+                if train.output_model.is_empty() {
+                    train.output_model = train.dataset.clone();
+                }
+            }
+            Some(Input::Classify(_)) => {
+                let trained = crate::trained_models::resolve(&self.store, &request.model).await?;
+                request.model = format!("{}@{}", trained.name, trained.version);
+            }
+            _ => {}
+        }
+        let input = request.input.as_ref().expect("validated");
+        let served_as = if kind == JobKind::Classify { deephardway::CLASSIFIER_MODEL } else { &request.model };
+        self.check_served(served_as, input).await?;
         let depth = self.store.count(keys::QUEUE).await.map_err(store_status)?;
         if depth >= self.config.max_queue_depth {
             return Err(Status::resource_exhausted(format!(
@@ -208,7 +232,7 @@ impl JobLifecycle {
             ..Default::default()
         };
         let entry = queue_key(&job);
-        let position = self.position(&job.model, &entry).await?;
+        let position = self.position(route(&job), &entry).await?;
         let queued = self.event(&id, 1, Event::Queued(Queued { position, attempt: 1, reason: "submitted".into() }));
 
         let mut txn = Txn::new()
@@ -280,7 +304,7 @@ impl JobLifecycle {
         Ok(range.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
     }
 
-    /// Jobs ahead of the queue entry `entry` for the same model.
+    /// Jobs ahead of the queue entry `entry` in the same queue.
     async fn position(&self, model: &str, entry: &str) -> Result<u32, Status> {
         let range = self.store.range(&keys::queue(model), 0).await.map_err(store_status)?;
         let ahead = range.kvs.iter().filter(|kv| kv.key.as_str() < entry).count();

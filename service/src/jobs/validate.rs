@@ -10,7 +10,7 @@ pub const MAX_ECHO: usize = 4096;
 pub const MAX_PROMPT: usize = 64 * 1024;
 pub const MAX_EMBED_TEXTS: usize = 256;
 pub const MAX_EMBED_BYTES: usize = 1024 * 1024;
-pub const MAX_IMAGES: usize = 64;
+pub const MAX_IMAGES: usize = 512;
 pub const MAX_IMAGE_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_IMAGES_TOTAL: usize = 32 * 1024 * 1024;
 pub const MAX_TIMEOUT_MS: u32 = 7 * 24 * 3600 * 1000;
@@ -53,6 +53,19 @@ pub fn model_name(field: &str, name: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// A dataset's or trained model's name: letters, digits and `._-`, not starting with a
+/// dot, so it is a safe path in the artifact store and a key in the job store.
+pub fn artifact_name(field: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    at_most(field, name.len(), MAX_MODEL_NAME)?;
+    if name.starts_with('.') || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(invalid(field, format!("{name:?} may hold only letters, digits and . _ - (not first)")));
+    }
+    Ok(())
+}
+
 /// A job id as the service makes them (a UUID); anything else cannot exist.
 pub fn job_id(id: &str) -> Result<(), Status> {
     if id.is_empty() {
@@ -73,8 +86,12 @@ pub fn submit(req: &SubmitRequest) -> Result<(), Status> {
     let Some(input) = &req.input else {
         return Err(invalid("input", "is required: set one of diagnostic, generate, embed, classify, train"));
     };
-    if !req.model.is_empty() {
-        model_name("model", &req.model)?;
+    match (input, req.model.split_once('@')) {
+        _ if req.model.is_empty() => {}
+        // A trained model, `name@version`.
+        (Input::Classify(_), Some((name, _))) => artifact_name("model", name)?,
+        (Input::Classify(_), None) => artifact_name("model", &req.model)?,
+        _ => model_name("model", &req.model)?,
     }
     in_range("priority", req.priority, -100, 100)?;
     at_most("request_id", req.request_id.len(), MAX_REQUEST_ID)?;
@@ -137,11 +154,25 @@ pub fn submit(req: &SubmitRequest) -> Result<(), Status> {
             }
         }
         Input::Train(t) => {
-            if t.dataset.is_empty() {
-                return Err(invalid("train.dataset", "is required"));
+            artifact_name("train.dataset", &t.dataset)?;
+            if !t.output_model.is_empty() {
+                artifact_name("train.output_model", &t.output_model)?;
             }
             finite_in_range("train.learning_rate", t.learning_rate, 0.0, 10.0)?;
             finite_in_range("train.validation_split", t.validation_split, 0.0, 0.5)?;
+            in_range("train.input_size", t.input_size, 0, 512)?;
+            in_range("train.epochs", t.epochs, 0, 100_000)?;
+            in_range("train.batch_size", t.batch_size, 0, 100_000)?;
+            in_range("train.augment_shift", t.augment_shift, 0, 8)?;
+            in_range("train.hidden_sizes", t.hidden_sizes.len(), 0, 8)?;
+            for (i, &h) in t.hidden_sizes.iter().enumerate() {
+                in_range(&format!("train.hidden_sizes[{i}]"), h, 1, 4096)?;
+            }
+            // Architecture and optimizer names, as the worker will read them.
+            deephardway_worker::runners::train::options(t).map_err(|e| match e.split_once(": ") {
+                Some((field, why)) => invalid(field, why),
+                None => Status::invalid_argument(e),
+            })?;
         }
     }
     Ok(())

@@ -1,4 +1,5 @@
-//! `deephardway.v1.Models`: what the connected workers serve, read from their records.
+//! `deephardway.v1.Models`: what the connected workers serve, read from their records,
+//! and the trained models, which run wherever a worker announces the classifier.
 
 use std::collections::BTreeMap;
 
@@ -6,6 +7,7 @@ use deephardway::v1::{JobKind, ListModelsRequest, ListModelsResponse, ModelInfo,
 use tonic::{Request, Response, Status};
 
 use super::SharedContext;
+use crate::trained_models;
 
 pub struct ModelsRpc {
     ctx: SharedContext,
@@ -23,8 +25,21 @@ impl Models for ModelsRpc {
         let kind = request.into_inner().kind;
         JobKind::try_from(kind).map_err(|_| Status::invalid_argument(format!("kind: {kind} is not a JobKind")))?;
         let mut models: BTreeMap<(String, i32), ModelInfo> = BTreeMap::new();
-        for worker in self.ctx.lifecycle.workers().await? {
-            for m in worker.models.iter().filter(|m| kind == 0 || m.kind == kind) {
+        let workers = self.ctx.lifecycle.workers().await?;
+        let mut classifiers = ModelInfo::default();
+        for worker in &workers {
+            if worker.models.iter().any(|m| m.name == deephardway::CLASSIFIER_MODEL) {
+                classifiers.workers += 1;
+                if !classifiers.devices.contains(&worker.device) {
+                    classifiers.devices.push(worker.device.clone());
+                }
+            }
+            // The classifier capability is not a model a job can name: the trained models are.
+            for m in worker
+                .models
+                .iter()
+                .filter(|m| (kind == 0 || m.kind == kind) && m.name != deephardway::CLASSIFIER_MODEL)
+            {
                 let info = models.entry((m.name.clone(), m.kind)).or_insert_with(|| ModelInfo {
                     name: m.name.clone(),
                     kind: m.kind,
@@ -36,6 +51,29 @@ impl Models for ModelsRpc {
                 if !info.devices.contains(&worker.device) {
                     info.devices.push(worker.device.clone());
                 }
+            }
+        }
+        if kind == 0 || kind == JobKind::Classify as i32 {
+            for trained in trained_models::latest(self.ctx.lifecycle.store()).await? {
+                let description = format!(
+                    "{} trained on {} (version {}, validation accuracy {:.1}%)",
+                    trained.architecture,
+                    trained.dataset,
+                    trained.version,
+                    100.0 * trained.validation_accuracy
+                );
+                models.insert(
+                    (trained.name.clone(), JobKind::Classify as i32),
+                    ModelInfo {
+                        name: trained.name.clone(),
+                        kind: JobKind::Classify as i32,
+                        description,
+                        workers: classifiers.workers,
+                        devices: classifiers.devices.clone(),
+                        context_length: 0,
+                        trained: Some(trained),
+                    },
+                );
             }
         }
         Ok(Response::new(ListModelsResponse { models: models.into_values().collect() }))

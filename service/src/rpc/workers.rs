@@ -17,26 +17,33 @@ use std::{
 use deephardway::{
     is_final,
     v1::{
-        CancelJob, Cancelled, JobAssignment, JobFailed, ServiceMessage, WorkerHello, WorkerMessage, WorkerReport,
-        WorkerWelcome, job_event::Event, service_message, worker_message, workers_server::Workers,
+        ArtifactChunk, CancelJob, Cancelled, FetchArtifactRequest, Job, JobAssignment, JobFailed, JobKind, JobState,
+        PublishModelRequest, ServiceMessage, TrainedModel, WorkerHello, WorkerMessage, WorkerReport, WorkerWelcome,
+        job_event::Event, service_message, submit_request::Input, worker_message, workers_server::Workers,
     },
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::SharedContext;
 use crate::{
+    datasets,
     jobs::{self, Claimed, Rejected, ServedModel, WorkerRecord, validate},
     keys,
     store::{EventKind, Op, Txn},
+    trained_models,
 };
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 256;
 
 pub type ServiceMessages = Pin<Box<dyn Stream<Item = Result<ServiceMessage, Status>> + Send>>;
+pub type ArtifactChunks = Pin<Box<dyn Stream<Item = Result<ArtifactChunk, Status>> + Send>>;
+
+/// Artifacts are streamed to workers in pieces of at most this many bytes.
+const CHUNK: usize = 1 << 20;
 type Outbound = mpsc::Sender<Result<ServiceMessage, Status>>;
 
 pub struct WorkersRpc {
@@ -52,6 +59,56 @@ impl WorkersRpc {
 #[tonic::async_trait]
 impl Workers for WorkersRpc {
     type ConnectStream = ServiceMessages;
+    type FetchArtifactStream = ArtifactChunks;
+
+    async fn fetch_artifact(&self, request: Request<FetchArtifactRequest>) -> Result<Response<ArtifactChunks>, Status> {
+        let path = request.into_inner().path;
+        let (size, stream) = self.ctx.lifecycle.config().artifacts.get(&path).await?;
+        // The store's own chunks, re-cut to at most CHUNK bytes; the first carries the size.
+        let mut first = true;
+        let chunks = stream
+            .flat_map(|piece| {
+                let pieces: Vec<Result<bytes::Bytes, Status>> = match piece {
+                    Ok(bytes) => (0..bytes.len())
+                        .step_by(CHUNK)
+                        .map(|i| Ok(bytes.slice(i..(i + CHUNK).min(bytes.len()))))
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures::stream::iter(pieces)
+            })
+            .map(move |piece| {
+                let total_bytes = if std::mem::take(&mut first) { size } else { 0 };
+                piece.map(|data| ArtifactChunk { data: data.to_vec(), total_bytes })
+            });
+        if size == 0 {
+            let empty = futures::stream::once(async { Ok(ArtifactChunk { data: Vec::new(), total_bytes: 0 }) });
+            return Ok(Response::new(Box::pin(empty)));
+        }
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn publish_model(&self, request: Request<PublishModelRequest>) -> Result<Response<TrainedModel>, Status> {
+        let PublishModelRequest { job_id, fence, model, config, weights } = request.into_inner();
+        validate::job_id(&job_id)?;
+        let store = self.ctx.lifecycle.store();
+        // Only the job's current assignment may publish: its claim must be the one that
+        // this fence names.
+        let claim = store.get(&keys::claim(&job_id)).await.map_err(jobs::store_status)?;
+        if claim.is_none_or(|kv| kv.create_revision as u64 != fence) {
+            return Err(Status::failed_precondition(format!("job {job_id}: this assignment is no longer current")));
+        }
+        let Some((job, _)) = self.ctx.lifecycle.find(&job_id).await? else {
+            return Err(Status::not_found(format!("no job {job_id}")));
+        };
+        if job.state != JobState::Running as i32 {
+            return Err(Status::failed_precondition(format!("job {job_id} is not running")));
+        }
+        let description = model.ok_or_else(|| Status::invalid_argument("model: is required"))?;
+        let artifacts = &self.ctx.lifecycle.config().artifacts;
+        let published = trained_models::publish(store, artifacts, &job, fence, description, config, weights).await?;
+        Ok(Response::new(published))
+    }
 
     async fn connect(&self, request: Request<Streaming<WorkerMessage>>) -> Result<Response<ServiceMessages>, Status> {
         let mut inbound = request.into_inner();
@@ -202,16 +259,32 @@ impl Session {
                 pending: Vec::new(),
             },
         );
+        let (dataset, trained_model) = self.stored_inputs(&job).await;
         let assignment = JobAssignment {
             job_id: job.id.clone(),
             fence,
             attempt: job.attempts,
             model: job.model.clone(),
             request: job.request.clone(),
+            dataset,
+            trained_model,
         };
         self.send(service_message::Message::Assignment(assignment)).await;
         // A cancel may have been accepted between the claim and now.
         self.on_job_changed(&job).await;
+    }
+
+    /// What a train job's dataset or a classify job's model is now. If it is gone (deleted
+    /// after the job was accepted), the worker fails the job, saying so.
+    async fn stored_inputs(&self, job: &Job) -> (Option<deephardway::v1::Dataset>, Option<TrainedModel>) {
+        let store = self.ctx.lifecycle.store();
+        match job.request.as_ref().and_then(|r| r.input.as_ref()) {
+            Some(Input::Train(train)) => (datasets::find(store, &train.dataset).await.ok(), None),
+            Some(Input::Classify(_)) if job.kind == JobKind::Classify as i32 => {
+                (None, trained_models::resolve(store, &job.model).await.ok())
+            }
+            _ => (None, None),
+        }
     }
 
     async fn on_report(&mut self, report: WorkerReport) {

@@ -188,6 +188,7 @@ impl UpProcess {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut command = tokio::process::Command::new(binary());
         command.args(["up", "--listen", &addr, "--device", "cpu"]).args(extra).arg("--data-dir").arg(data_dir.path());
+        command.arg("--artifact-cache").arg(data_dir.path().join("worker-cache"));
         if let Some(models) = models_dir {
             command.arg("--models-dir").arg(models);
         }

@@ -1,8 +1,10 @@
 //! One runner per kind of job.
 
+pub mod classify;
 pub mod diagnostic;
 pub mod embed;
 pub mod generate;
+pub mod train;
 pub mod vision;
 
 use std::{

@@ -27,12 +27,16 @@ pub struct TrainOptions {
     pub batch_size: usize,
     pub optimizer: OptimizerKind,
     pub learning_rate: f64,
-    /// Fraction held out for validation.
+    /// Fraction of the training images held out for validation; when 0, the separate
+    /// validation set given to [`train`] (if any) is used.
     pub validation_split: f64,
     pub seed: u64,
     /// Shift each training image by up to this many pixels each way, at random, every
     /// time it is seen (zeros fill in): more varied data for small sets.
     pub augment_shift: usize,
+    /// Lower the learning rate along a half cosine to zero by the last step, instead of
+    /// keeping it constant: the last epochs settle instead of bouncing around.
+    pub cosine_decay: bool,
 }
 
 /// Where training stands, after a step.
@@ -46,6 +50,8 @@ pub struct Progress {
     pub train_accuracy: f64,
     /// Accuracy on the held-out images, measured at the end of each epoch.
     pub validation_accuracy: Option<f64>,
+    /// How many images that accuracy is over.
+    pub validation_images: usize,
     pub images_per_second: f64,
     /// This step ended an epoch.
     pub epoch_end: bool,
@@ -73,12 +79,33 @@ impl From<candle_core::Error> for Stopped {
     }
 }
 
-/// One optimisation step from a loss.
-type Step = dyn FnMut(&Tensor) -> candle_core::Result<()>;
+/// The optimiser chosen, behind one interface.
+enum AnyOptimizer {
+    Sgd(SGD),
+    AdamW(AdamW),
+}
 
-/// Trains on `dataset`; `on_progress` sees every step and returns false to stop.
+impl AnyOptimizer {
+    fn backward_step(&mut self, loss: &Tensor) -> candle_core::Result<()> {
+        match self {
+            AnyOptimizer::Sgd(o) => o.backward_step(loss),
+            AnyOptimizer::AdamW(o) => o.backward_step(loss),
+        }
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        match self {
+            AnyOptimizer::Sgd(o) => o.set_learning_rate(lr),
+            AnyOptimizer::AdamW(o) => o.set_learning_rate(lr),
+        }
+    }
+}
+
+/// Trains on `dataset`, validating on a split of it or on `separate_validation`; `on_progress` sees
+/// every step and returns false to stop.
 pub fn train(
     dataset: &Dataset,
+    separate_validation: Option<&Dataset>,
     options: &TrainOptions,
     device: &Device,
     mut on_progress: impl FnMut(&Progress) -> bool,
@@ -101,18 +128,23 @@ pub fn train(
         let indices = Tensor::new(indices, device)?;
         Ok((dataset.images.index_select(&indices, 0)?, dataset.labels.index_select(&indices, 0)?))
     };
-    let validation_set = if validation.is_empty() { None } else { Some(pick(&validation)?) };
+    let validation_set = match separate_validation {
+        _ if !validation.is_empty() => Some(pick(&validation)?),
+        Some(set) => {
+            if set.classes != dataset.classes || set.shape != dataset.shape {
+                return Err(Stopped::Failed(anyhow::anyhow!("the validation set's classes or shape differ")));
+            }
+            Some((set.images.clone(), set.labels.clone()))
+        }
+        None => None,
+    };
 
     let (network, vars) = initialised(&config, options.seed, device)?;
-    let mut optimizer: Box<Step> = match options.optimizer {
-        OptimizerKind::Sgd => {
-            let mut sgd = SGD::new(vars.all_vars(), options.learning_rate)?;
-            Box::new(move |loss| sgd.backward_step(loss))
-        }
+    let mut optimizer = match options.optimizer {
+        OptimizerKind::Sgd => AnyOptimizer::Sgd(SGD::new(vars.all_vars(), options.learning_rate)?),
         OptimizerKind::AdamW => {
             let params = ParamsAdamW { lr: options.learning_rate, ..Default::default() };
-            let mut adamw = AdamW::new(vars.all_vars(), params)?;
-            Box::new(move |loss| adamw.backward_step(loss))
+            AnyOptimizer::AdamW(AdamW::new(vars.all_vars(), params)?)
         }
     };
 
@@ -129,7 +161,11 @@ pub fn train(
                 if options.augment_shift > 0 { shifted(&images, options.augment_shift, &mut rng)? } else { images };
             let logits = network.forward(&images)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-            optimizer(&loss)?;
+            if options.cosine_decay {
+                let done = progress.step as f64 / progress.steps as f64;
+                optimizer.set_learning_rate(options.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * done).cos()));
+            }
+            optimizer.backward_step(&loss)?;
             loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
             correct += correct_count(&logits, &labels)?;
             seen += chunk.len();
@@ -143,7 +179,8 @@ pub fn train(
                 && let Some((images, labels)) = &validation_set
             {
                 let logits = network.forward(images)?;
-                progress.validation_accuracy = Some(correct_count(&logits, labels)? as f64 / validation.len() as f64);
+                progress.validation_accuracy = Some(correct_count(&logits, labels)? as f64 / labels.dim(0)? as f64);
+                progress.validation_images = labels.dim(0)?;
             }
             if !on_progress(&progress) {
                 return Err(Stopped::Cancelled);

@@ -1,0 +1,114 @@
+//! Uploaded datasets: an archive is checked (layout, limits, every image's header) while
+//! the client waits, so a bad upload is refused with the reason and changes nothing; a
+//! good one goes to the artifact store, then its description to the job store.
+
+use bytes::Bytes;
+use deephardway::v1::Dataset;
+use deephardway_worker::runners::vision::source::Source;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use crate::{
+    artifacts::ArtifactStore,
+    jobs::{now, store_status, validate},
+    keys,
+    store::{Compare, Op, SharedStore, Txn},
+};
+
+/// The dataset named `name`, or NOT_FOUND.
+pub async fn find(store: &SharedStore, name: &str) -> Result<Dataset, Status> {
+    let kv = store.get(&keys::dataset(name)).await.map_err(store_status)?;
+    let kv = kv.ok_or_else(|| {
+        Status::not_found(format!(
+            "no dataset named {name:?}; upload it with Datasets.Upload (Datasets.List shows them)"
+        ))
+    })?;
+    Dataset::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("dataset record {name}: {e}")))
+}
+
+/// Every dataset, by name.
+pub async fn list(store: &SharedStore) -> Result<Vec<Dataset>, Status> {
+    let range = store.range(keys::DATASETS, 0).await.map_err(store_status)?;
+    Ok(range.kvs.iter().filter_map(|kv| Dataset::decode(kv.value.as_slice()).ok()).collect())
+}
+
+/// Checks and stores an uploaded archive.
+pub async fn upload(
+    store: &SharedStore,
+    artifacts: &ArtifactStore,
+    name: &str,
+    archive: Bytes,
+    max_bytes: usize,
+) -> Result<Dataset, Status> {
+    validate::artifact_name("name", name)?;
+    if archive.is_empty() {
+        return Err(Status::invalid_argument("archive: is empty"));
+    }
+    if archive.len() > max_bytes {
+        return Err(Status::invalid_argument(format!(
+            "archive: {} bytes; at most {max_bytes} (the service's --max-upload-mb)",
+            archive.len()
+        )));
+    }
+    let sha256 = format!("{:x}", Sha256::digest(&archive));
+    if let Some(existing) = store.get(&keys::dataset(name)).await.map_err(store_status)? {
+        return same_or_taken(name, &existing.value, &sha256);
+    }
+    let checked = archive.clone();
+    let source = tokio::task::spawn_blocking(move || {
+        let source = Source::from_archive(&checked)?;
+        source.check()?;
+        anyhow::Ok(source)
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(|e| Status::invalid_argument(format!("archive: {e:#}")))?;
+
+    let artifact = format!("datasets/{name}/{sha256}");
+    let dataset = Dataset {
+        name: name.to_string(),
+        classes: source.classes.clone(),
+        train_images: source.train.len() as u32,
+        test_images: source.test.len() as u32,
+        archive_bytes: archive.len() as u64,
+        sha256: sha256.clone(),
+        created_at: Some(now()),
+        artifact: artifact.clone(),
+    };
+    artifacts.put(&artifact, archive).await?;
+    let key = keys::dataset(name);
+    let txn = Txn::new().when(Compare::absent(&key)).then(Op::put(&key, dataset.encode_to_vec()));
+    if !store.txn(txn).await.map_err(store_status)?.succeeded {
+        // Another upload of this name won the race.
+        let existing = store.get(&key).await.map_err(store_status)?.map(|kv| kv.value).unwrap_or_default();
+        return same_or_taken(name, &existing, &sha256);
+    }
+    tracing::info!(
+        dataset = name,
+        classes = dataset.classes.len(),
+        images = dataset.train_images + dataset.test_images,
+        "dataset stored"
+    );
+    Ok(dataset)
+}
+
+/// An upload of a name already taken: the same archive is the stored dataset again.
+fn same_or_taken(name: &str, record: &[u8], sha256: &str) -> Result<Dataset, Status> {
+    let existing = Dataset::decode(record).map_err(|e| Status::internal(format!("dataset record {name}: {e}")))?;
+    if existing.sha256 == sha256 {
+        return Ok(existing);
+    }
+    Err(Status::already_exists(format!(
+        "a different dataset is already named {name:?}; delete it first or pick another name"
+    )))
+}
+
+/// Removes a dataset's description, then its archive.
+pub async fn delete(store: &SharedStore, artifacts: &ArtifactStore, name: &str) -> Result<Dataset, Status> {
+    validate::artifact_name("name", name)?;
+    let dataset = find(store, name).await?;
+    crate::store::delete(store.as_ref(), &keys::dataset(name)).await.map_err(store_status)?;
+    artifacts.delete(&dataset.artifact).await?;
+    Ok(dataset)
+}
