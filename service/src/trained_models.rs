@@ -92,7 +92,8 @@ pub async fn publish(
         let version = latest.kvs.first().map_or(Ok(0), |kv| decode(&kv.value).map(|m| m.version))? + 1;
         description.name = name.clone();
         description.version = version;
-        description.dataset = train.dataset.clone();
+        description.dataset =
+            if train.dataset_path.is_empty() { train.dataset.clone() } else { train.dataset_path.clone() };
         description.job_id = job.id.clone();
         description.created_at = Some(now());
         description.artifact = artifact.clone();

@@ -355,3 +355,27 @@ async fn training_survives_a_killed_worker() {
     assert_eq!(trained.version, 1, "the killed attempt registered nothing");
     assert!(trained.validation_accuracy > 0.5, "{trained:?}");
 }
+
+/// Training on a folder of the worker's own machine, only under its --local-datasets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_dataset_folders_only_under_the_allowed_directory() {
+    let Some(data) = datasets() else { return };
+    let up = up(&["--local-datasets", data.to_str().unwrap()]).await;
+    let mut jobs = jobs_client(&up.url).await;
+    let run =
+        |path: &str| train(TrainInput { dataset_path: path.into(), epochs: 1, batch_size: 64, ..Default::default() });
+    let events =
+        collect_events(jobs.run(run("digits")).await.unwrap().into_inner(), Duration::from_secs(60)).await.unwrap();
+    let Some(Event::Result(result)) = &events.last().unwrap().event else { panic!("{:?}", events.last()) };
+    let Some(job_result::Value::Train(trained)) = &result.value else { panic!("{result:?}") };
+    assert_eq!((trained.model.as_str(), trained.validation_images), ("digits", 297));
+
+    for (path, code) in [("..", Code::PermissionDenied), ("no-such-folder", Code::NotFound)] {
+        let events =
+            collect_events(jobs.run(run(path)).await.unwrap().into_inner(), Duration::from_secs(60)).await.unwrap();
+        let Some(Event::Failed(failed)) = &events.last().unwrap().event else { panic!("{:?}", events.last()) };
+        assert_eq!(failed.code, code as i32, "{path}: {}", failed.message);
+    }
+    let both = TrainInput { dataset: "x".into(), dataset_path: "digits".into(), ..Default::default() };
+    assert_eq!(jobs.submit(train(both)).await.unwrap_err().code(), Code::InvalidArgument);
+}

@@ -96,7 +96,11 @@ enum InputArgs {
     /// Train an image classifier on an uploaded dataset (see `datasets upload`).
     Train {
         /// The dataset's name.
+        #[arg(required_unless_present = "dataset_path", default_value = "")]
         dataset: String,
+        /// Instead: a folder on the worker's machine (under its --local-datasets).
+        #[arg(long, default_value = "")]
+        dataset_path: String,
         /// mlp (fully connected) or cnn (small convolutional).
         #[arg(long, default_value = "mlp")]
         architecture: String,
@@ -178,6 +182,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         InputArgs::Embed { texts } => Input::Embed(EmbedInput { texts }),
         InputArgs::Train {
             dataset,
+            dataset_path,
             architecture,
             hidden,
             input_size,
@@ -204,6 +209,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             output_model: output,
             augment_shift,
             learning_rate_schedule: schedule,
+            dataset_path,
         }),
         InputArgs::Classify { images } => Input::Classify(ClassifyInput {
             images: images

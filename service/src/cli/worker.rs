@@ -45,6 +45,10 @@ pub struct LocalWorkerFlags {
     /// (default: ~/.cache/deephardway/artifacts).
     #[arg(long, env = "DEEPHARDWAY_ARTIFACT_CACHE")]
     pub artifact_cache: Option<PathBuf>,
+    /// Let train jobs read datasets from folders under DIR on this machine
+    /// (`train.dataset_path`); without it, only uploaded datasets.
+    #[arg(long, env = "DEEPHARDWAY_LOCAL_DATASETS", value_name = "DIR")]
+    pub local_datasets: Option<PathBuf>,
 }
 
 fn parse_model(value: &str) -> Result<(String, PathBuf), String> {
@@ -76,7 +80,10 @@ impl LocalWorkerFlags {
         let cache = ArtifactCache::new(self.artifact_cache.clone().unwrap_or_else(ArtifactCache::default_dir));
         let mut runners: Vec<Arc<dyn Runner>> = vec![
             Arc::new(DiagnosticRunner),
-            Arc::new(TrainRunner::new(device.clone(), cache.clone())),
+            Arc::new(match &self.local_datasets {
+                Some(root) => TrainRunner::new(device.clone(), cache.clone()).with_local_datasets(root.clone()),
+                None => TrainRunner::new(device.clone(), cache.clone()),
+            }),
             Arc::new(ClassifyRunner::new(device.clone(), cache)),
         ];
         let model_options = runners::ModelOptions {

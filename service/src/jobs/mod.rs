@@ -183,13 +183,27 @@ impl JobLifecycle {
         }
         // Names of stored things are resolved now, so that the job records what it uses.
         match request.input.as_mut() {
-            Some(Input::Train(train)) => {
+            Some(Input::Train(train)) if train.dataset_path.is_empty() => {
                 crate::datasets::find(&self.store, &train.dataset)
                     .await
                     .map_err(|s| Status::new(s.code(), format!("train.dataset: {}", s.message())))?;
                 if train.output_model.is_empty() {
                     train.output_model = train.dataset.clone();
                 }
+            }
+            Some(Input::Train(train)) => {
+                // A worker's local folder: only the worker can check it.
+                if train.output_model.is_empty() {
+                    let folder = std::path::Path::new(&train.dataset_path).file_name().map(|n| n.to_string_lossy());
+                    let name: String = folder
+                        .unwrap_or_default()
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+                        .collect();
+                    let name = name.trim_start_matches('.');
+                    train.output_model = if name.is_empty() { "local-dataset".into() } else { name.into() };
+                }
+                validate::artifact_name("train.output_model", &train.output_model)?;
             }
             Some(Input::Classify(_)) => {
                 let trained = crate::trained_models::resolve(&self.store, &request.model).await?;

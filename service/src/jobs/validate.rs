@@ -154,7 +154,12 @@ pub fn submit(req: &SubmitRequest) -> Result<(), Status> {
             }
         }
         Input::Train(t) => {
-            artifact_name("train.dataset", &t.dataset)?;
+            match (t.dataset.is_empty(), t.dataset_path.is_empty()) {
+                (true, true) => return Err(invalid("train.dataset", "is required (or dataset_path)")),
+                (false, false) => return Err(invalid("train.dataset_path", "set dataset or dataset_path, not both")),
+                (false, true) => artifact_name("train.dataset", &t.dataset)?,
+                (true, false) => at_most("train.dataset_path", t.dataset_path.len(), 4096)?,
+            }
             if !t.output_model.is_empty() {
                 artifact_name("train.output_model", &t.output_model)?;
             }

@@ -279,7 +279,9 @@ impl Session {
     async fn stored_inputs(&self, job: &Job) -> (Option<deephardway::v1::Dataset>, Option<TrainedModel>) {
         let store = self.ctx.lifecycle.store();
         match job.request.as_ref().and_then(|r| r.input.as_ref()) {
-            Some(Input::Train(train)) => (datasets::find(store, &train.dataset).await.ok(), None),
+            Some(Input::Train(train)) if train.dataset_path.is_empty() => {
+                (datasets::find(store, &train.dataset).await.ok(), None)
+            }
             Some(Input::Classify(_)) if job.kind == JobKind::Classify as i32 => {
                 (None, trained_models::resolve(store, &job.model).await.ok())
             }

@@ -2,6 +2,7 @@
 //! the curves, and publish the trained model to the service, which registers it.
 
 use std::{
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -29,11 +30,45 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 pub struct TrainRunner {
     device: Device,
     cache: ArtifactCache,
+    /// The folder under which `dataset_path` may point, if any.
+    local_datasets: Option<PathBuf>,
+}
+
+enum Location {
+    Archive(PathBuf),
+    Folder(PathBuf),
 }
 
 impl TrainRunner {
     pub fn new(device: Device, cache: ArtifactCache) -> Self {
-        TrainRunner { device, cache }
+        TrainRunner { device, cache, local_datasets: None }
+    }
+
+    /// Also trains on folders under `root` on this machine (`TrainInput.dataset_path`).
+    pub fn with_local_datasets(mut self, root: PathBuf) -> Self {
+        self.local_datasets = Some(root);
+        self
+    }
+
+    /// `path` resolved against the local datasets folder, refused unless it lies inside.
+    fn local_folder(&self, path: &str) -> Result<PathBuf, JobError> {
+        let denied = |why: String| JobError::failed(Code::PermissionDenied, why);
+        let Some(root) = &self.local_datasets else {
+            return Err(denied(
+                "train.dataset_path: this worker reads no local folders (start it with --local-datasets DIR); \
+                 upload the dataset instead"
+                    .into(),
+            ));
+        };
+        let root = root.canonicalize().map_err(|e| denied(format!("--local-datasets {}: {e}", root.display())))?;
+        let folder = root
+            .join(path)
+            .canonicalize()
+            .map_err(|e| JobError::failed(Code::NotFound, format!("train.dataset_path {path:?}: {e}")))?;
+        if !folder.starts_with(&root) {
+            return Err(denied(format!("train.dataset_path {path:?} is outside {}", root.display())));
+        }
+        Ok(folder)
     }
 }
 
@@ -97,15 +132,25 @@ impl Runner for TrainRunner {
         let Some(Input::Train(input)) = job.assignment.request.as_ref().and_then(|r| r.input.clone()) else {
             return Err(invalid("not a train job"));
         };
-        let Some(dataset) = job.assignment.dataset.clone() else {
-            return Err(JobError::failed(Code::FailedPrecondition, "the assignment names no dataset"));
-        };
         let options = options(&input).map_err(invalid)?;
-        let archive = self
-            .cache
-            .get(&job.service, &dataset.artifact)
-            .await
-            .map_err(|e| JobError::failed(Code::Unavailable, format!("dataset {}: {e:#}", dataset.name)))?;
+        // Where the images are: an uploaded archive (fetched into the cache) or a folder
+        // of this machine's, if the worker allows it.
+        let (dataset_name, location) = if input.dataset_path.is_empty() {
+            let Some(dataset) = job.assignment.dataset.clone() else {
+                return Err(JobError::failed(
+                    Code::NotFound,
+                    format!("dataset {:?} no longer exists (deleted after the job was submitted?)", input.dataset),
+                ));
+            };
+            let archive = self
+                .cache
+                .get(&job.service, &dataset.artifact)
+                .await
+                .map_err(|e| JobError::failed(Code::Unavailable, format!("dataset {}: {e:#}", dataset.name)))?;
+            (dataset.name, Location::Archive(archive))
+        } else {
+            (input.dataset_path.clone(), Location::Folder(self.local_folder(&input.dataset_path)?))
+        };
         job.emit(Event::Progress(Progress {
             fraction: 0.0,
             message: "reading the dataset".into(),
@@ -114,12 +159,15 @@ impl Runner for TrainRunner {
 
         let (device, size) = (self.device.clone(), input.input_size as usize);
         let decoded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let bytes = std::fs::read(&archive)?;
-            Source::from_archive(&bytes)?.decode(size, &device)
+            let source = match location {
+                Location::Archive(file) => Source::from_archive(&std::fs::read(&file)?)?,
+                Location::Folder(dir) => Source::from_dir(&dir)?,
+            };
+            source.decode(size, &device)
         })
         .await
         .map_err(|e| JobError::failed(Code::Internal, e.to_string()))?
-        .map_err(|e| invalid(format!("dataset {}: {e:#}", dataset.name)))?;
+        .map_err(|e| invalid(format!("dataset {dataset_name}: {e:#}")))?;
         let (train_set, test_set) = decoded;
         let config = ModelConfig {
             architecture: options.architecture.clone(),
@@ -193,7 +241,7 @@ impl Runner for TrainRunner {
             input_size: trained.config.input.size as u32,
             channels: trained.config.input.channels as u32,
             labels: trained.config.classes.clone(),
-            dataset: dataset.name.clone(),
+            dataset: dataset_name,
             validation_accuracy: last.validation_accuracy.unwrap_or(0.0),
             ..Default::default()
         };
