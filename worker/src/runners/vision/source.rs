@@ -65,7 +65,7 @@ impl Source {
     /// Sorts `(path, bytes)` pairs into classes and parts.
     fn from_files(mut files: Vec<(String, Vec<u8>)>) -> anyhow::Result<Source> {
         files.retain(|(path, _)| {
-            !path.split('/').any(|part| part.starts_with('.') || part == "__MACOSX") && !path.ends_with('/')
+            !path.split('/').any(|part| (part.starts_with('.') && part != ".") || part == "__MACOSX") && !path.ends_with('/')
         });
         let mut parts: Vec<Vec<String>> = files
             .iter()
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn flat_and_split_layouts_and_a_wrapping_folder() {
-        let flat = Source::from_files(files(&["a/1.png", "b/2.png", "README.md"])).unwrap();
+        let flat = Source::from_files(files(&["./a/1.png", "./b/2.png", "./README.md"])).unwrap();
         assert_eq!(flat.classes, ["a", "b"]);
         assert_eq!((flat.train.len(), flat.test.len()), (2, 0));
 

@@ -1,0 +1,23 @@
+// What every page module exports, and what it gets from the app.
+import type { Api } from "./api.js";
+import type { ConnectionBanner } from "./connection.js";
+import type { ModelsStore } from "./models.js";
+
+export interface AppContext {
+  api: Api;
+  models: ModelsStore;
+  banner: ConnectionBanner;
+}
+
+export interface Page {
+  /** The hash route, e.g. "diagnostic" for #/diagnostic. */
+  readonly id: string;
+  /** The tab's title. */
+  readonly title: string;
+  readonly el: HTMLElement;
+  /** Called when the page is shown; `args` are the route's further segments. */
+  show?(args: string[]): void;
+  hide?(): void;
+}
+
+export type PageFactory = (ctx: AppContext) => Page;

@@ -1,0 +1,233 @@
+// Generate: text generation with streamed output, parameters and a Stop button.
+import type { AppContext, Page } from "../page.js";
+import { field, h, messageBox, setChildren } from "../ui.js";
+import { errorText, formatDuration, rpcCodeName, tokensPerSecond, tsMs } from "../lib/format.js";
+import { requestId, submitAndFollow } from "../jobrun.js";
+import { JobKind } from "../gen/deephardway/v1/jobs_pb.js";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { GenerateInputSchema } from "../gen/deephardway/v1/jobs_pb.js";
+import { fillModelSelect } from "../models.js";
+import { parseStops } from "../lib/params.js";
+
+export function generatePage(ctx: AppContext): Page {
+  const model = h("select", { name: "model" });
+  const mode = h(
+    "select",
+    { name: "mode" },
+    h("option", { value: "chat" }, "Chat (system + user)"),
+    h("option", { value: "prompt" }, "Raw prompt"),
+  );
+  const system = h("textarea", { name: "system", rows: 2 }, "You are a helpful assistant.");
+  const user = h("textarea", { name: "user", rows: 3 }, "What is the capital of France?");
+  const prompt = h("textarea", { name: "prompt", rows: 4 }, "Once upon a time");
+  const maxTokens = h("input", { type: "number", name: "max_tokens", value: "64" });
+  const temperature = h("input", { type: "number", name: "temperature", value: "0.7", step: "0.05" });
+  const topP = h("input", { type: "number", name: "top_p", value: "0.9", step: "0.05" });
+  const topK = h("input", { type: "number", name: "top_k", value: "0" });
+  const repetition = h("input", { type: "number", name: "repetition_penalty", value: "1.1", step: "0.05" });
+  const seed = h("input", { type: "text", name: "seed", value: "", placeholder: "random" });
+  const stop = h("input", { type: "text", name: "stop", value: "", placeholder: "comma-separated, \\n for newline" });
+  const run = h("button", { type: "submit", class: "primary", "data-testid": "run" }, "Generate");
+  const stopBtn = h("button", { type: "button", disabled: true, "data-testid": "stop" }, "Stop");
+  const status = h("div", { class: "status", "data-testid": "status" });
+  const output = h("pre", { class: "output generated", "data-testid": "output" });
+  const stats = h("div", { class: "result", "data-testid": "stats" });
+  const error = messageBox();
+
+  const chatFields = h("div", null, field("System", system), field("User", user));
+  const promptFields = h("div", { hidden: true }, field("Prompt", prompt));
+  mode.addEventListener("change", () => {
+    chatFields.hidden = mode.value !== "chat";
+    promptFields.hidden = mode.value === "chat";
+  });
+
+  let jobId = "";
+  let controller: AbortController | undefined;
+
+  const form = h(
+    "form",
+    { class: "form", novalidate: true },
+    h("div", { class: "row" }, field("Model", model), field("Input", mode)),
+    chatFields,
+    promptFields,
+    h(
+      "div",
+      { class: "row" },
+      field("Max tokens", maxTokens, "0: model default"),
+      field("Temperature", temperature, "0: greedy"),
+      field("Top p", topP),
+      field("Top k", topK, "0: off"),
+      field("Repetition penalty", repetition),
+      field("Seed", seed),
+      field("Stop", stop),
+    ),
+    h("div", { class: "actions" }, run, stopBtn),
+  );
+
+  function input(): MessageInitShape<typeof GenerateInputSchema> {
+    const num = (el: HTMLInputElement) => {
+      const n = Number(el.value.trim() || "0");
+      return Number.isFinite(n) ? n : 0;
+    };
+    const inp: MessageInitShape<typeof GenerateInputSchema> = {
+      maxTokens: Math.max(0, Math.floor(num(maxTokens))),
+      temperature: num(temperature),
+      topP: num(topP),
+      topK: Math.max(0, Math.floor(num(topK))),
+      repetitionPenalty: num(repetition),
+      stop: parseStops(stop.value),
+    };
+    const s = seed.value.trim();
+    if (s) inp.seed = BigInt(s); // throws SyntaxError on junk: shown as an error
+    if (mode.value === "chat") {
+      const messages = [];
+      if (system.value.trim()) messages.push({ role: "system", content: system.value });
+      messages.push({ role: "user", content: user.value });
+      inp.messages = messages;
+    } else {
+      inp.prompt = prompt.value;
+    }
+    return inp;
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    controller?.abort();
+    const ctl = new AbortController();
+    controller = ctl;
+    error.clear();
+    output.textContent = "";
+    setChildren(stats);
+    status.textContent = "Submitting…";
+    delete status.dataset.jobId;
+    delete status.dataset.state;
+    jobId = "";
+    run.disabled = true;
+    let startedMs: number | undefined;
+    let firstOutputMs: number | undefined;
+    let lastRate: number | undefined;
+    let tokens = 0;
+    try {
+      let generateInput: MessageInitShape<typeof GenerateInputSchema>;
+      try {
+        generateInput = input();
+      } catch (err) {
+        throw new Error(`Invalid parameters: ${errorText(err)}`);
+      }
+      const final = await submitAndFollow(
+        ctx.api,
+        { input: { case: "generate", value: generateInput }, model: model.value, requestId: requestId() },
+        {
+          signal: ctl.signal,
+          banner: ctx.banner,
+          onSubmitted: (job) => {
+            jobId = job.id;
+            status.dataset.jobId = job.id;
+            status.dataset.state = "queued";
+            stopBtn.disabled = false;
+            status.textContent = `Job ${job.id} queued`;
+          },
+          onEvent: (ev) => {
+            switch (ev.event.case) {
+              case "queued":
+                status.textContent = `Job ${ev.jobId} queued (position ${ev.event.value.position})`;
+                break;
+              case "started":
+                startedMs = tsMs(ev.time);
+                status.dataset.state = "running";
+                status.textContent = `Job ${ev.jobId} running on ${ev.event.value.device}`;
+                break;
+              case "output":
+                firstOutputMs ??= tsMs(ev.time);
+                output.textContent += ev.event.value.text;
+                break;
+              case "progress": {
+                const m = ev.event.value.metrics;
+                if (m.tokens_per_second !== undefined) lastRate = m.tokens_per_second;
+                if (m.tokens !== undefined) tokens = m.tokens;
+                status.textContent = `Job ${ev.jobId}: ${tokens} tokens${lastRate !== undefined ? `, ${lastRate.toFixed(1)} tokens/s` : ""}`;
+                break;
+              }
+            }
+          },
+        },
+      );
+      status.dataset.state = final.event.case === "result" ? "succeeded" : final.event.case;
+      const endMs = tsMs(final.time);
+      const total = startedMs !== undefined && endMs !== undefined ? endMs - startedMs : undefined;
+      switch (final.event.case) {
+        case "result": {
+          const r = final.event.value.value;
+          if (r.case !== "generate") break;
+          // The result holds the whole text: trust it over the streamed chunks.
+          output.textContent = r.value.text;
+          const decodeMs = firstOutputMs !== undefined && endMs !== undefined ? endMs - firstOutputMs : undefined;
+          const rate = tokensPerSecond(r.value.completionTokens, decodeMs) ?? lastRate;
+          status.textContent = `Job ${final.jobId} finished (${r.value.finishReason})${total !== undefined ? ` in ${formatDuration(total)}` : ""}`;
+          setChildren(
+            stats,
+            `${r.value.promptTokens} prompt tokens, ${r.value.completionTokens} completion tokens`,
+            rate !== undefined ? `, ${rate.toFixed(1)} tokens/s` : "",
+            lastRate !== undefined ? ` (last progress: ${lastRate.toFixed(1)} tokens/s)` : "",
+            `, finish reason: ${r.value.finishReason}`,
+          );
+          break;
+        }
+        case "failed":
+          status.textContent = `Job ${final.jobId} failed`;
+          error.show(`${rpcCodeName(final.event.value.code)}: ${final.event.value.message}`);
+          break;
+        case "cancelled":
+          status.textContent = `Job ${final.jobId} cancelled`;
+          setChildren(stats, `Stopped${final.event.value.reason ? `: ${final.event.value.reason}` : ""}`, tokens ? ` after ~${tokens} tokens` : "");
+          break;
+      }
+    } catch (err) {
+      if (!ctl.signal.aborted) {
+        status.textContent = "";
+        error.show(errorText(err));
+      }
+    } finally {
+      if (controller === ctl) {
+        run.disabled = false;
+        stopBtn.disabled = true;
+      }
+    }
+  });
+
+  stopBtn.addEventListener("click", async () => {
+    if (!jobId) return;
+    try {
+      const id = jobId;
+      await ctx.api.jobs.cancel({ jobId: id, reason: "stopped from the web client" });
+      if (id === jobId && (status.dataset.state === "queued" || status.dataset.state === "running")) {
+        status.textContent = `Job ${id}: stop requested`;
+      }
+    } catch (err) {
+      error.show(errorText(err));
+    }
+  });
+
+  const el = h(
+    "section",
+    { class: "page", id: "page-generate" },
+    h("h2", null, "Generate"),
+    form,
+    error.el,
+    status,
+    output,
+    stats,
+  );
+
+  return {
+    id: "generate",
+    title: "Generate",
+    el,
+    show() {
+      ctx.models
+        .ofKind(JobKind.GENERATE, true)
+        .then((models) => fillModelSelect(model, models))
+        .catch((err) => error.show(`Models.List: ${errorText(err)}`));
+    },
+  };
+}
