@@ -5,6 +5,7 @@ import { JobKind, JobState } from "../src/gen/deephardway/v1/jobs_pb.js";
 import {
   codeName,
   errorText,
+  failureText,
   formatDuration,
   formatPercent,
   isFinished,
@@ -33,6 +34,10 @@ describe("format", () => {
     expect(errorText(new TypeError("Failed to fetch"))).toBe("Failed to fetch");
     expect(errorText("boom")).toBe("boom");
     expect(errorText(undefined)).toBe("undefined");
+    expect(failureText({ code: 3, message: "diagnostic.steps: must be 1 to 100000" })).toBe(
+      "INVALID_ARGUMENT: diagnostic.steps: must be 1 to 100000",
+    );
+    expect(failureText({ code: 13, message: "step 2 failed" })).toBe("INTERNAL: step 2 failed");
   });
 
   it("names enums", () => {

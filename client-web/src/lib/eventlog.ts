@@ -1,6 +1,6 @@
 // Describes job events for the event log. Pure.
 import type { JobEvent } from "../gen/deephardway/v1/jobs_pb.js";
-import { rpcCodeName } from "./format.js";
+import { failureText } from "./format.js";
 
 export interface LogLine {
   /** First and last sequence numbers the line covers (outputs are merged). */
@@ -44,7 +44,7 @@ function describe(ev: JobEvent): string {
       }
     }
     case "failed":
-      return `${rpcCodeName(e.value.code)}: ${e.value.message}`;
+      return failureText(e.value);
     case "cancelled":
       return e.value.reason || "cancelled";
     default:

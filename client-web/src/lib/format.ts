@@ -15,6 +15,11 @@ export function rpcCodeName(code: number): string {
   return codeName(code as Code);
 }
 
+/** A failed job's error (JobFailed, Job.failure) as "CODE_NAME: message". */
+export function failureText(failure: { code: number; message: string }): string {
+  return `${rpcCodeName(failure.code)}: ${failure.message}`;
+}
+
 /** A readable message for any error: "CODE_NAME: message" for ConnectErrors. */
 export function errorText(err: unknown): string {
   if (err instanceof ConnectError) {

@@ -2,8 +2,9 @@
 // image's predicted label with per-class probability bars.
 import type { AppContext, Page } from "../page.js";
 import { field, h, messageBox, setChildren } from "../ui.js";
-import { errorText, formatDuration, rpcCodeName, tsMs } from "../lib/format.js";
-import { requestId, submitAndFollow } from "../jobrun.js";
+import { errorText } from "../lib/format.js";
+import { jobControls } from "../jobControls.js";
+import { durationSuffix } from "../lib/jobstatus.js";
 import { JobKind, type Prediction } from "../gen/deephardway/v1/jobs_pb.js";
 import type { ModelInfo } from "../gen/deephardway/v1/models_pb.js";
 import { fillModelSelect } from "../models.js";
@@ -70,7 +71,6 @@ export function classifyPage(ctx: AppContext): Page {
   let models: ModelInfo[] = [];
   let wanted = "";
   let picked: Item[] = [];
-  let controller: AbortController | undefined;
 
   const current = () => models.find((m) => m.name === model.value);
 
@@ -187,10 +187,10 @@ export function classifyPage(ctx: AppContext): Page {
   });
 
   // --- the job ---
-  async function classify(items: Item[]) {
-    controller?.abort();
-    const ctl = new AbortController();
-    controller = ctl;
+  const job = jobControls(ctx, { status, error });
+
+  function classify(items: Item[]) {
+    job.abort();
     error.clear();
     const name = model.value;
     if (!name) {
@@ -198,69 +198,32 @@ export function classifyPage(ctx: AppContext): Page {
       return;
     }
     const labels = current()?.trained?.labels ?? [];
-    status.textContent = "Submitting…";
-    delete status.dataset.state;
-    let started: number | undefined;
-    try {
-      const final = await submitAndFollow(
-        ctx.api,
-        { input: { case: "classify", value: { images: items.map((i) => i.bytes) } }, model: name, requestId: requestId() },
-        {
-          signal: ctl.signal,
-          banner: ctx.banner,
-          onSubmitted: (job) => (status.textContent = `Job ${job.id} queued`),
-          onEvent: (ev) => {
-            if (ev.event.case === "started") {
-              started = tsMs(ev.time);
-              status.textContent = `Job ${ev.jobId} running on ${ev.event.value.device}`;
-            }
-          },
-        },
-      );
-      status.dataset.state = final.event.case === "result" ? "succeeded" : final.event.case;
-      switch (final.event.case) {
-        case "result": {
-          const r = final.event.value.value;
-          if (r.case !== "classify") break;
-          const end = tsMs(final.time);
-          const n = r.value.predictions.length;
-          status.textContent = `Job ${final.jobId}: ${n} image${n === 1 ? "" : "s"} classified with ${name}${
-            started !== undefined && end !== undefined ? ` in ${formatDuration(end - started)}` : ""
-          }`;
-          // The newest run first; earlier ones stay below it.
-          results.prepend(
-            ...r.value.predictions.map((p, i) =>
+    job.start({
+      request: () => ({ input: { case: "classify", value: { images: items.map((i) => i.bytes) } }, model: name }),
+      onResult: (r, final, t) => {
+        if (r.case !== "classify") return;
+        const n = r.value.predictions.length;
+        status.textContent = `Job ${final.jobId}: ${n} image${n === 1 ? "" : "s"} classified with ${name}${durationSuffix(t.startedMs, t.endMs)}`;
+        // The newest run first; earlier ones stay below it.
+        results.prepend(
+          ...r.value.predictions.map((p, i) =>
+            h(
+              "div",
+              { class: "prediction", "data-testid": "prediction", "data-label": p.label, "data-source": items[i]?.name ?? "" },
+              h("img", { src: items[i]?.src ?? "", alt: items[i]?.name ?? "", class: "thumb" }),
               h(
                 "div",
-                { class: "prediction", "data-testid": "prediction", "data-label": p.label, "data-source": items[i]?.name ?? "" },
-                h("img", { src: items[i]?.src ?? "", alt: items[i]?.name ?? "", class: "thumb" }),
-                h(
-                  "div",
-                  { class: "prediction-body" },
-                  h("div", { class: "prediction-name", title: items[i]?.name }, items[i]?.name ?? `image ${i + 1}`),
-                  h("div", { class: "prediction-label", "data-testid": "label" }, p.label),
-                  probabilityBars(p, labels),
-                ),
+                { class: "prediction-body" },
+                h("div", { class: "prediction-name", title: items[i]?.name }, items[i]?.name ?? `image ${i + 1}`),
+                h("div", { class: "prediction-label", "data-testid": "label" }, p.label),
+                probabilityBars(p, labels),
               ),
             ),
-          );
-          while (results.children.length > MAX_RESULTS) results.lastElementChild?.remove();
-          break;
-        }
-        case "failed":
-          status.textContent = `Job ${final.jobId} failed`;
-          error.show(`${rpcCodeName(final.event.value.code)}: ${final.event.value.message}`);
-          break;
-        case "cancelled":
-          status.textContent = `Job ${final.jobId} cancelled`;
-          break;
-      }
-    } catch (err) {
-      if (!ctl.signal.aborted) {
-        status.textContent = "";
-        error.show(errorText(err));
-      }
-    }
+          ),
+        );
+        while (results.children.length > MAX_RESULTS) results.lastElementChild?.remove();
+      },
+    });
   }
 
   const el = h(

@@ -1,9 +1,8 @@
 // Diagnostic: runs the built-in test job (steps × step_ms) and shows its progress.
 import type { AppContext, Page } from "../page.js";
 import { field, h, messageBox, progressBar, setChildren } from "../ui.js";
-import { errorText, formatDuration, rpcCodeName, tsMs } from "../lib/format.js";
-import { requestId, submitAndFollow } from "../jobrun.js";
-import type { Job } from "../gen/deephardway/v1/jobs_pb.js";
+import { jobControls } from "../jobControls.js";
+import { durationSuffix, endedText } from "../lib/jobstatus.js";
 
 function uint(input: HTMLInputElement): number {
   const n = Number(input.value.trim() || "0");
@@ -27,9 +26,6 @@ export function diagnosticPage(ctx: AppContext): Page {
   const result = h("div", { class: "result", "data-testid": "result" });
   const error = messageBox();
 
-  let jobId = "";
-  let controller: AbortController | undefined;
-
   const form = h(
     "form",
     { class: "form", novalidate: true },
@@ -44,114 +40,47 @@ export function diagnosticPage(ctx: AppContext): Page {
     h("div", { class: "actions" }, run, cancel),
   );
 
-  form.addEventListener("submit", async (e) => {
+  const job = jobControls(ctx, { status, error, run, stop: cancel, stopVerb: "cancel", showWorker: true });
+
+  form.addEventListener("submit", (e) => {
     e.preventDefault();
-    controller?.abort();
-    const ctl = new AbortController();
-    controller = ctl;
-    error.clear();
     bar.set(0);
     setChildren(result);
     output.textContent = "";
     output.hidden = !outputPerStep.value;
-    status.textContent = "Submitting…";
-    delete status.dataset.jobId;
-    delete status.dataset.state;
-    jobId = "";
-    run.disabled = true;
-    let started: number | undefined;
-    try {
-      const final = await submitAndFollow(
-        ctx.api,
-        {
-          input: {
-            case: "diagnostic",
-            value: {
-              steps: uint(steps),
-              stepMs: uint(stepMs),
-              failAtStep: uint(failAt),
-              echo: echo.value,
-              outputPerStep: outputPerStep.value,
-            },
-          },
-          requestId: requestId(),
-        },
-        {
-          signal: ctl.signal,
-          banner: ctx.banner,
-          onSubmitted: (job: Job) => {
-            jobId = job.id;
-            status.dataset.jobId = job.id;
-            status.dataset.state = "queued";
-            cancel.disabled = false;
-            status.textContent = `Job ${job.id} queued`;
-          },
-          onEvent: (ev) => {
-            switch (ev.event.case) {
-              case "queued":
-                status.textContent = `Job ${ev.jobId} queued (position ${ev.event.value.position})`;
-                break;
-              case "started":
-                started = tsMs(ev.time);
-                status.dataset.state = "running";
-                status.textContent = `Job ${ev.jobId} running on ${ev.event.value.workerName || ev.event.value.workerId} (${ev.event.value.device})`;
-                break;
-              case "progress":
-                bar.set(ev.event.value.fraction);
-                if (ev.event.value.message) status.textContent = `Job ${ev.jobId}: ${ev.event.value.message}`;
-                break;
-              case "output":
-                output.textContent += ev.event.value.text;
-                break;
-            }
+    job.start({
+      request: () => ({
+        input: {
+          case: "diagnostic",
+          value: {
+            steps: uint(steps),
+            stepMs: uint(stepMs),
+            failAtStep: uint(failAt),
+            echo: echo.value,
+            outputPerStep: outputPerStep.value,
           },
         },
-      );
-      status.dataset.state = final.event.case === "result" ? "succeeded" : final.event.case;
-      const took = started !== undefined ? formatDuration((tsMs(final.time) ?? Date.now()) - started) : "";
-      switch (final.event.case) {
-        case "result": {
-          bar.set(1);
-          const r = final.event.value.value;
-          status.textContent = `Job ${final.jobId} succeeded${took ? ` in ${took}` : ""}`;
-          if (r.case === "diagnostic") {
-            setChildren(result, `Succeeded: ${r.value.steps} steps`, r.value.echo ? `, echo "${r.value.echo}"` : "");
-          }
-          break;
+      }),
+      onEvent: (ev) => {
+        switch (ev.event.case) {
+          case "progress":
+            bar.set(ev.event.value.fraction);
+            if (ev.event.value.message) status.textContent = `Job ${ev.jobId}: ${ev.event.value.message}`;
+            break;
+          case "output":
+            output.textContent += ev.event.value.text;
+            break;
         }
-        case "failed":
-          status.textContent = `Job ${final.jobId} failed`;
-          error.show(`${rpcCodeName(final.event.value.code)}: ${final.event.value.message}`);
-          break;
-        case "cancelled":
-          status.textContent = `Job ${final.jobId} cancelled`;
-          setChildren(result, `Cancelled${final.event.value.reason ? `: ${final.event.value.reason}` : ""}`);
-          break;
-      }
-    } catch (err) {
-      if (!ctl.signal.aborted) {
-        status.textContent = "";
-        error.show(errorText(err));
-      }
-    } finally {
-      if (controller === ctl) {
-        run.disabled = false;
-        cancel.disabled = true;
-      }
-    }
-  });
-
-  cancel.addEventListener("click", async () => {
-    if (!jobId) return;
-    try {
-      const id = jobId;
-      await ctx.api.jobs.cancel({ jobId: id, reason: "cancelled from the web client" });
-      if (id === jobId && (status.dataset.state === "queued" || status.dataset.state === "running")) {
-        status.textContent = `Job ${id}: cancel requested`;
-      }
-    } catch (err) {
-      error.show(errorText(err));
-    }
+      },
+      onResult: (r, final, t) => {
+        bar.set(1);
+        status.textContent = `Job ${final.jobId} succeeded${durationSuffix(t.startedMs, t.endMs ?? Date.now())}`;
+        if (r.case === "diagnostic") {
+          setChildren(result, `Succeeded: ${r.value.steps} steps`, r.value.echo ? `, echo "${r.value.echo}"` : "");
+        }
+      },
+      onCancelled: (reason) => setChildren(result, endedText("Cancelled", reason)),
+    });
   });
 
   const el = h(

@@ -1,8 +1,9 @@
 // Embed: sentences in, cosine similarity matrix out as a heat map.
 import type { AppContext, Page } from "../page.js";
 import { field, h, messageBox, setChildren } from "../ui.js";
-import { errorText, formatDuration, rpcCodeName, tsMs } from "../lib/format.js";
-import { requestId, submitAndFollow } from "../jobrun.js";
+import { errorText } from "../lib/format.js";
+import { jobControls } from "../jobControls.js";
+import { durationSuffix } from "../lib/jobstatus.js";
 import { JobKind } from "../gen/deephardway/v1/jobs_pb.js";
 import { fillModelSelect } from "../models.js";
 import { heatColor, heatTextColor, parseSentences, similarityMatrix } from "../lib/similarity.js";
@@ -50,7 +51,6 @@ export function embedPage(ctx: AppContext): Page {
   const status = h("div", { class: "status", "data-testid": "status" });
   const result = h("div", { class: "result", "data-testid": "result" });
   const error = messageBox();
-  let controller: AbortController | undefined;
 
   const form = h(
     "form",
@@ -60,62 +60,22 @@ export function embedPage(ctx: AppContext): Page {
     h("div", { class: "actions" }, run),
   );
 
-  form.addEventListener("submit", async (e) => {
+  const job = jobControls(ctx, { status, error, run });
+
+  form.addEventListener("submit", (e) => {
     e.preventDefault();
-    controller?.abort();
-    const ctl = new AbortController();
-    controller = ctl;
-    error.clear();
     setChildren(result);
     const sentences = parseSentences(texts.value);
-    status.textContent = "Submitting…";
-    run.disabled = true;
-    let started: number | undefined;
-    try {
-      const final = await submitAndFollow(
-        ctx.api,
-        { input: { case: "embed", value: { texts: sentences } }, model: model.value, requestId: requestId() },
-        {
-          signal: ctl.signal,
-          banner: ctx.banner,
-          onSubmitted: (job) => (status.textContent = `Job ${job.id} queued`),
-          onEvent: (ev) => {
-            if (ev.event.case === "started") {
-              started = tsMs(ev.time);
-              status.textContent = `Job ${ev.jobId} running on ${ev.event.value.device}`;
-            }
-          },
-        },
-      );
-      switch (final.event.case) {
-        case "result": {
-          const r = final.event.value.value;
-          if (r.case !== "embed") break;
-          const vectors = r.value.embeddings.map((e) => e.values);
-          const dim = vectors[0]?.length ?? 0;
-          const end = tsMs(final.time);
-          status.textContent = `Job ${final.jobId}: ${vectors.length} vectors of ${dim} dimensions${
-            started !== undefined && end !== undefined ? ` in ${formatDuration(end - started)}` : ""
-          }`;
-          setChildren(result, heatMap(sentences, similarityMatrix(vectors)));
-          break;
-        }
-        case "failed":
-          status.textContent = `Job ${final.jobId} failed`;
-          error.show(`${rpcCodeName(final.event.value.code)}: ${final.event.value.message}`);
-          break;
-        case "cancelled":
-          status.textContent = `Job ${final.jobId} cancelled`;
-          break;
-      }
-    } catch (err) {
-      if (!ctl.signal.aborted) {
-        status.textContent = "";
-        error.show(errorText(err));
-      }
-    } finally {
-      if (controller === ctl) run.disabled = false;
-    }
+    job.start({
+      request: () => ({ input: { case: "embed", value: { texts: sentences } }, model: model.value }),
+      onResult: (r, final, t) => {
+        if (r.case !== "embed") return;
+        const vectors = r.value.embeddings.map((e) => e.values);
+        const dim = vectors[0]?.length ?? 0;
+        status.textContent = `Job ${final.jobId}: ${vectors.length} vectors of ${dim} dimensions${durationSuffix(t.startedMs, t.endMs)}`;
+        setChildren(result, heatMap(sentences, similarityMatrix(vectors)));
+      },
+    });
   });
 
   const el = h(

@@ -1,8 +1,9 @@
 // Generate: text generation with streamed output, parameters and a Stop button.
 import type { AppContext, Page } from "../page.js";
 import { field, h, messageBox, setChildren } from "../ui.js";
-import { errorText, formatDuration, rpcCodeName, tokensPerSecond, tsMs } from "../lib/format.js";
-import { requestId, submitAndFollow } from "../jobrun.js";
+import { errorText, tokensPerSecond, tsMs } from "../lib/format.js";
+import { jobControls } from "../jobControls.js";
+import { durationSuffix, endedText } from "../lib/jobstatus.js";
 import { JobKind } from "../gen/deephardway/v1/jobs_pb.js";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { GenerateInputSchema } from "../gen/deephardway/v1/jobs_pb.js";
@@ -40,9 +41,6 @@ export function generatePage(ctx: AppContext): Page {
     chatFields.hidden = mode.value !== "chat";
     promptFields.hidden = mode.value === "chat";
   });
-
-  let jobId = "";
-  let controller: AbortController | undefined;
 
   const form = h(
     "form",
@@ -90,122 +88,49 @@ export function generatePage(ctx: AppContext): Page {
     return inp;
   }
 
-  form.addEventListener("submit", async (e) => {
+  const job = jobControls(ctx, { status, error, run, stop: stopBtn, stopVerb: "stop" });
+
+  form.addEventListener("submit", (e) => {
     e.preventDefault();
-    controller?.abort();
-    const ctl = new AbortController();
-    controller = ctl;
-    error.clear();
     output.textContent = "";
     setChildren(stats);
-    status.textContent = "Submitting…";
-    delete status.dataset.jobId;
-    delete status.dataset.state;
-    jobId = "";
-    run.disabled = true;
-    let startedMs: number | undefined;
     let firstOutputMs: number | undefined;
     let lastRate: number | undefined;
     let tokens = 0;
-    try {
-      let generateInput: MessageInitShape<typeof GenerateInputSchema>;
-      try {
-        generateInput = input();
-      } catch (err) {
-        throw new Error(`Invalid parameters: ${errorText(err)}`);
-      }
-      const final = await submitAndFollow(
-        ctx.api,
-        { input: { case: "generate", value: generateInput }, model: model.value, requestId: requestId() },
-        {
-          signal: ctl.signal,
-          banner: ctx.banner,
-          onSubmitted: (job) => {
-            jobId = job.id;
-            status.dataset.jobId = job.id;
-            status.dataset.state = "queued";
-            stopBtn.disabled = false;
-            status.textContent = `Job ${job.id} queued`;
-          },
-          onEvent: (ev) => {
-            switch (ev.event.case) {
-              case "queued":
-                status.textContent = `Job ${ev.jobId} queued (position ${ev.event.value.position})`;
-                break;
-              case "started":
-                startedMs = tsMs(ev.time);
-                status.dataset.state = "running";
-                status.textContent = `Job ${ev.jobId} running on ${ev.event.value.device}`;
-                break;
-              case "output":
-                firstOutputMs ??= tsMs(ev.time);
-                output.textContent += ev.event.value.text;
-                break;
-              case "progress": {
-                const m = ev.event.value.metrics;
-                if (m.tokens_per_second !== undefined) lastRate = m.tokens_per_second;
-                if (m.tokens !== undefined) tokens = m.tokens;
-                status.textContent = `Job ${ev.jobId}: ${tokens} tokens${lastRate !== undefined ? `, ${lastRate.toFixed(1)} tokens/s` : ""}`;
-                break;
-              }
-            }
-          },
-        },
-      );
-      status.dataset.state = final.event.case === "result" ? "succeeded" : final.event.case;
-      const endMs = tsMs(final.time);
-      const total = startedMs !== undefined && endMs !== undefined ? endMs - startedMs : undefined;
-      switch (final.event.case) {
-        case "result": {
-          const r = final.event.value.value;
-          if (r.case !== "generate") break;
-          // The result holds the whole text: trust it over the streamed chunks.
-          output.textContent = r.value.text;
-          const decodeMs = firstOutputMs !== undefined && endMs !== undefined ? endMs - firstOutputMs : undefined;
-          const rate = tokensPerSecond(r.value.completionTokens, decodeMs) ?? lastRate;
-          status.textContent = `Job ${final.jobId} finished (${r.value.finishReason})${total !== undefined ? ` in ${formatDuration(total)}` : ""}`;
-          setChildren(
-            stats,
-            `${r.value.promptTokens} prompt tokens, ${r.value.completionTokens} completion tokens`,
-            rate !== undefined ? `, ${rate.toFixed(1)} tokens/s` : "",
-            lastRate !== undefined ? ` (last progress: ${lastRate.toFixed(1)} tokens/s)` : "",
-            `, finish reason: ${r.value.finishReason}`,
-          );
-          break;
+    job.start({
+      request: () => ({ input: { case: "generate", value: input() }, model: model.value }),
+      onEvent: (ev) => {
+        switch (ev.event.case) {
+          case "output":
+            firstOutputMs ??= tsMs(ev.time);
+            output.textContent += ev.event.value.text;
+            break;
+          case "progress": {
+            const m = ev.event.value.metrics;
+            if (m.tokens_per_second !== undefined) lastRate = m.tokens_per_second;
+            if (m.tokens !== undefined) tokens = m.tokens;
+            status.textContent = `Job ${ev.jobId}: ${tokens} tokens${lastRate !== undefined ? `, ${lastRate.toFixed(1)} tokens/s` : ""}`;
+            break;
+          }
         }
-        case "failed":
-          status.textContent = `Job ${final.jobId} failed`;
-          error.show(`${rpcCodeName(final.event.value.code)}: ${final.event.value.message}`);
-          break;
-        case "cancelled":
-          status.textContent = `Job ${final.jobId} cancelled`;
-          setChildren(stats, `Stopped${final.event.value.reason ? `: ${final.event.value.reason}` : ""}`, tokens ? ` after ~${tokens} tokens` : "");
-          break;
-      }
-    } catch (err) {
-      if (!ctl.signal.aborted) {
-        status.textContent = "";
-        error.show(errorText(err));
-      }
-    } finally {
-      if (controller === ctl) {
-        run.disabled = false;
-        stopBtn.disabled = true;
-      }
-    }
-  });
-
-  stopBtn.addEventListener("click", async () => {
-    if (!jobId) return;
-    try {
-      const id = jobId;
-      await ctx.api.jobs.cancel({ jobId: id, reason: "stopped from the web client" });
-      if (id === jobId && (status.dataset.state === "queued" || status.dataset.state === "running")) {
-        status.textContent = `Job ${id}: stop requested`;
-      }
-    } catch (err) {
-      error.show(errorText(err));
-    }
+      },
+      onResult: (r, final, t) => {
+        if (r.case !== "generate") return;
+        // The result holds the whole text: trust it over the streamed chunks.
+        output.textContent = r.value.text;
+        const decodeMs = firstOutputMs !== undefined && t.endMs !== undefined ? t.endMs - firstOutputMs : undefined;
+        const rate = tokensPerSecond(r.value.completionTokens, decodeMs) ?? lastRate;
+        status.textContent = `Job ${final.jobId} finished (${r.value.finishReason})${durationSuffix(t.startedMs, t.endMs)}`;
+        setChildren(
+          stats,
+          `${r.value.promptTokens} prompt tokens, ${r.value.completionTokens} completion tokens`,
+          rate !== undefined ? `, ${rate.toFixed(1)} tokens/s` : "",
+          lastRate !== undefined ? ` (last progress: ${lastRate.toFixed(1)} tokens/s)` : "",
+          `, finish reason: ${r.value.finishReason}`,
+        );
+      },
+      onCancelled: (reason) => setChildren(stats, endedText("Stopped", reason), tokens ? ` after ~${tokens} tokens` : ""),
+    });
   });
 
   const el = h(

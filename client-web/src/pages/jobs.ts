@@ -4,12 +4,12 @@ import type { AppContext, Page } from "../page.js";
 import { h, messageBox, progressBar, setChildren } from "../ui.js";
 import {
   errorText,
+  failureText,
   formatDuration,
   formatPercent,
   isFinished,
   jobDurationMs,
   kindName,
-  rpcCodeName,
   stateName,
   tsMs,
 } from "../lib/format.js";
@@ -266,6 +266,6 @@ function describeJob(job: Job): HTMLElement {
     ["Progress", formatPercent(job.progress)],
     ["Last seq", String(job.lastSeq)],
   ];
-  if (job.failure) rows.push(["Failure", `${rpcCodeName(job.failure.code)}: ${job.failure.message}`]);
+  if (job.failure) rows.push(["Failure", failureText(job.failure)]);
   return h("dl", { class: "kv" }, rows.flatMap(([k, v]) => [h("dt", null, k), h("dd", null, v)]));
 }

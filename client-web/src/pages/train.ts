@@ -2,8 +2,9 @@
 // accuracy curves, Stop, and the result with a link to Classify with the new model.
 import type { AppContext, Page } from "../page.js";
 import { field, h, messageBox, progressBar, setChildren } from "../ui.js";
-import { errorText, formatDuration, rpcCodeName, tsMs } from "../lib/format.js";
-import { requestId, submitAndFollow } from "../jobrun.js";
+import { errorText, tsMs } from "../lib/format.js";
+import { jobControls } from "../jobControls.js";
+import { durationSuffix, endedText } from "../lib/jobstatus.js";
 import type { Dataset } from "../gen/deephardway/v1/datasets_pb.js";
 import { lineChart } from "../chart.js";
 import { addMetrics, emptyCurves, type TrainCurves } from "../lib/curves.js";
@@ -290,127 +291,45 @@ export function trainPage(ctx: AppContext): Page {
     h("div", { class: "actions" }, run, stop),
   );
 
-  let jobId = "";
-  let controller: AbortController | undefined;
+  const job = jobControls(ctx, { status, error, run, stop, stopVerb: "stop", showWorker: true });
 
-  form.addEventListener("submit", async (e) => {
+  form.addEventListener("submit", (e) => {
     e.preventDefault();
-    controller?.abort();
-    const ctl = new AbortController();
-    controller = ctl;
-    error.clear();
     bar.set(0);
     setChildren(result);
     curves = emptyCurves();
     draw();
-    status.textContent = "Submitting…";
-    delete status.dataset.jobId;
-    delete status.dataset.state;
-    jobId = "";
-    run.disabled = true;
-    let started: number | undefined;
-    try {
-      let input;
-      try {
-        input = trainInput(readForm());
-      } catch (err) {
-        throw new Error(`Invalid parameters: ${errorText(err)}`);
-      }
-      const final = await submitAndFollow(
-        ctx.api,
-        { input: { case: "train", value: input }, requestId: requestId() },
-        {
-          signal: ctl.signal,
-          banner: ctx.banner,
-          onSubmitted: (job) => {
-            jobId = job.id;
-            status.dataset.jobId = job.id;
-            status.dataset.state = "queued";
-            stop.disabled = false;
-            status.textContent = `Job ${job.id} queued`;
-          },
-          onEvent: (ev) => {
-            switch (ev.event.case) {
-              case "queued":
-                status.textContent = `Job ${ev.jobId} queued (position ${ev.event.value.position})`;
-                break;
-              case "started":
-                started = tsMs(ev.time);
-                status.dataset.state = "running";
-                status.textContent = `Job ${ev.jobId} running on ${ev.event.value.workerName || ev.event.value.workerId} (${ev.event.value.device})`;
-                break;
-              case "progress": {
-                const p = ev.event.value;
-                bar.set(p.fraction);
-                if (addMetrics(curves, p.metrics)) scheduleDraw();
-                const rate = curves.last.imagesPerSecond;
-                if (p.message) status.textContent = `Job ${ev.jobId}: ${p.message}${rate !== undefined ? ` · ${Math.round(rate)} images/s` : ""}`;
-                break;
-              }
-            }
-          },
-        },
-      );
-      draw();
-      status.dataset.state = final.event.case === "result" ? "succeeded" : final.event.case;
-      const took = started !== undefined ? formatDuration((tsMs(final.time) ?? Date.now()) - started) : "";
-      switch (final.event.case) {
-        case "result": {
-          const r = final.event.value.value;
-          if (r.case !== "train") break;
-          bar.set(1);
-          status.textContent = `Job ${final.jobId} succeeded${took ? ` in ${took}` : ""}`;
-          setChildren(
-            result,
-            h("span", { "data-testid": "summary" }, `Trained ${trainSummary(r.value)}`),
-            " ",
-            h(
-              "a",
-              { href: `#/classify/${encodeURIComponent(r.value.model)}`, class: "button", "data-testid": "classify-link" },
-              `Classify with ${r.value.model}@${r.value.version} →`,
-            ),
-          );
-          // Models.List now has the new model; refresh the cache for the other pages.
-          ctx.models.list(true).catch(() => {});
-          break;
-        }
-        case "failed":
-          status.textContent = `Job ${final.jobId} failed`;
-          error.show(`${rpcCodeName(final.event.value.code)}: ${final.event.value.message}`);
-          break;
-        case "cancelled":
-          status.textContent = `Job ${final.jobId} cancelled`;
-          setChildren(
-            result,
-            `Stopped${final.event.value.reason ? `: ${final.event.value.reason}` : ""}`,
-            curves.last.epoch !== undefined ? ` in epoch ${curves.last.epoch}` : "",
-          );
-          break;
-      }
-    } catch (err) {
-      if (!ctl.signal.aborted) {
-        status.textContent = "";
-        error.show(errorText(err));
-      }
-    } finally {
-      if (controller === ctl) {
-        run.disabled = false;
-        stop.disabled = true;
-      }
-    }
-  });
-
-  stop.addEventListener("click", async () => {
-    if (!jobId) return;
-    try {
-      const id = jobId;
-      await ctx.api.jobs.cancel({ jobId: id, reason: "stopped from the web client" });
-      if (id === jobId && (status.dataset.state === "queued" || status.dataset.state === "running")) {
-        status.textContent = `Job ${id}: stop requested`;
-      }
-    } catch (err) {
-      error.show(errorText(err));
-    }
+    job.start({
+      request: () => ({ input: { case: "train", value: trainInput(readForm()) } }),
+      onEvent: (ev) => {
+        if (ev.event.case !== "progress") return;
+        const p = ev.event.value;
+        bar.set(p.fraction);
+        if (addMetrics(curves, p.metrics)) scheduleDraw();
+        const rate = curves.last.imagesPerSecond;
+        if (p.message) status.textContent = `Job ${ev.jobId}: ${p.message}${rate !== undefined ? ` · ${Math.round(rate)} images/s` : ""}`;
+      },
+      onFinal: () => draw(),
+      onResult: (r, final, t) => {
+        if (r.case !== "train") return;
+        bar.set(1);
+        status.textContent = `Job ${final.jobId} succeeded${durationSuffix(t.startedMs, t.endMs ?? Date.now())}`;
+        setChildren(
+          result,
+          h("span", { "data-testid": "summary" }, `Trained ${trainSummary(r.value)}`),
+          " ",
+          h(
+            "a",
+            { href: `#/classify/${encodeURIComponent(r.value.model)}`, class: "button", "data-testid": "classify-link" },
+            `Classify with ${r.value.model}@${r.value.version} →`,
+          ),
+        );
+        // Models.List now has the new model; refresh the cache for the other pages.
+        ctx.models.list(true).catch(() => {});
+      },
+      onCancelled: (reason) =>
+        setChildren(result, endedText("Stopped", reason), curves.last.epoch !== undefined ? ` in epoch ${curves.last.epoch}` : ""),
+    });
   });
 
   const el = h(
