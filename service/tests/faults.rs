@@ -84,6 +84,7 @@ async fn worker_killed_mid_job_completes_on_another_worker() {
     assert!(matches!(all.last().unwrap().event, Some(Event::Result(_))));
     let job = client.get(GetJobRequest { job_id: job.id }).await.unwrap().into_inner();
     assert_eq!((job.state, job.attempts), (JobState::Succeeded as i32, 2));
+    assert_eq!(job.worker_name, names[1], "the record names the worker that finished it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,7 +73,7 @@ export function jobsPage(ctx: AppContext): Page {
         h("td", null, job.model),
         h("td", { class: "num" }, pos === undefined ? "" : String(pos)),
         h("td", null, bar.el),
-        h("td", null, [job.workerId, job.device].filter(Boolean).join(" / ")),
+        h("td", { title: job.workerId }, [job.workerName || job.workerId, job.device].filter(Boolean).join(" / ")),
         h("td", { class: "num" }, formatDuration(jobDurationMs(job, now))),
         h("td", null, canCancel ? h("button", { class: "small", onclick: () => cancelJob(job.id), "data-testid": "cancel" }, "Cancel") : null),
       );
@@ -260,7 +260,7 @@ function describeJob(job: Job): HTMLElement {
     ["Kind", kindName(job.kind)],
     ["Model", job.model],
     ["Attempts", `${job.attempts} of ${job.maxAttempts}`],
-    ["Worker / device", [job.workerId, job.device].filter(Boolean).join(" / ")],
+    ["Worker / device", [job.workerName, job.workerId, job.device].filter(Boolean).join(" / ")],
     ["Created", created ? new Date(created).toLocaleString() : ""],
     ["Duration", formatDuration(jobDurationMs(job, Date.now()))],
     ["Progress", formatPercent(job.progress)],

@@ -186,10 +186,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
         r#"{"diagnostic":{"steps":5,"step_ms":200}}"#
     };
     eprintln!("  try: grpcurl -plaintext -d '{example}' {addr} deephardway.v1.Jobs/Run");
+    let web = args.service.web();
+    match &web.client_dir {
+        Some(_) => eprintln!("  or open {url}/ in a browser"),
+        None => eprintln!(
+            "  (the browser client is not built: npm --prefix client-web ci && npm --prefix client-web run build)"
+        ),
+    }
     let worker = tokio::spawn(async move { deephardway_worker::run(worker_options, worker_stop).await });
     let signal = stop.clone();
     let config = args.service.config()?;
-    let served = server::serve(listener, store, config, args.service.web(), async move {
+    let served = server::serve(listener, store, config, web, async move {
         shutdown_signal().await;
         signal.cancel();
     })

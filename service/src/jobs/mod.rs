@@ -450,6 +450,7 @@ impl JobLifecycle {
         job.state = JobState::Running as i32;
         job.attempts += 1;
         job.worker_id = worker.worker_id.clone();
+        job.worker_name = worker.name.clone();
         job.device = worker.device.clone();
         job.started_at = Some(now());
         job.progress = 0.0;
