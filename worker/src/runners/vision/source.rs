@@ -65,7 +65,8 @@ impl Source {
     /// Sorts `(path, bytes)` pairs into classes and parts.
     fn from_files(mut files: Vec<(String, Vec<u8>)>) -> anyhow::Result<Source> {
         files.retain(|(path, _)| {
-            !path.split('/').any(|part| (part.starts_with('.') && part != ".") || part == "__MACOSX") && !path.ends_with('/')
+            !path.split('/').any(|part| (part.starts_with('.') && part != ".") || part == "__MACOSX")
+                && !path.ends_with('/')
         });
         let mut parts: Vec<Vec<String>> = files
             .iter()
