@@ -9,6 +9,7 @@ fn main() -> std::process::ExitCode {
     // SAFETY: no other thread exists yet (the runtime starts below), so nothing can read
     // the environment while it changes.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    deephardway_worker::device::keep_freed_memory();
     let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
     match runtime.block_on(deephardway_service::cli::run(cli)) {
         Ok(code) => code,

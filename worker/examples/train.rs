@@ -16,6 +16,8 @@ use deephardway_worker::runners::vision::{
 };
 
 fn main() -> anyhow::Result<()> {
+    // As the `deephardway` binary does.
+    deephardway_worker::device::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(args.len() == 8, "usage: train TRAIN_DIR TEST_DIR SIZE ARCH OPTIMIZER LR EPOCHS BATCH");
     let size: usize = args[2].parse()?;
@@ -42,6 +44,8 @@ fn main() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let last = trained.last.clone();
     let classifier = Classifier::from_trained(trained, &Device::Cpu);
+    // A line for scripts/bench-train to read.
+    println!("ms_per_epoch {:.3}", elapsed.as_secs_f64() * 1000.0 / options.epochs as f64);
     println!(
         "{:.1?} ({:.1?} per epoch); loss {:.4}, train accuracy {:.3}; test accuracy {:.3}",
         elapsed,

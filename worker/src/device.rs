@@ -38,6 +38,23 @@ pub fn cpu_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
+/// Makes glibc's allocator keep freed memory for reuse. candle allocates a fresh buffer
+/// for every tensor operation; by default glibc maps each large one anew and unmaps it when
+/// freed, so every op paid for page faults and, with worker threads, TLB shootdowns. Kept,
+/// training runs 2–2.5× faster (scripts/bench-train) and generation is unchanged. Call
+/// once, before threads start; elsewhere than glibc it does nothing.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+    unsafe {
+        // Allocations up to glibc's largest threshold (32 MiB) come from the heap, which
+        // is not trimmed back to the kernel below 1 GiB of free space at its top.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

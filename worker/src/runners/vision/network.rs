@@ -80,7 +80,7 @@ impl Network {
         for layer in &self.layers {
             x = match layer {
                 Layer::Linear(l) => l.forward(&x)?,
-                Layer::Conv(c) => c.forward(&x)?,
+                Layer::Conv(c) => conv3x3_same(&x, c.weight(), c.bias())?,
                 Layer::Relu => x.relu()?,
                 Layer::Pool => x.max_pool2d(2)?,
                 Layer::Flatten => x.flatten_from(1)?,
@@ -92,6 +92,31 @@ impl Network {
     /// Class probabilities, `(n, classes)`.
     pub fn probabilities(&self, images: &Tensor) -> Result<Tensor> {
         candle_nn::ops::softmax(&self.forward(images)?, D::Minus1)
+    }
+}
+
+/// A 3×3 convolution with padding 1, as candle's `conv2d` computes it, written as nine
+/// shifted views and one matrix product per image. Same weights and results (tested), but
+/// forward and backward go through `narrow`, `stack` and `matmul` instead of candle's CPU
+/// `conv2d` / `conv_transpose2d`: training the CNN takes ~20% less time (bench-train).
+fn conv3x3_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let o = weight.dim(0)?;
+    let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+    let mut shifted = Vec::with_capacity(9);
+    for dy in 0..3 {
+        for dx in 0..3 {
+            shifted.push(padded.narrow(2, dy, h)?.narrow(3, dx, w)?);
+        }
+    }
+    // (n, c, 9, h, w): each input channel's nine taps in the kernel's (dy, dx) order, which
+    // is the order of the weight's last two dimensions.
+    let patches = Tensor::stack(&shifted, 2)?.reshape((n, c * 9, h * w))?;
+    let kernel = weight.reshape((o, c * 9))?.broadcast_left(n)?;
+    let out = kernel.matmul(&patches)?.reshape((n, o, h, w))?;
+    match bias {
+        Some(bias) => out.broadcast_add(&bias.reshape((1, o, 1, 1))?),
+        None => Ok(out),
     }
 }
 
@@ -149,4 +174,29 @@ pub fn initialised(config: &ModelConfig, seed: u64, device: &Device) -> Result<(
     }
     drop(data);
     Ok((network, vars))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_conv_matches_candles_conv2d_forward_and_backward() {
+        let device = Device::Cpu;
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 6), &device).unwrap()).unwrap();
+        let weight = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &device).unwrap()).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 4, &device).unwrap();
+        let ours = conv3x3_same(&x, &weight, Some(&bias)).unwrap();
+        let theirs =
+            x.conv2d(&weight, 1, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap()).unwrap();
+        let close = |a: &Tensor, b: &Tensor| {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "differ by {diff}");
+        };
+        close(&ours, &theirs);
+        let (ours, theirs) = (ours.sqr().unwrap().sum_all().unwrap(), theirs.sqr().unwrap().sum_all().unwrap());
+        let (g1, g2) = (ours.backward().unwrap(), theirs.backward().unwrap());
+        close(g1.get(&x).unwrap(), g2.get(&x).unwrap());
+        close(g1.get(&weight).unwrap(), g2.get(&weight).unwrap());
+    }
 }
