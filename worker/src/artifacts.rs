@@ -24,12 +24,9 @@ impl ArtifactCache {
         ArtifactCache { dir: dir.into() }
     }
 
-    /// Where `$DEEPHARDWAY_CACHE/artifacts` (default `~/.cache/deephardway/artifacts`) is.
+    /// `artifacts` in deephardway's cache (default `~/.cache/deephardway/artifacts`).
     pub fn default_dir() -> PathBuf {
-        std::env::var_os("DEEPHARDWAY_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/deephardway"))
-            .join("artifacts")
+        crate::runners::cache_dir().join("artifacts")
     }
 
     /// The local file holding the artifact at `path`, fetched from the service if it is

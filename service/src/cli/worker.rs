@@ -80,12 +80,10 @@ impl LocalWorkerFlags {
         let cache = ArtifactCache::new(self.artifact_cache.clone().unwrap_or_else(ArtifactCache::default_dir));
         let mut runners: Vec<Arc<dyn Runner>> = vec![
             Arc::new(DiagnosticRunner),
-            Arc::new(match &self.local_datasets {
-                Some(root) => TrainRunner::new(device.clone(), cache.clone()).with_local_datasets(root.clone()),
-                None => TrainRunner::new(device.clone(), cache.clone()),
-            }),
+            Arc::new(TrainRunner::new(device.clone(), cache.clone(), self.local_datasets.clone())),
             Arc::new(ClassifyRunner::new(device.clone(), cache)),
         ];
+        let built_in = runners.len();
         let model_options = runners::ModelOptions {
             concurrency: self.slots.max(1) as usize,
             embed_batch: runners::embed::BatchOptions {
@@ -99,7 +97,7 @@ impl LocalWorkerFlags {
             tracing::info!(model = %name, path = %path.display(), "serving model");
             runners.push(runner);
         }
-        if runners.len() == 3 {
+        if runners.len() == built_in {
             tracing::info!("no models found; run scripts/fetch-models (or pass --model NAME=PATH) to serve some");
         }
         let name = self.name.clone().unwrap_or_else(|| {

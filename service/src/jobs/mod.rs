@@ -125,14 +125,27 @@ fn decode_job(kv: &KeyValue) -> Result<Job, Status> {
     Job::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("corrupt job record {}: {e}", kv.key)))
 }
 
-/// The queue a job waits in: its model's, except that classify jobs on any trained
-/// model wait for the workers that announce the `classifier` capability.
-fn route(job: &Job) -> &str {
-    if job.kind == JobKind::Classify as i32 { deephardway::CLASSIFIER_MODEL } else { &job.model }
+/// The served model that runs a job of `kind` on `model`, and whose queue it waits in:
+/// the model itself, except that classify jobs on any trained model go to the workers
+/// that announce the `classifier` capability.
+fn route(kind: JobKind, model: &str) -> &str {
+    if kind == JobKind::Classify { deephardway::CLASSIFIER_MODEL } else { model }
 }
 
 fn queue_key(job: &Job) -> String {
-    keys::queue_entry(route(job), job.priority(), micros(&job.created_at), &job.id)
+    keys::queue_entry(route(job.kind(), &job.model), job.priority(), micros(&job.created_at), &job.id)
+}
+
+/// The name a model trained on a worker's folder gets when the request gives none: the
+/// folder's name, with anything a name may not hold replaced.
+fn folder_model_name(dataset_path: &str) -> String {
+    let folder = std::path::Path::new(dataset_path).file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name: String =
+        folder.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    match name.trim_start_matches('.') {
+        "" => "local-dataset".into(),
+        name => name.into(),
+    }
 }
 
 fn finish(job: &mut Job, state: JobState, change: &mut Change) {
@@ -194,14 +207,7 @@ impl JobLifecycle {
             Some(Input::Train(train)) => {
                 // A worker's local folder: only the worker can check it.
                 if train.output_model.is_empty() {
-                    let folder = std::path::Path::new(&train.dataset_path).file_name().map(|n| n.to_string_lossy());
-                    let name: String = folder
-                        .unwrap_or_default()
-                        .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
-                        .collect();
-                    let name = name.trim_start_matches('.');
-                    train.output_model = if name.is_empty() { "local-dataset".into() } else { name.into() };
+                    train.output_model = folder_model_name(&train.dataset_path);
                 }
                 validate::artifact_name("train.output_model", &train.output_model)?;
             }
@@ -212,8 +218,7 @@ impl JobLifecycle {
             _ => {}
         }
         let input = request.input.as_ref().expect("validated");
-        let served_as = if kind == JobKind::Classify { deephardway::CLASSIFIER_MODEL } else { &request.model };
-        self.check_served(served_as, input).await?;
+        self.check_served(route(kind, &request.model), input).await?;
         let depth = self.store.count(keys::QUEUE).await.map_err(store_status)?;
         if depth >= self.config.max_queue_depth {
             return Err(Status::resource_exhausted(format!(
@@ -246,7 +251,7 @@ impl JobLifecycle {
             ..Default::default()
         };
         let entry = queue_key(&job);
-        let position = self.position(route(&job), &entry).await?;
+        let position = self.position(route(kind, &job.model), &entry).await?;
         let queued = self.event(&id, 1, Event::Queued(Queued { position, attempt: 1, reason: "submitted".into() }));
 
         let mut txn = Txn::new()

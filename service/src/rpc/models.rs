@@ -25,21 +25,8 @@ impl Models for ModelsRpc {
         let kind = request.into_inner().kind;
         JobKind::try_from(kind).map_err(|_| Status::invalid_argument(format!("kind: {kind} is not a JobKind")))?;
         let mut models: BTreeMap<(String, i32), ModelInfo> = BTreeMap::new();
-        let workers = self.ctx.lifecycle.workers().await?;
-        let mut classifiers = ModelInfo::default();
-        for worker in &workers {
-            if worker.models.iter().any(|m| m.name == deephardway::CLASSIFIER_MODEL) {
-                classifiers.workers += 1;
-                if !classifiers.devices.contains(&worker.device) {
-                    classifiers.devices.push(worker.device.clone());
-                }
-            }
-            // The classifier capability is not a model a job can name: the trained models are.
-            for m in worker
-                .models
-                .iter()
-                .filter(|m| (kind == 0 || m.kind == kind) && m.name != deephardway::CLASSIFIER_MODEL)
-            {
+        for worker in self.ctx.lifecycle.workers().await? {
+            for m in worker.models.iter().filter(|m| kind == 0 || m.kind == kind) {
                 let info = models.entry((m.name.clone(), m.kind)).or_insert_with(|| ModelInfo {
                     name: m.name.clone(),
                     kind: m.kind,
@@ -53,6 +40,11 @@ impl Models for ModelsRpc {
                 }
             }
         }
+        // The classifier capability is not a model a job can name: the trained models are,
+        // and they run where it is served.
+        // (Listed with no workers while none serves it.)
+        let classifiers =
+            models.remove(&(deephardway::CLASSIFIER_MODEL.to_string(), JobKind::Classify as i32)).unwrap_or_default();
         if kind == 0 || kind == JobKind::Classify as i32 {
             for trained in trained_models::latest(self.ctx.lifecycle.store()).await? {
                 let description = format!(

@@ -64,6 +64,10 @@ impl Workers for WorkersRpc {
     async fn fetch_artifact(&self, request: Request<FetchArtifactRequest>) -> Result<Response<ArtifactChunks>, Status> {
         let path = request.into_inner().path;
         let (size, stream) = self.ctx.lifecycle.config().artifacts.get(&path).await?;
+        if size == 0 {
+            let empty = futures::stream::once(async { Ok(ArtifactChunk { data: Vec::new(), total_bytes: 0 }) });
+            return Ok(Response::new(Box::pin(empty)));
+        }
         // The store's own chunks, re-cut to at most CHUNK bytes; the first carries the size.
         let mut first = true;
         let chunks = stream
@@ -81,10 +85,6 @@ impl Workers for WorkersRpc {
                 let total_bytes = if std::mem::take(&mut first) { size } else { 0 };
                 piece.map(|data| ArtifactChunk { data: data.to_vec(), total_bytes })
             });
-        if size == 0 {
-            let empty = futures::stream::once(async { Ok(ArtifactChunk { data: Vec::new(), total_bytes: 0 }) });
-            return Ok(Response::new(Box::pin(empty)));
-        }
         Ok(Response::new(Box::pin(chunks)))
     }
 

@@ -17,16 +17,17 @@ use candle_core::Device;
 
 use crate::Runner;
 
-/// Where `scripts/fetch-models` keeps model weights: `$DEEPHARDWAY_MODELS`, else
-/// `$DEEPHARDWAY_CACHE/models`, else `~/.cache/deephardway/models`.
-pub fn default_models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DEEPHARDWAY_MODELS") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("DEEPHARDWAY_CACHE")
+/// deephardway's cache on this machine: `$DEEPHARDWAY_CACHE`, else `~/.cache/deephardway`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("DEEPHARDWAY_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/deephardway"));
-    cache.join("models")
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/deephardway"))
+}
+
+/// Where `scripts/fetch-models` keeps model weights: `$DEEPHARDWAY_MODELS`, else
+/// `models` in the [`cache_dir`].
+pub fn default_models_dir() -> PathBuf {
+    std::env::var_os("DEEPHARDWAY_MODELS").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"))
 }
 
 /// How a worker runs the models it opens.

@@ -3,7 +3,6 @@
 
 use std::{
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -43,14 +42,10 @@ enum Location {
 }
 
 impl TrainRunner {
-    pub fn new(device: Device, cache: ArtifactCache) -> Self {
-        TrainRunner { device, cache, local_datasets: None }
-    }
-
-    /// Also trains on folders under `root` on this machine (`TrainInput.dataset_path`).
-    pub fn with_local_datasets(mut self, root: PathBuf) -> Self {
-        self.local_datasets = Some(root);
-        self
+    /// Trains on uploaded datasets, fetched into `cache`, and, given `local_datasets`, on
+    /// folders under it on this machine (`TrainInput.dataset_path`).
+    pub fn new(device: Device, cache: ArtifactCache, local_datasets: Option<PathBuf>) -> Self {
+        TrainRunner { device, cache, local_datasets }
     }
 
     /// `path` resolved against the local datasets folder, refused unless it lies inside.
@@ -179,7 +174,7 @@ impl Runner for TrainRunner {
         };
         check(&config).map_err(|e| invalid(format!("train: {e}")))?;
 
-        let (device, cancel, events) = (self.device.clone(), job.cancel.clone(), Arc::new(job_emitter(&job)));
+        let (device, cancel, events) = (self.device.clone(), job.cancel.clone(), job.sender());
         let started = Instant::now();
         let epochs = options.epochs;
         let epoch_stride = epochs.div_ceil(EPOCH_POINTS).max(1);
@@ -203,7 +198,7 @@ impl Runner for TrainRunner {
                     if epoch_point && let Some(accuracy) = p.validation_accuracy {
                         metrics.insert("validation_accuracy".into(), accuracy);
                     }
-                    events(Event::Progress(Progress {
+                    let _ = events.send(Event::Progress(Progress {
                         fraction: p.step as f64 / p.steps.max(1) as f64,
                         message: match p.validation_accuracy {
                             Some(accuracy) => format!(
@@ -272,13 +267,5 @@ impl Runner for TrainRunner {
                 epoch_ms,
             })),
         })
-    }
-}
-
-/// A sender of the job's events usable from the training thread.
-fn job_emitter(job: &JobContext) -> impl Fn(Event) + Send + Sync + 'static {
-    let sender = job.sender();
-    move |event| {
-        let _ = sender.send(event);
     }
 }

@@ -43,8 +43,7 @@ impl Source {
     /// Reads a folder (any of the layouts above).
     pub fn from_dir(dir: &Path) -> anyhow::Result<Source> {
         let mut files = Vec::new();
-        let mut total = 0u64;
-        read_dir_into(dir, dir, &mut files, &mut total)?;
+        read_dir_into(dir, dir, &mut files)?;
         Source::from_files(files).with_context(|| format!("dataset {}", dir.display()))
     }
 
@@ -160,7 +159,7 @@ impl Source {
     }
 }
 
-fn read_dir_into(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>)>, total: &mut u64) -> anyhow::Result<()> {
+fn read_dir_into(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -172,13 +171,12 @@ fn read_dir_into(root: &Path, dir: &Path, files: &mut Vec<(String, Vec<u8>)>, to
             continue;
         }
         if path.is_dir() {
-            read_dir_into(root, &path, files, total)?;
+            read_dir_into(root, &path, files)?;
         } else if path.is_file() {
             let size = path.metadata()?.len();
             if size > MAX_FILE_BYTES {
                 bail!("{name}: {size} bytes; at most {MAX_FILE_BYTES} per image");
             }
-            *total += size;
             if files.len() > MAX_IMAGES + 16 {
                 bail!("more than {MAX_IMAGES} files");
             }
