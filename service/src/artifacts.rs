@@ -34,10 +34,12 @@ impl Default for ArtifactStore {
     }
 }
 
-/// An artifact store failure as a gRPC status.
-fn status(e: object_store::Error) -> Status {
-    match e {
-        object_store::Error::NotFound { path, .. } => Status::not_found(format!("artifact {path} is missing")),
+/// A failure on the artifact at `path` (as the caller named it, not where the store keeps
+/// it on disk) as a gRPC status.
+fn status(path: &str) -> impl Fn(object_store::Error) -> Status + use<> {
+    let path = path.to_string();
+    move |e| match e {
+        object_store::Error::NotFound { .. } => Status::not_found(format!("artifact {path} is missing")),
         other => Status::unavailable(format!("artifact store: {other}")),
     }
 }
@@ -79,21 +81,22 @@ impl ArtifactStore {
 
     /// Stores `bytes` at `path`, replacing what was there.
     pub async fn put(&self, path: &str, bytes: Bytes) -> Result<(), Status> {
-        self.inner.put(&self.path(path)?, PutPayload::from_bytes(bytes)).await.map(|_| ()).map_err(status)
+        self.inner.put(&self.path(path)?, PutPayload::from_bytes(bytes)).await.map(|_| ()).map_err(status(path))
     }
 
     /// The artifact's size and its bytes as a stream of chunks.
     pub async fn get(&self, path: &str) -> Result<(u64, impl Stream<Item = Result<Bytes, Status>> + use<>), Status> {
-        let result = self.inner.get(&self.path(path)?).await.map_err(status)?;
+        let result = self.inner.get(&self.path(path)?).await.map_err(status(path))?;
         let size = result.meta.size;
-        Ok((size, result.into_stream().map(|chunk| chunk.map_err(status))))
+        let status = status(path);
+        Ok((size, result.into_stream().map(move |chunk| chunk.map_err(&status))))
     }
 
     /// Removes the artifact at `path`; a missing one is not an error.
     pub async fn delete(&self, path: &str) -> Result<(), Status> {
         match self.inner.delete(&self.path(path)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(status(e)),
+            Err(e) => Err(status(path)(e)),
         }
     }
 }
