@@ -1,16 +1,35 @@
-//! deephardway's API: the `deephardway.v1` protobuf messages and gRPC services generated
-//! from `proto/`, shared by the service (`service/`), the worker (`worker/`) and clients.
+//! deephardway's API and the candle-free domain code that the service, the worker and
+//! clients share. A map of the crate:
 //!
-//! - [`v1`]: messages, `*_client` and `*_server` modules for `Jobs`, `Models`, `Workers`.
+//! - [`v1`]: the client API, package `deephardway.v1` (`JobService`, `ModelService`,
+//!   `DatasetService`): messages, `*_client` and `*_server` modules generated from `proto/`.
+//! - [`worker::v1`]: the worker protocol, package `deephardway.worker.v1` (`WorkerService`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC reflection.
-//! - [`kind_of`], [`is_final`]: small facts about requests and events both sides need.
+//! - [`errors`]: statuses that name the bad field (`google.rpc.BadRequest`) and the
+//!   `google.rpc.Status` a failed job carries.
+//! - [`datasets`]: a dataset's image files read from a folder or an archive and checked.
+//! - [`train`]: a train job's options, defaults filled in and checked.
+//! - [`kind_of`], [`is_final`]: small facts about specs and events both sides need.
 //! - [`TRAINER_MODEL`], [`CLASSIFIER_MODEL`]: the names of the vision capabilities.
 //! - [`connect`]: a channel to a service, for any of the generated clients.
 
-/// Generated code for package `deephardway.v1`.
+pub mod datasets;
+pub mod errors;
+pub mod train;
+
+/// Generated code for package `deephardway.v1`, the client API.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("deephardway.v1");
+}
+
+/// The worker protocol, apart from the client API.
+pub mod worker {
+    /// Generated code for package `deephardway.worker.v1`.
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("deephardway.worker.v1");
+    }
 }
 
 /// The model name workers announce for train jobs: they train any architecture on any
@@ -27,16 +46,16 @@ pub const MAX_ARTIFACT_MESSAGE: usize = 512 << 20;
 /// The file descriptor set of every file under `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("deephardway_descriptor");
 
-use v1::{JobKind, job_event, submit_request};
+use v1::{JobKind, job_event, job_spec};
 
-/// The kind of job a request's input asks for.
-pub fn kind_of(input: &submit_request::Input) -> JobKind {
+/// The kind of job an input asks for.
+pub fn kind_of(input: &job_spec::Input) -> JobKind {
     match input {
-        submit_request::Input::Diagnostic(_) => JobKind::Diagnostic,
-        submit_request::Input::Generate(_) => JobKind::Generate,
-        submit_request::Input::Embed(_) => JobKind::Embed,
-        submit_request::Input::Classify(_) => JobKind::Classify,
-        submit_request::Input::Train(_) => JobKind::Train,
+        job_spec::Input::Diagnostic(_) => JobKind::Diagnostic,
+        job_spec::Input::Generate(_) => JobKind::Generate,
+        job_spec::Input::Embed(_) => JobKind::Embed,
+        job_spec::Input::Classify(_) => JobKind::Classify,
+        job_spec::Input::Train(_) => JobKind::Train,
     }
 }
 
@@ -46,11 +65,19 @@ pub fn is_final(event: &job_event::Event) -> bool {
 }
 
 /// Opens a channel to a service at `url` (e.g. `http://127.0.0.1:50051`), for any of the
-/// generated clients: `JobsClient::new(deephardway::connect(url).await?)`.
+/// generated clients: `JobServiceClient::new(deephardway::connect(url).await?)`.
 pub async fn connect(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()
         .await
+}
+
+/// The served model that runs a job of `kind` on `model`, and whose queue it waits in:
+/// the model itself, except that classify jobs on any trained model go to the workers
+/// that announce the [`CLASSIFIER_MODEL`] capability. The service queues by it and
+/// the worker picks its runner by it, so the two always agree.
+pub fn served_model(kind: JobKind, model: &str) -> &str {
+    if kind == JobKind::Classify { CLASSIFIER_MODEL } else { model }
 }

@@ -206,7 +206,7 @@ try {
   });
 
   // The worker announces all its models at once, so after a diagnostic job has run
-  // Models.List is complete: read it through the pages' model dropdowns.
+  // ModelService.ListModels is complete: read it through the pages' model dropdowns.
   const modelOptions = async (pageId) => {
     await page.goto(`${base}/#/${pageId}`);
     const sel = page.locator(`#page-${pageId} select[name=model] option`);
@@ -264,12 +264,13 @@ try {
     await row.locator("td.state", { hasText: /^cancelled$/ }).waitFor({ timeout: 15_000 });
     // The page that submitted it sees it cancelled too.
     await diagState("cancelled");
-    // Detail view replays the full event log.
+    // Detail view replays the full event log (WatchJob) and shows the job (GetJob).
     await row.locator("a").first().click();
     const log = jobsPage.locator("[data-testid=event-log]");
     await log.locator("tr.ev-cancelled").waitFor({ timeout: 15_000 });
     expect((await log.locator("tr.ev-queued").count()) === 1, "event log lacks the queued event");
     expect((await log.locator("tr.ev-started").count()) === 1, "event log lacks the started event");
+    await jobsPage.locator("[data-testid=detail] dl.kv dd", { hasText: /^cancelled/ }).first().waitFor({ timeout: 15_000 });
     await jobsPage.screenshot({ path: join(results, "jobs-detail.png"), fullPage: true });
   });
 
@@ -315,6 +316,8 @@ try {
       expect(lengths.size >= 3, `text did not stream (lengths seen: ${[...lengths]})`);
       const stats = await g("[data-testid=stats]").textContent();
       expect(/tokens\/s/.test(stats ?? ""), `no tokens/s in: ${stats}`);
+      // The result reports the seed the request set.
+      expect(/finish reason: (length|stop|eos), seed 42$/.test(stats ?? ""), `finish reason and seed in: ${stats}`);
       await page.screenshot({ path: join(results, "generate.png"), fullPage: true });
     });
   } else {
@@ -418,6 +421,7 @@ try {
       expect(state === "succeeded", `train job ${state}: ${await status.textContent()} ${await tr(".message.error").allTextContents()}`);
       const summary = (await tr("[data-testid=summary]").textContent()) ?? "";
       expect(/digits@\d+/.test(summary) && /validation accuracy \d+(\.\d)?% on 297 images/.test(summary), `result: ${summary}`);
+      expect(/seed 1$/.test(summary), `the preset's seed is not in the result: ${summary}`);
       const points = (testId, series) => tr(`[data-testid=${testId}] g[data-series=${series}]`).getAttribute("data-points").then(Number);
       const loss = await points("chart-loss", "loss");
       const train = await points("chart-accuracy", "train");

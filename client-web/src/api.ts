@@ -1,13 +1,14 @@
-// The service's clients (Jobs, Models, Datasets), over grpc-web on the page's own origin.
+// The service's clients (JobService, ModelService, DatasetService), over grpc-web on
+// the page's own origin.
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { Jobs } from "./gen/deephardway/v1/jobs_pb.js";
-import { Models } from "./gen/deephardway/v1/models_pb.js";
-import { Datasets } from "./gen/deephardway/v1/datasets_pb.js";
+import { JobService } from "./gen/deephardway/v1/jobs_pb.js";
+import { ModelService } from "./gen/deephardway/v1/models_pb.js";
+import { DatasetService } from "./gen/deephardway/v1/datasets_pb.js";
 
-export type JobsClient = Client<typeof Jobs>;
-export type ModelsClient = Client<typeof Models>;
-export type DatasetsClient = Client<typeof Datasets>;
+export type JobsClient = Client<typeof JobService>;
+export type ModelsClient = Client<typeof ModelService>;
+export type DatasetsClient = Client<typeof DatasetService>;
 
 export interface Api {
   jobs: JobsClient;
@@ -23,8 +24,8 @@ export interface Api {
 export function createApi(baseUrl: string = import.meta.env.VITE_DEEPHARDWAY_URL || window.location.origin): Api {
   const transport = createGrpcWebTransport({ baseUrl });
   return {
-    jobs: createClient(Jobs, transport),
-    models: createClient(Models, transport),
-    datasets: createClient(Datasets, transport),
+    jobs: createClient(JobService, transport),
+    models: createClient(ModelService, transport),
+    datasets: createClient(DatasetService, transport),
   };
 }

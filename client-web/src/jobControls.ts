@@ -1,14 +1,14 @@
 // Runs a job from a page's form: what every job page does the same way. It disables
 // the Run button while a job runs and enables the Cancel/Stop button once the job has an
-// id (its click calls Jobs.Cancel), aborts the previous run's stream when a new one
-// starts, keeps the status line's text, data-job-id and data-state up to date through
-// queued / started and the final event, shows a failed job's `CODE: message` and any
-// other error in the error box. The page supplies its request and renders progress,
-// output and the result.
+// id (its click calls JobService.CancelJob), aborts the previous run's stream when a new
+// one starts, keeps the status line's text, data-job-id and data-state up to date
+// through queued / started and the final event, shows a failed job's `CODE: message`
+// and any other error in the error box. The page supplies its JobSpec and renders
+// progress, output and the result.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { AppContext } from "./page.js";
-import type { JobEvent, JobResult, SubmitRequestSchema } from "./gen/deephardway/v1/jobs_pb.js";
-import { requestId, submitAndFollow } from "./jobrun.js";
+import type { JobEvent, JobResult, JobSpecSchema } from "./gen/deephardway/v1/jobs_pb.js";
+import { createAndFollow, requestId } from "./jobrun.js";
 import { errorText, failureText, tsMs } from "./lib/format.js";
 import {
   cancelReason,
@@ -41,12 +41,12 @@ export interface JobTiming {
   endMs?: number;
 }
 
-type SubmitInit = MessageInitShape<typeof SubmitRequestSchema>;
+type SpecInit = MessageInitShape<typeof JobSpecSchema>;
 
 /** One run: the page-specific parts. */
-export interface JobSpec {
-  /** The Submit request (its request id is set here). An exception is shown as "Invalid parameters: …". */
-  request(): SubmitInit;
+export interface JobRun {
+  /** What to run (the CreateJob request's id is set here). An exception is shown as "Invalid parameters: …". */
+  spec(): SpecInit;
   /** Every event before the final one, after the status line was updated for queued and started. */
   onEvent?(ev: JobEvent): void;
   /** The final event, before anything else is done with it. */
@@ -59,7 +59,7 @@ export interface JobSpec {
 
 export interface JobControls {
   /** Aborts the previous run (if any), resets the status and error box, runs the job. Never rejects. */
-  start(spec: JobSpec): Promise<void>;
+  start(run: JobRun): Promise<void>;
   /** Stops following the current run (the job itself goes on). */
   abort(): void;
 }
@@ -74,14 +74,14 @@ export function jobControls(ctx: Pick<AppContext, "api" | "banner">, opts: JobCo
     if (!jobId) return;
     try {
       const id = jobId;
-      await ctx.api.jobs.cancel({ jobId: id, reason: cancelReason(verb) });
+      await ctx.api.jobs.cancelJob({ jobId: id, reason: cancelReason(verb) });
       if (id === jobId && isActive(status.dataset.state)) status.textContent = cancelRequestedText(id, verb);
     } catch (err) {
       error.show(errorText(err));
     }
   });
 
-  async function start(spec: JobSpec): Promise<void> {
+  async function start(page: JobRun): Promise<void> {
     controller?.abort();
     const ctl = new AbortController();
     controller = ctl;
@@ -93,19 +93,19 @@ export function jobControls(ctx: Pick<AppContext, "api" | "banner">, opts: JobCo
     if (run) run.disabled = true;
     let startedMs: number | undefined;
     try {
-      let request: SubmitInit;
+      let spec: SpecInit;
       try {
-        request = spec.request();
+        spec = page.spec();
       } catch (err) {
         throw new Error(`Invalid parameters: ${errorText(err)}`);
       }
-      const final = await submitAndFollow(
+      const final = await createAndFollow(
         ctx.api,
-        { ...request, requestId: requestId() },
+        { spec, requestId: requestId() },
         {
           signal: ctl.signal,
           banner: ctx.banner,
-          onSubmitted: (job) => {
+          onCreated: (job) => {
             jobId = job.id;
             status.dataset.jobId = job.id;
             status.dataset.state = "queued";
@@ -123,15 +123,15 @@ export function jobControls(ctx: Pick<AppContext, "api" | "banner">, opts: JobCo
                 status.textContent = runningText(ev.jobId, ev.event.value, opts.showWorker ?? false);
                 break;
             }
-            spec.onEvent?.(ev);
+            page.onEvent?.(ev);
           },
         },
       );
-      spec.onFinal?.(final);
+      page.onFinal?.(final);
       status.dataset.state = finalState(final);
       switch (final.event.case) {
         case "result":
-          spec.onResult?.(final.event.value.value, final, { startedMs, endMs: tsMs(final.time) });
+          page.onResult?.(final.event.value.value, final, { startedMs, endMs: tsMs(final.time) });
           break;
         case "failed":
           status.textContent = `Job ${final.jobId} failed`;
@@ -139,7 +139,7 @@ export function jobControls(ctx: Pick<AppContext, "api" | "banner">, opts: JobCo
           break;
         case "cancelled":
           status.textContent = `Job ${final.jobId} cancelled`;
-          spec.onCancelled?.(final.event.value.reason, final);
+          page.onCancelled?.(final.event.value.reason, final);
           break;
       }
     } catch (err) {

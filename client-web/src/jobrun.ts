@@ -1,13 +1,13 @@
-// Submit a job and follow its events to the end, resuming after lost connections.
-import type { Api } from "./api.js";
-import type { Job, JobEvent, SubmitRequest } from "./gen/deephardway/v1/jobs_pb.js";
+// Create a job and follow its events to the end, resuming after lost connections.
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { SubmitRequestSchema } from "./gen/deephardway/v1/jobs_pb.js";
+import type { Api } from "./api.js";
+import type { CreateJobRequestSchema, Job, JobEvent } from "./gen/deephardway/v1/jobs_pb.js";
 import type { ConnectionBanner } from "./connection.js";
-import { retrying, watchResumable } from "./lib/watch.js";
+import { jobEvents, retrying, watchResumable } from "./lib/watch.js";
 
 export interface FollowOptions {
-  onSubmitted?: (job: Job) => void;
+  /** The job was created (CreateJob answered). */
+  onCreated?: (job: Job) => void;
   onEvent: (ev: JobEvent) => void;
   signal?: AbortSignal;
   banner?: ConnectionBanner;
@@ -15,13 +15,13 @@ export interface FollowOptions {
   label?: string;
 }
 
-/** Follows an existing job from after `afterSeq` to its final event. */
+/** Follows an existing job (WatchJob) from after `afterSeq` to its final event. */
 export async function followJob(api: Api, jobId: string, afterSeq: bigint, opts: FollowOptions): Promise<JobEvent> {
   const key = opts.label ?? `job ${jobId}`;
   try {
     return await watchResumable({
       afterSeq,
-      open: (after, signal) => api.jobs.watch({ jobId, afterSeq: after }, { signal }),
+      open: (after, signal) => jobEvents(api.jobs.watchJob({ jobId, afterSeq: after }, { signal })),
       onEvent: opts.onEvent,
       onStatus: (s) => opts.banner?.report(key, s),
       signal: opts.signal,
@@ -31,18 +31,18 @@ export async function followJob(api: Api, jobId: string, afterSeq: bigint, opts:
   }
 }
 
-/** Submits a job, then follows it; resolves with its final event. */
-export async function submitAndFollow(
+/** Creates a job (CreateJob), then follows it; resolves with its final event. */
+export async function createAndFollow(
   api: Api,
-  request: MessageInitShape<typeof SubmitRequestSchema> | SubmitRequest,
+  request: MessageInitShape<typeof CreateJobRequestSchema>,
   opts: FollowOptions,
 ): Promise<JobEvent> {
-  // Submits carry a request_id, so retrying after a lost connection cannot create a
+  // Requests carry a request_id, so retrying after a lost connection cannot create a
   // second job.
-  const key = "submit";
+  const key = "create job";
   let resp;
   try {
-    resp = await retrying(() => api.jobs.submit(request, { signal: opts.signal }), {
+    resp = await retrying(() => api.jobs.createJob(request, { signal: opts.signal }), {
       signal: opts.signal,
       onStatus: (s) => opts.banner?.report(key, s),
     });
@@ -50,12 +50,12 @@ export async function submitAndFollow(
     opts.banner?.clear(key);
   }
   const job = resp.job;
-  if (!job) throw new Error("Submit returned no job");
-  opts.onSubmitted?.(job);
+  if (!job) throw new Error("CreateJob returned no job");
+  opts.onCreated?.(job);
   return followJob(api, job.id, 0n, opts);
 }
 
-/** A random idempotency key, so a retried Submit does not create a second job. */
+/** A random idempotency key, so a retried CreateJob does not create a second job. */
 export function requestId(): string {
   const c = globalThis.crypto;
   if (c && "randomUUID" in c) return c.randomUUID();

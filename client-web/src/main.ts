@@ -10,9 +10,9 @@ import { h } from "./ui.js";
 import { diagnosticPage } from "./pages/diagnostic.js";
 import { generatePage } from "./pages/generate.js";
 import { embedPage } from "./pages/embed.js";
-import { trainPage } from "./pages/train.js";
-import { classifyPage } from "./pages/classify.js";
-import { jobsPage } from "./pages/jobs.js";
+import { trainPage } from "./pages/train/index.js";
+import { classifyPage } from "./pages/classify/index.js";
+import { jobsPage } from "./pages/jobs/index.js";
 
 const PAGES: PageFactory[] = [diagnosticPage, generatePage, embedPage, trainPage, classifyPage, jobsPage];
 

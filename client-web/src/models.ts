@@ -1,17 +1,20 @@
-// Models.List, cached, and the model dropdowns it fills.
+// ModelService.ListModels (every page of it), cached, and the model dropdowns it fills.
 import type { JobKind } from "./gen/deephardway/v1/jobs_pb.js";
-import type { ModelInfo } from "./gen/deephardway/v1/models_pb.js";
+import type { Model } from "./gen/deephardway/v1/models_pb.js";
 import type { ModelsClient } from "./api.js";
+import { allPages } from "./lib/paging.js";
 import { h } from "./ui.js";
 
 export class ModelsStore {
-  private pending: Promise<ModelInfo[]> | undefined;
+  private pending: Promise<Model[]> | undefined;
   constructor(private client: ModelsClient) {}
 
   /** All served models; `refresh` asks the service again. */
-  list(refresh = false): Promise<ModelInfo[]> {
+  list(refresh = false): Promise<Model[]> {
     if (refresh || !this.pending) {
-      const p = this.client.list({}).then((r) => r.models);
+      const p = allPages((pageToken) =>
+        this.client.listModels({ pageToken }).then((r) => ({ items: r.models, nextPageToken: r.nextPageToken })),
+      );
       p.catch(() => {
         if (this.pending === p) this.pending = undefined; // retry on the next call
       });
@@ -20,13 +23,13 @@ export class ModelsStore {
     return this.pending;
   }
 
-  async ofKind(kind: JobKind, refresh = false): Promise<ModelInfo[]> {
+  async ofKind(kind: JobKind, refresh = false): Promise<Model[]> {
     return (await this.list(refresh)).filter((m) => m.kind === kind);
   }
 }
 
 /** Fills a <select> with the models of a kind, keeping the current choice if still there. */
-export function fillModelSelect(select: HTMLSelectElement, models: ModelInfo[]) {
+export function fillModelSelect(select: HTMLSelectElement, models: Model[]) {
   const current = select.value;
   select.replaceChildren(
     ...models.map((m) => {

@@ -1,4 +1,5 @@
 // A tiny DOM helper: h("div", { class: "x", onclick: fn }, "text", child).
+import { enumFromToken, enumToken, type EnumObject } from "./lib/enums.js";
 type Child = Node | string | number | null | undefined | false;
 type Props = Record<string, unknown>;
 
@@ -79,6 +80,26 @@ export function messageBox(kind: "error" | "info" = "error") {
     clear() {
       el.textContent = "";
       el.hidden = true;
+    },
+  };
+}
+
+/**
+ * A <select> of enum values: each option's value is the value's form token
+ * (Architecture.CNN -> "cnn"), its text the label given. `get` returns the chosen
+ * value (the first option's when the select holds something else).
+ */
+export function enumSelect<E extends number>(
+  name: string,
+  e: EnumObject,
+  options: [E, string][],
+): { el: HTMLSelectElement; get(): E; set(value: E): void } {
+  const el = h("select", { name }, options.map(([value, text]) => h("option", { value: enumToken(e, value) }, text)));
+  return {
+    el,
+    get: () => enumFromToken<E>(e, el.value) ?? options[0][0],
+    set: (value: E) => {
+      el.value = enumToken(e, value);
     },
   };
 }

@@ -1,9 +1,11 @@
 import { describe, expect, it } from "vitest";
+import { Architecture } from "../src/gen/deephardway/v1/inputs_pb.js";
 import {
   brushWidth,
   describeTrained,
   formatProbability,
   inkOnBlack,
+  isClassifiableImage,
   parseModelRef,
   rankProbabilities,
   topWithRest,
@@ -43,7 +45,7 @@ describe("classify", () => {
   it("describes trained models", () => {
     const digits = {
       version: 1,
-      architecture: "cnn",
+      architecture: Architecture.CNN,
       hiddenSizes: [],
       inputSize: 8,
       channels: 1,
@@ -52,9 +54,11 @@ describe("classify", () => {
       validationAccuracy: 0.8586,
     };
     expect(describeTrained(digits)).toBe("cnn · 8×8 grayscale · 10 labels · validation accuracy 85.9% · version 1, trained on digits");
-    expect(describeTrained({ ...digits, architecture: "mlp", hiddenSizes: [20, 7, 5], inputSize: 64, channels: 3, labels: ["cat", "non-cat"], version: 3, dataset: "" })).toBe(
+    expect(describeTrained({ ...digits, architecture: Architecture.MLP, hiddenSizes: [20, 7, 5], inputSize: 64, channels: 3, labels: ["cat", "non-cat"], version: 3, dataset: "" })).toBe(
       "mlp [20, 7, 5] · 64×64 RGB · 2 labels · validation accuracy 85.9% · version 3",
     );
+    // Unset is an MLP.
+    expect(describeTrained({ ...digits, architecture: Architecture.UNSPECIFIED, hiddenSizes: [8] })).toMatch(/^mlp \[8\] · /);
     expect(inkOnBlack(digits)).toBe(true);
     expect(inkOnBlack({ channels: 3 })).toBe(false);
     expect(inkOnBlack(undefined)).toBe(true);
@@ -65,6 +69,14 @@ describe("classify", () => {
     expect(brushWidth(224, 64)).toBe(6);
     expect(brushWidth(224, 1)).toBe(37);
     expect(brushWidth(224, 0)).toBe(10);
+  });
+
+  it("takes PNG and JPEG images, by type or name", () => {
+    expect(isClassifiableImage({ name: "a.png", type: "image/png" })).toBe(true);
+    expect(isClassifiableImage({ name: "scan", type: "image/jpeg" })).toBe(true);
+    expect(isClassifiableImage({ name: "photo.JPG", type: "" })).toBe(true);
+    expect(isClassifiableImage({ name: "b.gif", type: "image/gif" })).toBe(false);
+    expect(isClassifiableImage({ name: "notes.txt", type: "text/plain" })).toBe(false);
   });
 
   it("parses model references", () => {

@@ -16,7 +16,7 @@ import {
   tokensPerSecond,
   tsMs,
 } from "../src/lib/format.js";
-import { parseStops } from "../src/lib/params.js";
+import { numberValue, parseSeed, parseStops, uintValue } from "../src/lib/params.js";
 
 describe("format", () => {
   it("names codes like gRPC does", () => {
@@ -73,13 +73,35 @@ describe("format", () => {
     expect(tsMs(undefined)).toBeUndefined();
     expect(tsMs(t(0))).toBeUndefined();
     expect(tsMs(t(1500))).toBe(1500);
-    expect(jobDurationMs({ state: JobState.QUEUED, createdAt: t(1000) }, 4000)).toBe(3000);
-    expect(jobDurationMs({ state: JobState.RUNNING, createdAt: t(1000), startedAt: t(2000) }, 4500)).toBe(2500);
+    expect(jobDurationMs({ state: JobState.QUEUED, createTime: t(1000) }, 4000)).toBe(3000);
+    expect(jobDurationMs({ state: JobState.RUNNING, createTime: t(1000), startTime: t(2000) }, 4500)).toBe(2500);
     expect(
-      jobDurationMs({ state: JobState.SUCCEEDED, createdAt: t(1000), startedAt: t(2000), finishedAt: t(3000) }, 9999),
+      jobDurationMs({ state: JobState.SUCCEEDED, createTime: t(1000), startTime: t(2000), endTime: t(3000) }, 9999),
     ).toBe(1000);
-    expect(jobDurationMs({ state: JobState.CANCELLED, createdAt: t(1000), finishedAt: t(1200) }, 9999)).toBe(200);
+    expect(jobDurationMs({ state: JobState.CANCELLED, createTime: t(1000), endTime: t(1200) }, 9999)).toBe(200);
     expect(jobDurationMs({ state: JobState.RUNNING }, 9999)).toBeUndefined();
+  });
+
+  it("reads number fields", () => {
+    expect(uintValue("")).toBe(0);
+    expect(uintValue(" 12 ")).toBe(12);
+    expect(uintValue("2.9")).toBe(2);
+    expect(uintValue("-3")).toBe(0);
+    expect(uintValue("abc")).toBe(0);
+    expect(uintValue("99999999999")).toBe(0xffffffff);
+    expect(numberValue("0.7")).toBe(0.7);
+    expect(numberValue("")).toBe(0);
+    expect(numberValue("x")).toBe(0);
+  });
+
+  it("parses optional seeds", () => {
+    expect(parseSeed("")).toBeUndefined();
+    expect(parseSeed(" 42 ")).toBe(42n);
+    expect(parseSeed("0")).toBe(0n);
+    expect(parseSeed("18446744073709551615")).toBe(0xffffffffffffffffn);
+    expect(() => parseSeed("18446744073709551616")).toThrow(/seed/);
+    expect(() => parseSeed("-3")).toThrow(/seed/);
+    expect(() => parseSeed("1e3")).toThrow(/seed: "1e3"/);
   });
 
   it("parses stop strings", () => {

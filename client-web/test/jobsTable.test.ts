@@ -1,13 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { JobSchema, JobState, JobUpdateSchema, type Job } from "../src/gen/deephardway/v1/jobs_pb.js";
+import { JobSchema, JobState, WatchJobsResponseSchema, type Job } from "../src/gen/deephardway/v1/jobs_pb.js";
 import { applyUpdate, applyUpdates, emptyTable, queuePositions, sortedJobs, trimFinished } from "../src/lib/jobsTable.js";
 
 function job(id: string, lastSeq: number, state = JobState.RUNNING, extra: MessageInitShape<typeof JobSchema> = {}): Job {
   return create(JobSchema, { id, lastSeq: BigInt(lastSeq), state, model: "diagnostic", ...extra });
 }
-const upd = (j: Job, removed = false, snapshot = false) => create(JobUpdateSchema, { job: j, removed, snapshot });
+const upd = (j: Job, removed = false, snapshot = false) => create(WatchJobsResponseSchema, { job: j, removed, snapshot });
 
 describe("jobs table reduction", () => {
   it("adds jobs and keeps the highest last_seq", () => {
@@ -39,22 +39,22 @@ describe("jobs table reduction", () => {
 
   it("ignores updates without a job", () => {
     const t = emptyTable();
-    expect(applyUpdate(t, create(JobUpdateSchema, {}))).toBe(false);
+    expect(applyUpdate(t, create(WatchJobsResponseSchema, {}))).toBe(false);
   });
 
   it("sorts newest first", () => {
     const t = emptyTable();
     applyUpdates(t, [
-      upd(job("old", 1, JobState.SUCCEEDED, { createdAt: timestampFromMs(1000) })),
-      upd(job("new", 1, JobState.QUEUED, { createdAt: timestampFromMs(3000) })),
-      upd(job("mid", 1, JobState.RUNNING, { createdAt: timestampFromMs(2000) })),
+      upd(job("old", 1, JobState.SUCCEEDED, { createTime: timestampFromMs(1000) })),
+      upd(job("new", 1, JobState.QUEUED, { createTime: timestampFromMs(3000) })),
+      upd(job("mid", 1, JobState.RUNNING, { createTime: timestampFromMs(2000) })),
     ]);
     expect(sortedJobs(t).map((j) => j.id)).toEqual(["new", "mid", "old"]);
   });
 
   it("computes queue positions per model by priority then age", () => {
     const q = (id: string, ms: number, priority = 0, model = "diagnostic") =>
-      job(id, 1, JobState.QUEUED, { createdAt: timestampFromMs(ms), model, request: { priority } });
+      job(id, 1, JobState.QUEUED, { createTime: timestampFromMs(ms), model, spec: { priority } });
     const positions = queuePositions([
       q("a", 1000),
       q("b", 2000),
@@ -68,9 +68,9 @@ describe("jobs table reduction", () => {
   it("trims the oldest finished jobs only", () => {
     const t = emptyTable();
     for (let i = 0; i < 5; i++) {
-      applyUpdate(t, upd(job(`f${i}`, 1, JobState.SUCCEEDED, { createdAt: timestampFromMs(i * 1000) })));
+      applyUpdate(t, upd(job(`f${i}`, 1, JobState.SUCCEEDED, { createTime: timestampFromMs(i * 1000) })));
     }
-    applyUpdate(t, upd(job("q", 1, JobState.QUEUED, { createdAt: timestampFromMs(0) })));
+    applyUpdate(t, upd(job("q", 1, JobState.QUEUED, { createTime: timestampFromMs(0) })));
     expect(trimFinished(t, 3)).toBe(3);
     expect([...t.jobs.keys()].sort()).toEqual(["f3", "f4", "q"]);
   });

@@ -2,7 +2,17 @@ import { describe, expect, it } from "vitest";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { JobEventSchema, type JobEvent } from "../src/gen/deephardway/v1/jobs_pb.js";
-import { backoffMs, isFinalEvent, isRetryable, ResumeState, retrying, watchResumable, type WatchStatus } from "../src/lib/watch.js";
+import { FinishReason } from "../src/gen/deephardway/v1/inputs_pb.js";
+import {
+  backoffMs,
+  isFinalEvent,
+  isRetryable,
+  jobEvents,
+  ResumeState,
+  retrying,
+  watchResumable,
+  type WatchStatus,
+} from "../src/lib/watch.js";
 import { appendEvent, type LogLine } from "../src/lib/eventlog.js";
 
 const progress = (seq: number) =>
@@ -16,7 +26,7 @@ const result = (seq: number) =>
     event: { case: "result", value: { value: { case: "diagnostic", value: { steps: 3 } } } },
   });
 
-/** A fake Jobs.Watch over a fixed log, which can fail after some events. */
+/** A fake WatchJob over a fixed log, which can fail after some events. */
 function fakeWatch(log: JobEvent[], failures: { after: number; error: unknown }[]) {
   const calls: bigint[] = [];
   const open = (afterSeq: bigint) => {
@@ -125,6 +135,41 @@ describe("resume bookkeeping", () => {
   });
 });
 
+describe("WatchJob responses", () => {
+  it("unwraps each response's event", async () => {
+    async function* stream() {
+      yield { event: progress(1) };
+      yield {}; // no event: skipped
+      yield { event: result(2) };
+    }
+    const seqs: bigint[] = [];
+    for await (const ev of jobEvents(stream())) seqs.push(ev.seq);
+    expect(seqs).toEqual([1n, 2n]);
+  });
+
+  it("resumes through the unwrapping", async () => {
+    const log = [progress(1), progress(2), result(3)];
+    let opened = 0;
+    const final = await watchResumable({
+      open: (after) =>
+        jobEvents(
+          (async function* () {
+            opened++;
+            for (const ev of log) {
+              if (ev.seq <= after) continue;
+              yield { event: ev };
+              if (opened === 1 && ev.seq === 1n) throw new ConnectError("cut", Code.Unavailable);
+            }
+          })(),
+        ),
+      onEvent: () => {},
+      sleep: async () => {},
+    });
+    expect(final.seq).toBe(3n);
+    expect(opened).toBe(2);
+  });
+});
+
 describe("event log", () => {
   it("merges consecutive outputs", () => {
     const lines: LogLine[] = [];
@@ -138,6 +183,21 @@ describe("event log", () => {
       ["output", 5n, 5n, "!"],
       ["result", 6n, 6n, "diagnostic: 3 steps"],
     ]);
+  });
+
+  it("describes failures, cancellations and generate results", () => {
+    const failed = create(JobEventSchema, { seq: 1n, event: { case: "failed", value: { code: 4, message: "timed out" } } });
+    const cancelled = create(JobEventSchema, { seq: 1n, event: { case: "cancelled", value: { reason: "" } } });
+    const generated = create(JobEventSchema, {
+      seq: 1n,
+      event: {
+        case: "result",
+        value: { value: { case: "generate", value: { promptTokens: 5, completionTokens: 24, finishReason: FinishReason.STOP } } },
+      },
+    });
+    expect(appendEvent([], failed)[0].detail).toBe("DEADLINE_EXCEEDED: timed out");
+    expect(appendEvent([], cancelled)[0].detail).toBe("cancelled");
+    expect(appendEvent([], generated)[0].detail).toBe("generate: 5 prompt + 24 completion tokens, stop");
   });
 });
 

@@ -1,5 +1,6 @@
 //! The service's tunables, with defaults fit for one machine. `deephardway serve --help`
-//! documents each as a flag.
+//! documents each as a flag; the flags take their defaults and bounds from [`defaults`]
+//! and [`limits`], so each is stated once.
 
 use std::time::Duration;
 
@@ -28,18 +29,42 @@ pub struct ServiceConfig {
     pub max_upload_bytes: usize,
 }
 
+/// The default of each tunable, in the units its flag takes.
+pub mod defaults {
+    pub const MAX_QUEUE_DEPTH: usize = 10_000;
+    pub const MAX_ATTEMPTS: u32 = 3;
+    pub const JOB_TIMEOUT_SECONDS: u64 = 3600;
+    pub const RETENTION_SECONDS: u64 = 24 * 3600;
+    pub const WORKER_LEASE_SECONDS: u64 = 10;
+    pub const MAX_UPLOAD_MB: usize = 64;
+}
+
+/// The range each flag accepts; a value outside is refused at start, not clamped.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    pub const MAX_QUEUE_DEPTH: RangeInclusive<u64> = 1..=10_000_000;
+    /// As a job's own `max_attempts` (see `validate`).
+    pub const MAX_ATTEMPTS: RangeInclusive<u64> = 1..=10;
+    /// As a job's own `timeout`: at most a day.
+    pub const JOB_TIMEOUT_SECONDS: RangeInclusive<u64> = 1..=86_400;
+    pub const RETENTION_SECONDS: RangeInclusive<u64> = 1..=10 * 365 * 86_400;
+    pub const WORKER_LEASE_SECONDS: RangeInclusive<u64> = 1..=3600;
+    pub const MAX_UPLOAD_MB: RangeInclusive<u64> = 1..=1024;
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
-            max_queue_depth: 10_000,
-            default_max_attempts: 3,
-            default_timeout: Duration::from_secs(3600),
-            retention: Duration::from_secs(24 * 3600),
-            worker_lease_ttl: Duration::from_secs(10),
+            max_queue_depth: defaults::MAX_QUEUE_DEPTH,
+            default_max_attempts: defaults::MAX_ATTEMPTS,
+            default_timeout: Duration::from_secs(defaults::JOB_TIMEOUT_SECONDS),
+            retention: Duration::from_secs(defaults::RETENTION_SECONDS),
+            worker_lease_ttl: Duration::from_secs(defaults::WORKER_LEASE_SECONDS),
             output_coalesce: Duration::from_millis(30),
             cancel_grace: Duration::from_secs(10),
             artifacts: ArtifactStore::in_memory(),
-            max_upload_bytes: 64 << 20,
+            max_upload_bytes: defaults::MAX_UPLOAD_MB << 20,
         }
     }
 }

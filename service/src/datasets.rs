@@ -3,25 +3,25 @@
 //! good one goes to the artifact store, then its description to the job store.
 
 use bytes::Bytes;
-use deephardway::v1::Dataset;
-use deephardway_worker::runners::vision::source::Source;
+use deephardway::{datasets::Source, errors::invalid_field, v1::Dataset};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
 use crate::{
     artifacts::ArtifactStore,
-    jobs::{now, store_status, validate},
     keys,
     store::{Compare, Op, SharedStore, Txn},
+    time::now,
+    validate,
 };
 
 /// The dataset named `name`, or NOT_FOUND.
 pub async fn find(store: &SharedStore, name: &str) -> Result<Dataset, Status> {
-    let kv = store.get(&keys::dataset(name)).await.map_err(store_status)?;
+    let kv = store.get(&keys::dataset(name)).await?;
     let kv = kv.ok_or_else(|| {
         Status::not_found(format!(
-            "no dataset named {name:?}; upload it with Datasets.Upload (Datasets.List shows them)"
+            "no dataset named {name:?}; upload it with DatasetService.CreateDataset (ListDatasets shows them)"
         ))
     })?;
     Dataset::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("dataset record {name}: {e}")))
@@ -29,7 +29,7 @@ pub async fn find(store: &SharedStore, name: &str) -> Result<Dataset, Status> {
 
 /// Every dataset, by name.
 pub async fn list(store: &SharedStore) -> Result<Vec<Dataset>, Status> {
-    let range = store.range(keys::DATASETS, 0).await.map_err(store_status)?;
+    let range = store.range(keys::DATASETS, 0).await?;
     Ok(range.kvs.iter().filter_map(|kv| Dataset::decode(kv.value.as_slice()).ok()).collect())
 }
 
@@ -43,16 +43,16 @@ pub async fn upload(
 ) -> Result<Dataset, Status> {
     validate::artifact_name("name", name)?;
     if archive.is_empty() {
-        return Err(Status::invalid_argument("archive: is empty"));
+        return Err(invalid_field("archive", "is empty"));
     }
     if archive.len() > max_bytes {
-        return Err(Status::invalid_argument(format!(
-            "archive: {} bytes; at most {max_bytes} (the service's --max-upload-mb)",
-            archive.len()
-        )));
+        return Err(invalid_field(
+            "archive",
+            format!("{} bytes; at most {max_bytes} (the service's --max-upload-mb)", archive.len()),
+        ));
     }
     let sha256 = format!("{:x}", Sha256::digest(&archive));
-    if let Some(existing) = store.get(&keys::dataset(name)).await.map_err(store_status)? {
+    if let Some(existing) = store.get(&keys::dataset(name)).await? {
         return same_or_taken(name, &existing.value, &sha256);
     }
     let checked = archive.clone();
@@ -63,7 +63,7 @@ pub async fn upload(
     })
     .await
     .map_err(|e| Status::internal(e.to_string()))?
-    .map_err(|e| Status::invalid_argument(format!("archive: {e:#}")))?;
+    .map_err(|e| invalid_field("archive", format!("{e:#}")))?;
 
     let artifact = format!("datasets/{name}/{sha256}");
     let dataset = Dataset {
@@ -73,15 +73,15 @@ pub async fn upload(
         test_images: source.test.len() as u32,
         archive_bytes: archive.len() as u64,
         sha256: sha256.clone(),
-        created_at: Some(now()),
+        create_time: Some(now()),
         artifact: artifact.clone(),
     };
     artifacts.put(&artifact, archive).await?;
     let key = keys::dataset(name);
     let txn = Txn::new().when(Compare::absent(&key)).then(Op::put(&key, dataset.encode_to_vec()));
-    if !store.txn(txn).await.map_err(store_status)?.succeeded {
+    if !store.txn(txn).await?.succeeded {
         // Another upload of this name won the race.
-        let existing = store.get(&key).await.map_err(store_status)?.map(|kv| kv.value).unwrap_or_default();
+        let existing = store.get(&key).await?.map(|kv| kv.value).unwrap_or_default();
         return same_or_taken(name, &existing, &sha256);
     }
     tracing::info!(
@@ -108,7 +108,7 @@ fn same_or_taken(name: &str, record: &[u8], sha256: &str) -> Result<Dataset, Sta
 pub async fn delete(store: &SharedStore, artifacts: &ArtifactStore, name: &str) -> Result<Dataset, Status> {
     validate::artifact_name("name", name)?;
     let dataset = find(store, name).await?;
-    crate::store::delete(store.as_ref(), &keys::dataset(name)).await.map_err(store_status)?;
+    crate::store::delete(store.as_ref(), &keys::dataset(name)).await?;
     artifacts.delete(&dataset.artifact).await?;
     Ok(dataset)
 }

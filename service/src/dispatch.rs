@@ -13,7 +13,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    hub::Hub,
+    hub::{Change, Hub},
     jobs::{Claimed, JobLifecycle, WorkerRecord},
     keys,
     store::KeyValue,
@@ -80,7 +80,7 @@ async fn run(
                 true
             }
             change = changes.recv() => match change {
-                Ok(change) => change.kv.key.starts_with(keys::QUEUE),
+                Ok(change) => matches!(change, Change::QueueChanged { .. }),
                 Err(RecvError::Lagged(_)) => true,
                 Err(RecvError::Closed) => return,
             },
@@ -142,7 +142,7 @@ async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWork
         models.dedup();
         for model in models {
             let limit = worker.free_slots as usize;
-            let range = store.range(&keys::queue(model), limit).await.map_err(crate::jobs::store_status)?;
+            let range = store.range(&keys::queue(model), limit).await?;
             candidates.extend(range.kvs);
         }
         candidates.sort_by(|a, b| order_key(a).cmp(order_key(b)));

@@ -12,7 +12,13 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The services whose status follows the store's ("" is the server as a whole).
-const SERVICES: &[&str] = &["", "deephardway.v1.Jobs", "deephardway.v1.Models", "deephardway.v1.Workers"];
+const SERVICES: &[&str] = &[
+    "",
+    "deephardway.v1.JobService",
+    "deephardway.v1.ModelService",
+    "deephardway.v1.DatasetService",
+    "deephardway.worker.v1.WorkerService",
+];
 
 /// Checks the store once (so the answer is right from the first request), then keeps
 /// checking in the background.

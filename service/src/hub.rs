@@ -1,15 +1,17 @@
 //! The replica's one watch on the store, fanned out in memory.
 //!
 //! Every replica opens a single watch on `/dhw/` and routes what it sees: job events go
-//! to the `Jobs.Watch` streams subscribed to that job (ten thousand browser tabs cost
-//! ten thousand channel sends, not ten thousand store watches); everything else (queue
-//! entries, claims, job records) goes to the replica's own background tasks through a
-//! broadcast channel. If the watch breaks it resumes from the next revision; if that
-//! revision was compacted away, every subscriber is dropped so that it re-lists.
+//! to the `WatchJob` streams subscribed to that job (ten thousand browser tabs cost ten
+//! thousand channel sends, not ten thousand store watches); changes to job records, the
+//! queue and claims go to the replica's own consumers (live job lists, worker sessions,
+//! the dispatcher, the reaper) as typed [`Change`]s through a broadcast channel, decoded
+//! once here rather than by every consumer. If the watch breaks it resumes from the
+//! next revision; if that revision was compacted away, every subscriber is dropped so
+//! that it re-lists.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use deephardway::v1::JobEvent;
+use deephardway::v1::{Job, JobEvent};
 use futures::StreamExt;
 use prost::Message;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -26,6 +28,46 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 /// Changes buffered for the replica's background tasks; one that lags resynchronises.
 const CHANGES_BUFFER: usize = 16 * 1024;
 
+/// A change to the job store that the replica's consumers act on. A consumer that lags
+/// behind the broadcast is told so (`RecvError::Lagged`) and re-reads what it needs.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A job's record was written (created, started, progressed, finished, marked for
+    /// cancelling, put back in line).
+    JobUpdated(Arc<Job>),
+    /// A finished job was removed after its retention.
+    JobRemoved { job_id: String },
+    /// A queue entry appeared or went: the line of `served_model` changed.
+    QueueChanged { served_model: String },
+    /// The claim on a running job vanished (its worker's lease ended, or the job ended).
+    ClaimReleased { job_id: String },
+}
+
+/// The change a store event means, if it is one that consumers act on.
+fn change_of(event: &WatchEvent) -> Option<Change> {
+    let key = event.kv.key.as_str();
+    if let Some(rest) = key.strip_prefix(keys::JOBS) {
+        return match event.kind {
+            EventKind::Put => match Job::decode(event.kv.value.as_slice()) {
+                Ok(job) => Some(Change::JobUpdated(Arc::new(job))),
+                Err(e) => {
+                    tracing::error!(key, error = %e, "undecodable job record");
+                    None
+                }
+            },
+            EventKind::Delete => Some(Change::JobRemoved { job_id: rest.to_string() }),
+        };
+    }
+    if let Some(rest) = key.strip_prefix(keys::QUEUE) {
+        let served_model = rest.split('/').next().unwrap_or_default().to_string();
+        return Some(Change::QueueChanged { served_model });
+    }
+    if event.kind == EventKind::Delete && key.starts_with(keys::CLAIMS) {
+        return Some(Change::ClaimReleased { job_id: keys::last_segment(key).to_string() });
+    }
+    None
+}
+
 enum Command {
     Subscribe { job_id: String, tx: mpsc::Sender<JobEvent>, ack: oneshot::Sender<()> },
 }
@@ -34,7 +76,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Hub {
     commands: mpsc::Sender<Command>,
-    changes: broadcast::Sender<Arc<WatchEvent>>,
+    changes: broadcast::Sender<Change>,
 }
 
 impl Hub {
@@ -58,8 +100,8 @@ impl Hub {
         Some(rx)
     }
 
-    /// Every change outside `/dhw/events/`, for the replica's background tasks.
-    pub fn changes(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
+    /// Every [`Change`] from now on, for the replica's background tasks.
+    pub fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
 }
@@ -67,7 +109,7 @@ impl Hub {
 struct HubTask {
     store: SharedStore,
     subscribers: HashMap<String, Vec<mpsc::Sender<JobEvent>>>,
-    changes: broadcast::Sender<Arc<WatchEvent>>,
+    changes: broadcast::Sender<Change>,
     next_revision: i64,
 }
 
@@ -137,6 +179,10 @@ impl HubTask {
             }
             return;
         }
-        let _ = self.changes.send(Arc::new(event));
+        if let Some(change) = change_of(&event)
+            && self.changes.receiver_count() > 0
+        {
+            let _ = self.changes.send(change);
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! deephardway's job service: clients submit deep-learning jobs over gRPC and watch them
-//! run; workers pull the jobs over a stream of their own. A map of the crate:
+//! run; workers pull the jobs over a stream of their own. This library holds no model
+//! code (no candle): the `deephardway` binary (the `cli/` crate) runs it beside workers.
+//! A map of the crate:
 //!
 //! - [`store`]: the key-value store trait (etcd semantics) and its two backends,
 //!   [`store::embedded`] (one machine, the default) and [`store::etcd`] (a cluster).
@@ -7,21 +9,21 @@
 //! - [`artifacts`]: the artifact store (local directory, memory, S3) for the files behind
 //!   [`datasets`] (uploaded archives, checked on arrival) and [`trained_models`] (the
 //!   registry of classifiers that train jobs publish, by name and version).
-//! - [`jobs`]: the job state machine (submit, claim, report, cancel, requeue, retention)
-//!   and request validation, written once on top of the store trait.
+//! - [`jobs`]: the job state machine (submit, claim, report, cancel, requeue, retention),
+//!   written once on top of the store trait; [`validate`]: the checks every request
+//!   passes before anything is written; [`time`]: timestamps as records and keys hold them.
 //! - [`hub`]: the replica's single store watch, fanned out to job watchers and to the
 //!   background tasks below.
 //! - [`dispatch`]: hands queued jobs to this replica's connected workers.
 //! - [`reaper`]: puts jobs of lost workers back in line; removes expired jobs.
-//! - [`rpc`]: the gRPC handlers (`Jobs`, `Models`, `Datasets`, `Workers`).
+//! - [`rpc`]: the gRPC handlers (`JobService`, `ModelService`, `DatasetService`, and the
+//!   worker protocol's `WorkerService`).
 //! - [`health`]: `grpc.health.v1`, following the store's health.
 //! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
 //! - [`server`]: everything above on one port, with grpc-web, reflection and health.
 //! - [`local_etcd`]: a throwaway etcd process, for the benchmark and the tests.
-//! - [`cli`]: the `deephardway` command line (`up`, `serve`, `worker`, `submit`, …).
 
 pub mod artifacts;
-pub mod cli;
 pub mod config;
 pub mod datasets;
 pub mod dispatch;
@@ -34,7 +36,9 @@ pub mod reaper;
 pub mod rpc;
 pub mod server;
 pub mod store;
+pub mod time;
 pub mod trained_models;
+pub mod validate;
 pub mod web;
 
 pub use config::ServiceConfig;

@@ -12,7 +12,10 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::{hub::Hub, jobs::JobLifecycle, keys, store::EventKind};
+use crate::{
+    hub::{Change, Hub},
+    jobs::JobLifecycle,
+};
 
 const SCAN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -27,8 +30,7 @@ pub fn start(lifecycle: JobLifecycle, hub: &Hub, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
-                    Ok(change) if change.kind == EventKind::Delete && change.kv.key.starts_with(keys::CLAIMS) => {
-                        let id = keys::last_segment(&change.kv.key).to_string();
+                    Ok(Change::ClaimReleased { job_id: id }) => {
                         if let Err(e) = lifecycle.recover_orphan(&id).await {
                             tracing::warn!(job = %id, error = %e, "could not recover job");
                         }

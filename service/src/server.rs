@@ -7,9 +7,12 @@
 
 use std::{future::Future, sync::Arc};
 
-use deephardway::v1::{
-    datasets_server::DatasetsServer, jobs_server::JobsServer, models_server::ModelsServer,
-    workers_server::WorkersServer,
+use deephardway::{
+    v1::{
+        dataset_service_server::DatasetServiceServer, job_service_server::JobServiceServer,
+        model_service_server::ModelServiceServer,
+    },
+    worker::v1::worker_service_server::WorkerServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -27,7 +30,7 @@ use crate::{
     web::{self, Web},
 };
 
-/// Largest request decoded. Every field's own limit (see `jobs::validate`) is well
+/// Largest request decoded. Every field's own limit (see `validate`) is well
 /// below it, so oversized inputs get INVALID_ARGUMENT naming the field; only a message
 /// beyond this gets tonic's OUT_OF_RANGE, before any of it is decoded.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -64,12 +67,16 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::start(store.clone(), reporter, token.clone()).await;
 
+    // tonic-types' set adds google.rpc.BadRequest and the other error details, so that
+    // grpcurl can print the details of an error.
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(deephardway::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(deephardway::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
@@ -78,11 +85,13 @@ pub async fn serve(
     tracing::info!(%addr, store = store.name(), "serving gRPC, grpc-web, reflection and health");
     let stop = token.clone();
     let mut grpc = tonic::service::Routes::builder();
-    grpc.add_service(JobsServer::new(JobsRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(ModelsServer::new(ModelsRpc::new(ctx.clone())))
-        .add_service(DatasetsServer::new(DatasetsRpc::new(ctx.clone())).max_decoding_message_size(max_upload_message))
+    grpc.add_service(JobServiceServer::new(JobsRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(ModelServiceServer::new(ModelsRpc::new(ctx.clone())))
         .add_service(
-            WorkersServer::new(WorkersRpc::new(ctx.clone()))
+            DatasetServiceServer::new(DatasetsRpc::new(ctx.clone())).max_decoding_message_size(max_upload_message),
+        )
+        .add_service(
+            WorkerServiceServer::new(WorkersRpc::new(ctx.clone()))
                 .max_decoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE)
                 .max_encoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE),
         )

@@ -4,15 +4,19 @@
 //! Descriptions live in the job store, files (config and weights) in the artifact store.
 
 use bytes::Bytes;
-use deephardway::v1::{Job, TrainedModel, submit_request::Input};
+use deephardway::{
+    errors::invalid_field,
+    v1::{Job, TrainedModel, job_spec::Input},
+};
 use prost::Message;
 use tonic::Status;
 
 use crate::{
     artifacts::ArtifactStore,
-    jobs::{now, store_status, validate},
     keys,
     store::{Compare, Op, SharedStore, Txn},
+    time::now,
+    validate,
 };
 
 /// Splits `name@version`; a bare name has no version.
@@ -21,9 +25,7 @@ pub fn parse(model: &str) -> Result<(&str, Option<u32>), Status> {
         None => Ok((model, None)),
         Some((name, version)) => match version.parse::<u32>() {
             Ok(v) if v > 0 => Ok((name, Some(v))),
-            _ => {
-                Err(Status::invalid_argument(format!("model: {model:?}: the version after @ must be a number from 1")))
-            }
+            _ => Err(invalid_field("model", format!("{model:?}: the version after @ must be a number from 1"))),
         },
     }
 }
@@ -41,15 +43,15 @@ pub async fn resolve(store: &SharedStore, model: &str) -> Result<TrainedModel, S
         ))
     };
     let kv = match version {
-        Some(v) => store.get(&keys::model_version(name, v)).await.map_err(store_status)?,
-        None => store.range_rev(&keys::model_versions(name), None, 1).await.map_err(store_status)?.kvs.pop(),
+        Some(v) => store.get(&keys::model_version(name, v)).await?,
+        None => store.range_rev(&keys::model_versions(name), None, 1).await?.kvs.pop(),
     };
     decode(&kv.ok_or_else(missing)?.value)
 }
 
 /// The latest version of every trained model, by name.
 pub async fn latest(store: &SharedStore) -> Result<Vec<TrainedModel>, Status> {
-    let range = store.range(keys::MODELS, 0).await.map_err(store_status)?;
+    let range = store.range(keys::MODELS, 0).await?;
     let mut out: Vec<TrainedModel> = Vec::new();
     for kv in &range.kvs {
         let model = decode(&kv.value)?;
@@ -73,13 +75,13 @@ pub async fn publish(
     config: Vec<u8>,
     weights: Vec<u8>,
 ) -> Result<TrainedModel, Status> {
-    let Some(Input::Train(train)) = job.request.as_ref().and_then(|r| r.input.as_ref()) else {
+    let Some(Input::Train(train)) = job.spec.as_ref().and_then(|s| s.input.as_ref()) else {
         return Err(Status::failed_precondition(format!("job {} is not a train job", job.id)));
     };
     let name = train.output_model.clone();
     validate::artifact_name("train.output_model", &name)?;
     if description.labels.len() < 2 || config.is_empty() || weights.is_empty() {
-        return Err(Status::invalid_argument("a trained model needs its labels, config and weights"));
+        return Err(invalid_field("model", "a trained model needs its labels, config and weights"));
     }
     // The files' place is this assignment's own (the fence is unique), so nothing a
     // concurrent or earlier attempt wrote is ever overwritten.
@@ -88,18 +90,18 @@ pub async fn publish(
     artifacts.put(&format!("{artifact}/model.safetensors"), Bytes::from(weights)).await?;
     // A few tries: two jobs finishing under one name at once each get their own version.
     for _ in 0..16 {
-        let latest = store.range_rev(&keys::model_versions(&name), None, 1).await.map_err(store_status)?;
+        let latest = store.range_rev(&keys::model_versions(&name), None, 1).await?;
         let version = latest.kvs.first().map_or(Ok(0), |kv| decode(&kv.value).map(|m| m.version))? + 1;
         description.name = name.clone();
         description.version = version;
         description.dataset =
             if train.dataset_path.is_empty() { train.dataset.clone() } else { train.dataset_path.clone() };
         description.job_id = job.id.clone();
-        description.created_at = Some(now());
+        description.create_time = Some(now());
         description.artifact = artifact.clone();
         let key = keys::model_version(&name, version);
         let txn = Txn::new().when(Compare::absent(&key)).then(Op::put(&key, description.encode_to_vec()));
-        if store.txn(txn).await.map_err(store_status)?.succeeded {
+        if store.txn(txn).await?.succeeded {
             tracing::info!(model = %name, version, job = %job.id, "trained model registered");
             return Ok(description);
         }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use deephardway::v1::{DiagnosticResult, JobFailed, JobResult, JobState, Progress, job_event::Event};
+use deephardway::v1::{DiagnosticResult, JobProgress, JobResult, JobState, job_event::Event};
 use deephardway_service::{
     jobs::{JobLifecycle, Rejected, ServedModel, WorkerRecord},
     keys,
@@ -54,7 +54,7 @@ async fn a_stale_worker_cannot_overwrite_a_rerun() {
         let (a, b) = (worker("a"), worker("b"));
         let lease_a = connect(&store, &a).await;
         let lease_b = connect(&store, &b).await;
-        let (job, _) = lifecycle.submit(diagnostic(1, 1)).await.unwrap();
+        let (job, _) = lifecycle.submit(diagnostic(1, 1), "").await.unwrap();
 
         let first = lifecycle.claim(&queue_head(&store).await, &a, lease_a).await.unwrap().expect("claimed by a");
         // a is presumed dead: its lease goes, the job goes back in line, b takes it.
@@ -65,25 +65,16 @@ async fn a_stale_worker_cannot_overwrite_a_rerun() {
         assert_ne!(first.fence, second.fence);
 
         // a comes back from the dead with progress and a result: both are refused.
-        let progress = Event::Progress(Progress { fraction: 0.9, ..Default::default() });
-        assert_eq!(
-            lifecycle.report(&job.id, first.fence, vec![progress]).await.unwrap().unwrap_err(),
-            Rejected::StaleFence
-        );
-        assert_eq!(
-            lifecycle.report(&job.id, first.fence, vec![result()]).await.unwrap().unwrap_err(),
-            Rejected::StaleFence
-        );
+        let progress = Event::Progress(JobProgress { fraction: 0.9, ..Default::default() });
+        assert!(matches!(lifecycle.report(&job.id, first.fence, vec![progress]).await, Err(Rejected::StaleFence)));
+        assert!(matches!(lifecycle.report(&job.id, first.fence, vec![result()]).await, Err(Rejected::StaleFence)));
         let current = lifecycle.get(&job.id).await.unwrap();
         assert_eq!((current.state, current.worker_id.as_str(), current.attempts), (JobState::Running as i32, "b", 2));
 
         // b's result is accepted, once.
-        let done = lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap().unwrap();
+        let done = lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap();
         assert_eq!(done.state, JobState::Succeeded as i32);
-        assert_eq!(
-            lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap().unwrap_err(),
-            Rejected::Finished
-        );
+        assert!(matches!(lifecycle.report(&job.id, second.fence, vec![result()]).await, Err(Rejected::Finished)));
         let (events, _) = lifecycle.events(&job.id).await.unwrap();
         assert_eq!(events.iter().filter(|e| matches!(e.event, Some(Event::Result(_)))).count(), 1);
         assert_contiguous(&events, 1);
@@ -100,7 +91,7 @@ async fn a_job_fails_after_its_last_attempt() {
         connect(&store, &worker("registry")).await;
         let mut request = diagnostic(1, 1);
         request.max_attempts = 2;
-        let (job, _) = lifecycle.submit(request).await.unwrap();
+        let (job, _) = lifecycle.submit(request, "").await.unwrap();
         for attempt in 1..=2 {
             let lease = connect(&store, &w).await;
             let claimed = lifecycle.claim(&queue_head(&store).await, &w, lease).await.unwrap().expect("claimed");
@@ -110,7 +101,7 @@ async fn a_job_fails_after_its_last_attempt() {
         }
         let job = lifecycle.get(&job.id).await.unwrap();
         assert_eq!(job.state, JobState::Failed as i32);
-        let JobFailed { code, message } = job.failure.unwrap();
+        let deephardway::errors::RpcStatus { code, message, .. } = job.error.unwrap();
         assert_eq!(code, tonic::Code::Unavailable as i32);
         assert!(message.contains("attempt 2 of 2"), "{message}");
         assert_eq!(store.count(keys::QUEUE).await.unwrap(), 0, "not left in line");

@@ -6,14 +6,14 @@
 use std::{io::Write, time::Instant};
 
 use candle_core::Device;
-use deephardway_worker::runners::generate::{self, model::top2};
+use deephardway_worker::models::llama::{self, top2};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args.next().expect("usage: generate MODEL.gguf PROMPT [TOKENS]");
     let prompt = args.next().unwrap_or_else(|| "The capital of France is".into());
     let n: usize = args.next().map_or(Ok(64), |s| s.parse())?;
-    let loaded = generate::load(path.as_ref(), &Device::Cpu)?;
+    let loaded = llama::load(path.as_ref(), &Device::Cpu)?;
     let tokenizer = &loaded.tokenizer.tokenizer;
     let prompt_tokens = tokenizer.encode(prompt.as_str(), false).map_err(anyhow::Error::msg)?.get_ids().to_vec();
     let mut sequence = loaded.model.new_sequence(prompt_tokens.len() + n);

@@ -8,12 +8,8 @@
 use std::{path::PathBuf, time::Instant};
 
 use candle_core::Device;
-use deephardway_worker::runners::vision::{
-    classifier::Classifier,
-    dataset,
-    network::Architecture,
-    training::{OptimizerKind, TrainOptions, train},
-};
+use deephardway::train::{Architecture, OptimizerKind, TrainOptions};
+use deephardway_worker::models::vision::{classifier::Classifier, dataset, training::train};
 
 fn main() -> anyhow::Result<()> {
     // As the `deephardway` binary does.
@@ -33,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         optimizer,
         learning_rate: args[5].parse()?,
         validation_split: 0.0,
-        seed: std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1),
+        seed: Some(std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1)),
         augment_shift: std::env::var("SHIFT").ok().and_then(|s| s.parse().ok()).unwrap_or(0),
         cosine_decay: std::env::var("COSINE").is_ok_and(|v| v == "1"),
     };

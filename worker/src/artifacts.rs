@@ -1,5 +1,5 @@
 //! Files the service keeps for jobs (dataset archives, trained models), fetched through
-//! `Workers.FetchArtifact` and cached on the worker's disk.
+//! `WorkerService.FetchArtifact` and cached on the worker's disk.
 //!
 //! Artifact paths never change meaning (a dataset's path holds its SHA-256, a trained
 //! model's its version), so a cached file is valid forever. A download goes to a
@@ -9,9 +9,17 @@
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
-use deephardway::v1::{FetchArtifactRequest, workers_client::WorkersClient};
+use deephardway::worker::v1::{FetchArtifactRequest, worker_service_client::WorkerServiceClient};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
+
+/// deephardway's cache on this machine, for artifacts and model weights alike:
+/// `$DEEPHARDWAY_CACHE`, else `~/.cache/deephardway`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("DEEPHARDWAY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/deephardway"))
+}
 
 /// A worker's local copy of the artifacts its jobs used.
 #[derive(Debug, Clone)]
@@ -26,12 +34,12 @@ impl ArtifactCache {
 
     /// `artifacts` in deephardway's cache (default `~/.cache/deephardway/artifacts`).
     pub fn default_dir() -> PathBuf {
-        crate::runners::cache_dir().join("artifacts")
+        cache_dir().join("artifacts")
     }
 
     /// The local file holding the artifact at `path`, fetched from the service if it is
     /// not cached yet.
-    pub async fn get(&self, service: &WorkersClient<Channel>, path: &str) -> anyhow::Result<PathBuf> {
+    pub async fn get(&self, service: &WorkerServiceClient<Channel>, path: &str) -> anyhow::Result<PathBuf> {
         let local = self.local_path(path)?;
         if local.is_file() {
             return Ok(local);
@@ -58,7 +66,7 @@ impl ArtifactCache {
     }
 }
 
-async fn fetch_into(mut service: WorkersClient<Channel>, path: &str, file: &Path) -> anyhow::Result<()> {
+async fn fetch_into(mut service: WorkerServiceClient<Channel>, path: &str, file: &Path) -> anyhow::Result<()> {
     let mut chunks = service
         .fetch_artifact(FetchArtifactRequest { path: path.to_string() })
         .await

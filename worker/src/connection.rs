@@ -1,25 +1,34 @@
 //! The worker's session with the service.
 //!
-//! One `Workers.Connect` stream carries everything: the hello (models, device, slots),
-//! assignments and cancellations from the service, and the jobs' events back. Each job
-//! runs in its own task, so a panicking runner fails that job and nothing else. When
-//! the stream breaks the worker abandons its running jobs (the service puts them back
-//! in line) and reconnects with exponential backoff and jitter.
+//! One `WorkerService.Connect` stream carries everything: the hello (models, device,
+//! slots), assignments and cancellations from the service, and the jobs' events back.
+//! An assignment goes to the runner that serves its model for its kind of job, by the
+//! same rule the service queues it by ([`deephardway::served_model`]). Each job runs in
+//! its own task, so a panicking runner fails that job and nothing else. When the stream
+//! breaks the worker abandons its running jobs (the service puts them back in line) and
+//! reconnects with exponential backoff and jitter.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
-use deephardway::v1::{
-    Cancelled, JobAssignment, JobEvent, JobFailed, WorkerHello, WorkerMessage, WorkerReport, job_event::Event,
-    service_message, worker_message, workers_client::WorkersClient,
+use deephardway::{
+    errors::to_rpc_status,
+    v1::{JobCancelled, JobEvent, JobKind, job_event::Event},
+    worker::v1::{
+        Assignment, ConnectRequest, Hello, Report, ServedModel, connect_request, connect_response,
+        worker_service_client::WorkerServiceClient,
+    },
 };
 use rand::Rng;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, transport::Channel};
+use tonic::{Status, transport::Channel};
 
 use crate::runner::{JobContext, JobError, Runner};
+
+/// The runners by what they serve: a job kind and a model name.
+type Routes = HashMap<(JobKind, String), Arc<dyn Runner>>;
 
 /// How a worker connects and what it serves.
 pub struct WorkerOptions {
@@ -71,32 +80,25 @@ struct RunningJob {
 
 /// One connection. Returns `Ok` on shutdown and an error when the stream broke.
 async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let mut routes: HashMap<String, Arc<dyn Runner>> = HashMap::new();
-    let mut models = Vec::new();
-    for runner in &options.runners {
-        for model in runner.models() {
-            routes.insert(model.name.clone(), runner.clone());
-            models.push(model);
-        }
-    }
+    let (routes, models) = routes(&options.runners);
     let channel =
         deephardway::connect(&options.server).await.with_context(|| format!("cannot reach {}", options.server))?;
-    let service = WorkersClient::new(channel)
+    let service = WorkerServiceClient::new(channel)
         .max_decoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE)
         .max_encoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE);
     let mut client = service.clone();
-    let (outbound, rx) = mpsc::channel::<WorkerMessage>(1024);
-    let hello = WorkerHello {
+    let (outbound, rx) = mpsc::channel::<ConnectRequest>(1024);
+    let hello = Hello {
         name: options.name.clone(),
         device: options.device.clone(),
         models,
         slots: options.slots.max(1),
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    outbound.send(WorkerMessage { message: Some(worker_message::Message::Hello(hello)) }).await?;
+    outbound.send(ConnectRequest { message: Some(connect_request::Message::Hello(hello)) }).await?;
     let mut inbound =
         client.connect(ReceiverStream::new(rx)).await.context("the service refused the worker")?.into_inner();
-    let Some(service_message::Message::Welcome(welcome)) = inbound.message().await?.and_then(|m| m.message) else {
+    let Some(connect_response::Message::Welcome(welcome)) = inbound.message().await?.and_then(|m| m.message) else {
         bail!("the service did not answer the hello with a welcome");
     };
     tracing::info!(worker = %welcome.worker_id, server = %options.server, device = %options.device, "connected");
@@ -107,17 +109,14 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(message)) => match message.message {
-                    Some(service_message::Message::Assignment(assignment)) => {
+                    Some(connect_response::Message::Assignment(assignment)) => {
                         let id = assignment.job_id.clone();
                         let cancel = CancellationToken::new();
-                        // A classify job on a trained model goes to whoever serves "classifier".
-                        let runner = routes.get(&assignment.model).or_else(|| {
-                            assignment.trained_model.as_ref().and_then(|_| routes.get(deephardway::CLASSIFIER_MODEL))
-                        }).cloned();
+                        let runner = route(&routes, &assignment);
                         let task = tokio::spawn(run_job(runner, assignment, cancel.clone(), outbound.clone(), finished_tx.clone(), service.clone()));
                         running.insert(id, RunningJob { cancel, task });
                     }
-                    Some(service_message::Message::Cancel(cancel)) => {
+                    Some(connect_response::Message::Cancel(cancel)) => {
                         if let Some(job) = running.get(&cancel.job_id) {
                             tracing::info!(job = %cancel.job_id, reason = %cancel.reason, "cancelling");
                             job.cancel.cancel();
@@ -142,30 +141,55 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
     outcome
 }
 
+/// The runners by what they serve, and every model they serve, to announce.
+fn routes(runners: &[Arc<dyn Runner>]) -> (Routes, Vec<ServedModel>) {
+    let mut routes = Routes::new();
+    let mut models = Vec::new();
+    for runner in runners {
+        for model in runner.models() {
+            let kind = JobKind::try_from(model.kind).unwrap_or(JobKind::Unspecified);
+            routes.insert((kind, model.name.clone()), runner.clone());
+            models.push(model);
+        }
+    }
+    (routes, models)
+}
+
+/// The runner for an assignment: the one serving its model for its kind of job, or why
+/// there is none.
+fn route(routes: &Routes, assignment: &Assignment) -> Result<Arc<dyn Runner>, Status> {
+    let Some(input) = assignment.spec.as_ref().and_then(|spec| spec.input.as_ref()) else {
+        return Err(Status::invalid_argument("the assignment's spec has no input"));
+    };
+    let kind = deephardway::kind_of(input);
+    let model = deephardway::served_model(kind, &assignment.model);
+    routes.get(&(kind, model.to_string())).cloned().ok_or_else(|| {
+        let kind = format!("{kind:?}").to_lowercase();
+        Status::failed_precondition(format!("this worker does not serve model {:?} for {kind} jobs", assignment.model))
+    })
+}
+
 /// Runs one job, forwarding its events, and reports how it ended.
 async fn run_job(
-    runner: Option<Arc<dyn Runner>>,
-    assignment: JobAssignment,
+    runner: Result<Arc<dyn Runner>, Status>,
+    assignment: Assignment,
     cancel: CancellationToken,
-    outbound: mpsc::Sender<WorkerMessage>,
+    outbound: mpsc::Sender<ConnectRequest>,
     finished: mpsc::UnboundedSender<String>,
-    service: WorkersClient<Channel>,
+    service: WorkerServiceClient<Channel>,
 ) {
     let job_id = assignment.job_id.clone();
     let fence = assignment.fence;
-    let report = |event: Event| WorkerMessage {
-        message: Some(worker_message::Message::Report(WorkerReport {
+    let report = |event: Event| ConnectRequest {
+        message: Some(connect_request::Message::Report(Report {
             job_id: job_id.clone(),
             fence,
             event: Some(JobEvent { job_id: job_id.clone(), event: Some(event), ..Default::default() }),
         })),
     };
     let outcome = match runner {
-        None => Err(JobError::failed(
-            Code::FailedPrecondition,
-            format!("this worker does not serve model {:?}", assignment.model),
-        )),
-        Some(runner) => {
+        Err(status) => Err(JobError::Failed(status)),
+        Ok(runner) => {
             let (events_tx, mut events) = mpsc::unbounded_channel();
             let ctx = JobContext::new(assignment, events_tx, cancel, service);
             // Its own task, so that a panic fails this job only.
@@ -179,7 +203,7 @@ async fn run_job(
                         while let Ok(event) = events.try_recv() {
                             let _ = outbound.send(report(event)).await;
                         }
-                        break joined.unwrap_or_else(|e| Err(JobError::failed(Code::Internal, format!("the job's runner crashed: {e}"))));
+                        break joined.unwrap_or_else(|e| Err(JobError::internal(format!("the job's runner crashed: {e}"))));
                     }
                 }
             }
@@ -187,9 +211,53 @@ async fn run_job(
     };
     let last = match outcome {
         Ok(result) => Event::Result(result),
-        Err(JobError::Cancelled) => Event::Cancelled(Cancelled::default()),
-        Err(JobError::Failed { code, message }) => Event::Failed(JobFailed { code: code as i32, message }),
+        Err(JobError::Cancelled) => Event::Cancelled(JobCancelled::default()),
+        Err(JobError::Failed(status)) => Event::Failed(to_rpc_status(&status)),
     };
     let _ = outbound.send(report(last)).await;
     let _ = finished.send(job_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use deephardway::v1::{ClassifyInput, EmbedInput, GenerateInput, JobResult, JobSpec, job_spec::Input};
+    use tonic::Code;
+
+    use super::*;
+
+    /// A runner that serves one model of one kind and runs nothing.
+    struct Serves(JobKind, &'static str);
+
+    #[tonic::async_trait]
+    impl Runner for Serves {
+        fn models(&self) -> Vec<ServedModel> {
+            vec![ServedModel { name: self.1.into(), kind: self.0 as i32, ..Default::default() }]
+        }
+
+        async fn run(&self, _: JobContext) -> Result<JobResult, JobError> {
+            unreachable!("routing only")
+        }
+    }
+
+    fn assignment(model: &str, input: Option<Input>) -> Assignment {
+        Assignment { model: model.into(), spec: Some(JobSpec { input, ..Default::default() }), ..Default::default() }
+    }
+
+    #[test]
+    fn assignments_go_to_the_runner_serving_their_kind_and_model() {
+        let generate: Arc<dyn Runner> = Arc::new(Serves(JobKind::Generate, "smollm"));
+        let classifier: Arc<dyn Runner> = Arc::new(Serves(JobKind::Classify, deephardway::CLASSIFIER_MODEL));
+        let (routes, models) = routes(&[generate.clone(), classifier.clone()]);
+        assert_eq!(models.len(), 2);
+
+        let chat = assignment("smollm", Some(Input::Generate(GenerateInput::default())));
+        assert!(Arc::ptr_eq(&route(&routes, &chat).unwrap(), &generate));
+        // A classify job names a trained model; the classifier capability runs it.
+        let labels = assignment("cats@2", Some(Input::Classify(ClassifyInput::default())));
+        assert!(Arc::ptr_eq(&route(&routes, &labels).unwrap(), &classifier));
+
+        let wrong_kind = assignment("smollm", Some(Input::Embed(EmbedInput::default())));
+        assert_eq!(route(&routes, &wrong_kind).err().unwrap().code(), Code::FailedPrecondition);
+        assert_eq!(route(&routes, &assignment("smollm", None)).err().unwrap().code(), Code::InvalidArgument);
+    }
 }

@@ -45,7 +45,8 @@ pub fn cpu_threads() -> usize {
 /// once, before threads start; elsewhere than glibc it does nothing.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
+    // SAFETY: mallopt takes plain integers and only sets allocator parameters, which glibc
+    // reads under its own lock; callers make it before other threads allocate.
     unsafe {
         // Allocations up to glibc's largest threshold (32 MiB) come from the heap, which
         // is not trimmed back to the kernel below 1 GiB of free space at its top.

@@ -1,50 +1,97 @@
 //! The contract between the worker's connection loop and the code that runs jobs.
 //!
 //! A runner serves one or more models of one kind. For each assigned job it gets the
-//! request, a sink for progress and output events, and a cancellation token; it returns
-//! the result or an error with a gRPC code. Models load once when the runner is built
-//! and stay resident; `run` may be called concurrently for up to `slots` jobs.
+//! assignment, a sink for progress and output events, and a cancellation token; it
+//! returns the result or the gRPC status the job failed with. Models load once when the
+//! runner is built and stay resident; `run` may be called concurrently for up to
+//! `slots` jobs.
+//!
+//! A failure keeps its whole status, details included, so that a job failed by a bad
+//! input names the field (`classify.images[3]`) in a `google.rpc.BadRequest`, as the
+//! service's own request checks do. [`FailJob`] turns any other error into a status.
 
-use deephardway::v1::{JobAssignment, JobResult, WorkerModel, job_event::Event, workers_client::WorkersClient};
+use deephardway::{
+    errors::FieldViolation,
+    v1::{JobResult, job_event::Event, job_spec::Input},
+    worker::v1::{Assignment, ServedModel, worker_service_client::WorkerServiceClient},
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 
 /// Why a job did not produce a result.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum JobError {
     /// The job was cancelled and stopped.
     Cancelled,
-    /// The job failed; `code` is the gRPC status code that describes why.
-    Failed { code: Code, message: String },
+    /// The job failed with this status: its code, message and details, as the job's
+    /// `failed` event carries them.
+    Failed(Status),
 }
 
-impl JobError {
-    pub fn failed(code: Code, message: impl Into<String>) -> Self {
-        JobError::Failed { code, message: message.into() }
+impl From<Status> for JobError {
+    fn from(status: Status) -> Self {
+        JobError::Failed(status)
     }
 }
 
-/// What a running job can use besides its request.
+impl From<FieldViolation> for JobError {
+    fn from(violation: FieldViolation) -> Self {
+        JobError::Failed(violation.into())
+    }
+}
+
+impl JobError {
+    /// The job failed through no fault of its input: INTERNAL.
+    pub fn internal(message: impl Into<String>) -> Self {
+        JobError::Failed(Status::internal(message))
+    }
+}
+
+/// A failed job's status from any error, its whole chain of causes in the message.
+pub trait FailJob<T> {
+    /// Fails the job with INTERNAL: the worker's own fault, not the input's.
+    fn internal(self) -> Result<T, JobError>;
+
+    /// Fails the job with `code`.
+    fn fail_with(self, code: Code) -> Result<T, JobError>;
+}
+
+impl<T, E: Into<anyhow::Error>> FailJob<T> for Result<T, E> {
+    fn internal(self) -> Result<T, JobError> {
+        self.fail_with(Code::Internal)
+    }
+
+    fn fail_with(self, code: Code) -> Result<T, JobError> {
+        self.map_err(|e| JobError::Failed(Status::new(code, format!("{:#}", e.into()))))
+    }
+}
+
+/// What a running job can use besides its assignment.
 pub struct JobContext {
-    pub assignment: JobAssignment,
+    pub assignment: Assignment,
     events: mpsc::UnboundedSender<Event>,
     pub cancel: CancellationToken,
     /// The service the job came from: for fetching artifacts and publishing models.
-    pub service: WorkersClient<Channel>,
+    pub service: WorkerServiceClient<Channel>,
 }
 
 impl JobContext {
     pub fn new(
-        assignment: JobAssignment,
+        assignment: Assignment,
         events: mpsc::UnboundedSender<Event>,
         cancel: CancellationToken,
-        service: WorkersClient<Channel>,
+        service: WorkerServiceClient<Channel>,
     ) -> Self {
         Self { assignment, events, cancel, service }
     }
 
-    /// Reports a progress or output event. Never blocks: the connection coalesces them.
+    /// The job's input, as its spec gives it.
+    pub fn input(&self) -> Option<&Input> {
+        self.assignment.spec.as_ref().and_then(|spec| spec.input.as_ref())
+    }
+
+    /// Reports a progress or output event. Never blocks: the connection forwards them.
     pub fn emit(&self, event: Event) {
         let _ = self.events.send(event);
     }
@@ -55,11 +102,17 @@ impl JobContext {
     }
 }
 
+/// The failure of a job handed to a runner of another kind: the connection routes by
+/// kind, so this is the worker's own fault.
+pub fn wrong_kind(runner: &str) -> JobError {
+    JobError::internal(format!("the {runner} runner got a job of another kind"))
+}
+
 /// Runs jobs of one kind.
 #[tonic::async_trait]
 pub trait Runner: Send + Sync + 'static {
     /// The models this runner serves, as announced to the service.
-    fn models(&self) -> Vec<WorkerModel>;
+    fn models(&self) -> Vec<ServedModel>;
 
     /// Runs one job to its end.
     async fn run(&self, job: JobContext) -> Result<JobResult, JobError>;

@@ -15,13 +15,15 @@ use std::{
 };
 
 use candle_core::Device;
-use deephardway_worker::runners::{
-    default_models_dir,
-    generate::{
-        self, Loaded,
+use deephardway_worker::{
+    models::llama::{
+        self, Llama, Loaded,
         chat::{ChatTemplate, Message},
-        engine::{Engine, FinishReason, Request, SamplingParams, Update},
-        model::{Llama, top2},
+        top2,
+    },
+    runners::{
+        default_models_dir,
+        generate::engine::{self, Engine, FinishReason, Request, SamplingParams, Update},
     },
 };
 use serde::Deserialize;
@@ -74,7 +76,7 @@ fn model() -> &'static Loaded {
     MODEL.get_or_init(|| {
         let dir = default_models_dir().join("smollm2-135m-instruct");
         assert!(dir.exists(), "{} is missing: run scripts/fetch-models", dir.display());
-        generate::load(&dir, &Device::Cpu).expect("loads")
+        llama::load(&dir, &Device::Cpu).expect("loads")
     })
 }
 
@@ -250,7 +252,7 @@ fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let dir = default_models_dir().join("smollm2-135m-instruct");
-        let Loaded { model, tokenizer, .. } = generate::load(&dir, &Device::Cpu).unwrap();
+        let Loaded { model, tokenizer, .. } = llama::load(&dir, &Device::Cpu).unwrap();
         Engine::start(Arc::new(model), Arc::new(tokenizer.tokenizer), tokenizer.end_of_generation, 8)
     })
 }
@@ -381,7 +383,7 @@ async fn long_prompts_are_read_in_chunks_without_changing_the_result() {
     let loaded = model();
     let text = "Once upon a time, in a small village, there lived a baker who rose before the sun. ".repeat(20);
     let prompt = loaded.tokenizer.tokenizer.encode(text.as_str(), false).unwrap().get_ids().to_vec();
-    assert!(prompt.len() > 2 * generate::engine::PREFILL_CHUNK, "{} tokens", prompt.len());
+    assert!(prompt.len() > 2 * engine::PREFILL_CHUNK, "{} tokens", prompt.len());
     let n = 8;
     // In one pass, then greedy.
     let expected = greedy_tokens(&loaded.model, &prompt, n);

@@ -10,11 +10,11 @@
 use std::{path::PathBuf, time::Instant};
 
 use candle_core::Device;
-use deephardway_worker::runners::vision::{
+use deephardway::train::{Architecture, OptimizerKind, TrainOptions};
+use deephardway_worker::models::vision::{
     classifier::Classifier,
     dataset::{self, Dataset},
-    network::Architecture,
-    training::{OptimizerKind, Stopped, TrainOptions, train},
+    training::{Stopped, train},
 };
 
 /// `$DEEPHARDWAY_DATASETS`, else `../shared/datasets` beside the repository.
@@ -65,7 +65,7 @@ fn catvnoncat_with_the_original_network() {
         optimizer: OptimizerKind::Sgd,
         learning_rate: 0.0075,
         validation_split: 0.0,
-        seed: 1,
+        seed: Some(1),
         augment_shift: 0,
         cosine_decay: false,
     };
@@ -85,7 +85,7 @@ fn catvnoncat_with_a_small_cnn() {
         optimizer: OptimizerKind::AdamW,
         learning_rate: 1e-3,
         validation_split: 0.0,
-        seed: 1,
+        seed: Some(1),
         augment_shift: 0,
         cosine_decay: false,
     };
@@ -105,7 +105,7 @@ fn digits() {
         optimizer: OptimizerKind::AdamW,
         learning_rate: 3e-3,
         validation_split: 0.0,
-        seed: 1,
+        seed: Some(1),
         augment_shift: 1,
         cosine_decay: true,
     };
@@ -127,7 +127,7 @@ fn deterministic_round_trips_cancels_and_names_bad_files() {
         optimizer: OptimizerKind::AdamW,
         learning_rate: 1e-3,
         validation_split: 0.2,
-        seed: 42,
+        seed: Some(42),
         augment_shift: 0,
         cosine_decay: false,
     };

@@ -1,4 +1,6 @@
 // Classification results and trained models' descriptions. Pure, no DOM.
+import { Architecture } from "../gen/deephardway/v1/inputs_pb.js";
+import { architectureName } from "./enums.js";
 
 export interface Ranked {
   label: string;
@@ -38,7 +40,7 @@ export function formatProbability(p: number): string {
 
 export interface TrainedInfo {
   version: number;
-  architecture: string;
+  architecture: Architecture;
   hiddenSizes: number[];
   inputSize: number;
   channels: number;
@@ -49,7 +51,9 @@ export interface TrainedInfo {
 
 /** "cnn · 8×8 grayscale · 10 labels · validation accuracy 85.9% · version 1, trained on digits". */
 export function describeTrained(t: TrainedInfo): string {
-  const arch = t.architecture === "mlp" && t.hiddenSizes.length ? `mlp [${t.hiddenSizes.join(", ")}]` : t.architecture || "?";
+  const name = architectureName(t.architecture);
+  const isMlp = t.architecture === Architecture.MLP || t.architecture === Architecture.UNSPECIFIED;
+  const arch = isMlp && t.hiddenSizes.length ? `${name} [${t.hiddenSizes.join(", ")}]` : name;
   const colour = t.channels === 1 ? "grayscale" : t.channels === 3 ? "RGB" : `${t.channels} channels`;
   const parts = [
     arch,
@@ -81,4 +85,9 @@ export function parseModelRef(ref: string): { name: string; version?: number } {
   const m = /^(.*)@(\d+)$/.exec(ref.trim());
   if (m && m[1]) return { name: m[1], version: Number(m[2]) };
   return { name: ref.trim() };
+}
+
+/** Whether a file is an image a classify job takes: PNG or JPEG, by its type or else its name. */
+export function isClassifiableImage(file: { name: string; type: string }): boolean {
+  return /^image\/(png|jpeg)$/.test(file.type) || /\.(png|jpe?g)$/i.test(file.name);
 }

@@ -1,5 +1,6 @@
 // Describes job events for the event log. Pure.
 import type { JobEvent } from "../gen/deephardway/v1/jobs_pb.js";
+import { finishReasonName } from "./enums.js";
 import { failureText } from "./format.js";
 
 export interface LogLine {
@@ -32,7 +33,7 @@ function describe(ev: JobEvent): string {
         case "diagnostic":
           return `diagnostic: ${r.value.steps} steps${r.value.echo ? `, echo "${r.value.echo}"` : ""}`;
         case "generate":
-          return `generate: ${r.value.promptTokens} prompt + ${r.value.completionTokens} completion tokens, ${r.value.finishReason}`;
+          return `generate: ${r.value.promptTokens} prompt + ${r.value.completionTokens} completion tokens, ${finishReasonName(r.value.finishReason)}`;
         case "embed":
           return `embed: ${r.value.embeddings.length} vectors of ${r.value.embeddings[0]?.values.length ?? 0}`;
         case "classify":

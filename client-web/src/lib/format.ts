@@ -10,12 +10,12 @@ export function codeName(code: Code): string {
   return name.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase();
 }
 
-/** Code name from a google.rpc.Code number (JobFailed.code). */
+/** Code name from a google.rpc.Code number (google.rpc.Status.code). */
 export function rpcCodeName(code: number): string {
   return codeName(code as Code);
 }
 
-/** A failed job's error (JobFailed, Job.failure) as "CODE_NAME: message". */
+/** A failed job's error (a google.rpc.Status: the `failed` event, Job.error) as "CODE_NAME: message". */
 export function failureText(failure: { code: number; message: string }): string {
   return `${rpcCodeName(failure.code)}: ${failure.message}`;
 }
@@ -84,12 +84,12 @@ export function tokensPerSecond(tokens: number, ms: number | undefined): number 
 
 /** How long a job has run (or waited, when queued), given the current time. */
 export function jobDurationMs(
-  job: { state: JobState; createdAt?: Timestamp; startedAt?: Timestamp; finishedAt?: Timestamp },
+  job: { state: JobState; createTime?: Timestamp; startTime?: Timestamp; endTime?: Timestamp },
   now: number,
 ): number | undefined {
-  const created = tsMs(job.createdAt);
-  const started = tsMs(job.startedAt);
-  const finished = tsMs(job.finishedAt);
+  const created = tsMs(job.createTime);
+  const started = tsMs(job.startTime);
+  const finished = tsMs(job.endTime);
   if (job.state === JobState.QUEUED) return created === undefined ? undefined : now - created;
   if (started === undefined) {
     // Cancelled or failed while queued: time from submission to the end.

@@ -1,10 +1,10 @@
-// The jobs table's state, reduced from Jobs.WatchJobs updates. Pure, no DOM.
+// The jobs table's state, reduced from JobService.WatchJobs updates. Pure, no DOM.
 //
 // Updates of one job can arrive more than once and, around the snapshot, out of order:
 // we keep the one with the highest job.last_seq (the later one when equal). A removal
 // deletes the row and leaves a tombstone so that a stale update arriving after it does
 // not bring the row back.
-import { JobState, type Job, type JobUpdate } from "../gen/deephardway/v1/jobs_pb.js";
+import { JobState, type Job, type WatchJobsResponse } from "../gen/deephardway/v1/jobs_pb.js";
 import { tsMs } from "./format.js";
 
 export interface JobsTable {
@@ -14,6 +14,9 @@ export interface JobsTable {
   readonly removed: Set<string>;
 }
 
+/** One message of the WatchJobs stream (what the reduction reads of it). */
+export type Update = Pick<WatchJobsResponse, "job" | "removed">;
+
 export function emptyTable(): JobsTable {
   return { jobs: new Map(), removed: new Set() };
 }
@@ -21,7 +24,7 @@ export function emptyTable(): JobsTable {
 /**
  * Applies one update in place; returns true when the table changed.
  */
-export function applyUpdate(table: JobsTable, update: Pick<JobUpdate, "job" | "removed">): boolean {
+export function applyUpdate(table: JobsTable, update: Update): boolean {
   const job = update.job;
   if (!job || !job.id) return false;
   if (update.removed) {
@@ -36,14 +39,14 @@ export function applyUpdate(table: JobsTable, update: Pick<JobUpdate, "job" | "r
 }
 
 /** Applies many updates; returns true when any changed the table. */
-export function applyUpdates(table: JobsTable, updates: Iterable<Pick<JobUpdate, "job" | "removed">>): boolean {
+export function applyUpdates(table: JobsTable, updates: Iterable<Update>): boolean {
   let changed = false;
   for (const u of updates) changed = applyUpdate(table, u) || changed;
   return changed;
 }
 
 function createdMs(job: Job): number {
-  return tsMs(job.createdAt) ?? 0;
+  return tsMs(job.createTime) ?? 0;
 }
 
 /** The rows to show: newest first (by creation time, then id). */
@@ -57,7 +60,7 @@ export function sortedJobs(table: JobsTable): Job[] {
 
 /**
  * Queue positions of the queued jobs, as the service orders its line: per model,
- * higher priority first, then submission order. 0 means next. Only the jobs the table
+ * higher priority first, then creation order. 0 means next. Only the jobs the table
  * knows about are counted, so this is a lower bound when older queued jobs are not in
  * the table.
  */
@@ -72,8 +75,8 @@ export function queuePositions(jobs: Iterable<Job>): Map<string, number> {
   const positions = new Map<string, number>();
   for (const line of byModel.values()) {
     line.sort((a, b) => {
-      const pa = a.request?.priority ?? 0;
-      const pb = b.request?.priority ?? 0;
+      const pa = a.spec?.priority ?? 0;
+      const pb = b.spec?.priority ?? 0;
       if (pa !== pb) return pb - pa;
       const d = createdMs(a) - createdMs(b);
       if (d !== 0) return d;

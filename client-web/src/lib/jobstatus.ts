@@ -1,6 +1,6 @@
 // The texts and states a page shows while it runs a job from a form (see
 // src/jobControls.ts). Pure, no DOM.
-import type { JobEvent, Started } from "../gen/deephardway/v1/jobs_pb.js";
+import type { JobEvent, JobStarted } from "../gen/deephardway/v1/jobs_pb.js";
 import { formatDuration } from "./format.js";
 
 /** What a page's second button is called: Diagnostic's "Cancel", Generate's and Train's "Stop". */
@@ -16,13 +16,13 @@ export function isActive(state: string | undefined): boolean {
   return state === "queued" || state === "running";
 }
 
-/** "Job 7 queued", or "Job 7 queued (position 2)" from a Queued event. */
+/** "Job 7 queued", or "Job 7 queued (position 2)" from a JobQueued event. */
 export function queuedText(jobId: string, position?: number): string {
   return position === undefined ? `Job ${jobId} queued` : `Job ${jobId} queued (position ${position})`;
 }
 
 /** "Job 7 running on cuda:0", or with the worker "Job 7 running on w1 (cuda:0)". */
-export function runningText(jobId: string, started: Pick<Started, "workerId" | "workerName" | "device">, showWorker: boolean): string {
+export function runningText(jobId: string, started: Pick<JobStarted, "workerId" | "workerName" | "device">, showWorker: boolean): string {
   return showWorker
     ? `Job ${jobId} running on ${started.workerName || started.workerId} (${started.device})`
     : `Job ${jobId} running on ${started.device}`;
@@ -33,7 +33,7 @@ export function endedText(word: string, reason: string): string {
   return `${word}${reason ? `: ${reason}` : ""}`;
 }
 
-/** The reason sent with Jobs.Cancel. */
+/** The reason sent with JobService.CancelJob. */
 export function cancelReason(verb: StopVerb): string {
   return `${verb === "stop" ? "stopped" : "cancelled"} from the web client`;
 }

@@ -1,6 +1,33 @@
 // Parsing of form parameters. Pure.
 
 /**
+ * A uint32 field as typed: empty, negative or junk is 0, fractions are dropped, and
+ * values above the range are clamped to uint32, so that the service's validation
+ * message (not the browser's) explains the limit.
+ */
+export function uintValue(text: string): number {
+  const n = Number(text.trim() || "0");
+  if (!Number.isFinite(n) || n < 0) return 0;
+  return Math.min(0xffffffff, Math.floor(n));
+}
+
+/** A number field as typed: empty or junk is 0. */
+export function numberValue(text: string): number {
+  const n = Number(text.trim() || "0");
+  return Number.isFinite(n) ? n : 0;
+}
+
+/** An optional uint64 seed: "12345" -> 12345n; empty -> undefined (the service picks one). */
+export function parseSeed(text: string): bigint | undefined {
+  const t = text.trim();
+  if (t === "") return undefined;
+  if (!/^\d+$/.test(t)) throw new Error(`seed: "${t}" is not a whole number`);
+  const n = BigInt(t);
+  if (n > 0xffffffffffffffffn) throw new Error(`seed: "${t}" is above 2^64 − 1`);
+  return n;
+}
+
+/**
  * Stop strings from a comma-separated field. Spaces around entries are dropped;
  * `\n`, `\t`, `\,`, `\ ` and `\\` are escapes (escaped characters are never dropped).
  * Empty entries are dropped.

@@ -1,19 +1,28 @@
 // The train form: its values, presets, and their mapping to a TrainInput. Pure, no DOM.
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { TrainInputSchema } from "../gen/deephardway/v1/jobs_pb.js";
+import {
+  Architecture,
+  LearningRateSchedule,
+  Optimizer,
+  type TrainInputSchema,
+  type TrainResult,
+} from "../gen/deephardway/v1/inputs_pb.js";
+import type { Dataset } from "../gen/deephardway/v1/datasets_pb.js";
+import { parseSeed } from "./params.js";
 
-/** The form's fields as typed (text, so that the service validates ranges). */
+/** The form's fields: numbers as typed (text, so that the service validates ranges), choices as the API's enums. */
 export interface TrainForm {
   dataset: string;
-  architecture: string;
+  architecture: Architecture;
   hiddenSizes: string;
   inputSize: string;
   epochs: string;
   batchSize: string;
-  optimizer: string;
+  optimizer: Optimizer;
   learningRate: string;
-  learningRateSchedule: string;
+  learningRateSchedule: LearningRateSchedule;
   validationSplit: string;
+  /** Empty: the service picks one (the result says which). */
   seed: string;
   augmentShift: string;
   outputModel: string;
@@ -22,14 +31,14 @@ export interface TrainForm {
 /** The defaults: the original project's cats network (12288→20→7→5→1, gradient descent at 0.0075). */
 export const DEFAULT_FORM: TrainForm = {
   dataset: "",
-  architecture: "mlp",
+  architecture: Architecture.MLP,
   hiddenSizes: "20, 7, 5",
   inputSize: "64",
   epochs: "2500",
   batchSize: "0",
-  optimizer: "sgd",
+  optimizer: Optimizer.SGD,
   learningRate: "0.0075",
-  learningRateSchedule: "constant",
+  learningRateSchedule: LearningRateSchedule.CONSTANT,
   validationSplit: "0",
   seed: "1",
   augmentShift: "0",
@@ -56,14 +65,14 @@ export const PRESETS: Preset[] = [
     title: "digits: cnn",
     datasetHint: "digit",
     values: {
-      architecture: "cnn",
+      architecture: Architecture.CNN,
       hiddenSizes: "",
       inputSize: "0",
       epochs: "20",
       batchSize: "32",
-      optimizer: "adamw",
+      optimizer: Optimizer.ADAMW,
       learningRate: "0.002",
-      learningRateSchedule: "cosine",
+      learningRateSchedule: LearningRateSchedule.COSINE,
       validationSplit: "0",
       seed: "1",
       augmentShift: "1",
@@ -105,32 +114,23 @@ export function parseHiddenSizes(text: string): number[] {
     });
 }
 
-/** "12345" -> 12345n; empty -> 0n. */
-export function parseSeed(text: string): bigint {
-  const t = text.trim();
-  if (t === "") return 0n;
-  if (!/^\d+$/.test(t)) throw new Error(`seed: "${t}" is not a whole number`);
-  const n = BigInt(t);
-  if (n > 0xffffffffffffffffn) throw new Error(`seed: "${t}" is above 2^64 − 1`);
-  return n;
-}
-
 /** The TrainInput of the form's values; throws an Error naming the first bad field. */
 export function trainInput(form: TrainForm): MessageInitShape<typeof TrainInputSchema> {
-  const architecture = form.architecture.trim();
+  const seed = parseSeed(form.seed);
   return {
     dataset: form.dataset.trim(),
-    architecture,
+    architecture: form.architecture,
     // Hidden sizes only shape an mlp; a cnn's hidden layer is fixed.
-    hiddenSizes: architecture === "cnn" ? [] : parseHiddenSizes(form.hiddenSizes),
+    hiddenSizes: form.architecture === Architecture.CNN ? [] : parseHiddenSizes(form.hiddenSizes),
     inputSize: whole("input size", form.inputSize),
     epochs: whole("epochs", form.epochs),
     batchSize: whole("batch size", form.batchSize),
-    optimizer: form.optimizer.trim(),
+    optimizer: form.optimizer,
     learningRate: decimal("learning rate", form.learningRate),
-    learningRateSchedule: form.learningRateSchedule.trim(),
+    learningRateSchedule: form.learningRateSchedule,
     validationSplit: decimal("validation split", form.validationSplit),
-    seed: parseSeed(form.seed),
+    // Unset (not 0) when the field is empty: the service picks a seed.
+    ...(seed === undefined ? {} : { seed }),
     augmentShift: whole("augment shift", form.augmentShift),
     outputModel: form.outputModel.trim(),
   };
@@ -144,6 +144,16 @@ export function datasetNameFromFile(fileName: string): string {
     .replace(/[^A-Za-z0-9._-]+/g, "_")
     .replace(/^[._-]+|[._-]+$/g, "")
     .slice(0, 128);
+}
+
+/** The first `max` class names, comma-separated, with ", …" when there are more. */
+export function classList(classes: string[], max: number): string {
+  return classes.length <= max ? classes.join(", ") : `${classes.slice(0, max).join(", ")}, …`;
+}
+
+/** "10 classes (0, 1, …), 1500 train images, 297 test images, 1.8 MiB". */
+export function datasetSummary(d: Pick<Dataset, "classes" | "trainImages" | "testImages" | "archiveBytes">): string {
+  return `${d.classes.length} classes (${classList(d.classes, 12)}), ${d.trainImages} train images, ${d.testImages} test images, ${formatBytes(d.archiveBytes)}`;
 }
 
 /** 1852928 -> "1.8 MiB". */
@@ -162,18 +172,13 @@ export function formatBytes(n: number | bigint): string {
 }
 
 /** A train result's one-line summary. */
-export function trainSummary(r: {
-  model: string;
-  version: number;
-  loss: number;
-  trainAccuracy: number;
-  validationAccuracy: number;
-  validationImages: number;
-  epochMs: number;
-}): string {
+export function trainSummary(
+  r: Pick<TrainResult, "model" | "version" | "loss" | "trainAccuracy" | "validationAccuracy" | "validationImages" | "epochMs" | "seed">,
+): string {
   const pct = (f: number) => `${(f * 100).toFixed(1)}%`;
   const parts = [`${r.model}@${r.version}`, `loss ${r.loss.toFixed(4)}`, `train accuracy ${pct(r.trainAccuracy)}`];
   parts.push(r.validationImages > 0 ? `validation accuracy ${pct(r.validationAccuracy)} on ${r.validationImages} images` : "no validation set");
   if (r.epochMs > 0) parts.push(`${r.epochMs < 10 ? r.epochMs.toFixed(2) : r.epochMs.toFixed(0)} ms/epoch`);
+  parts.push(`seed ${r.seed}`);
   return parts.join(", ");
 }

@@ -1,4 +1,4 @@
-// Resumable job watching: bookkeeping for Jobs.Watch with after_seq, retry with
+// Resumable job watching: bookkeeping for JobService.WatchJob with after_seq, retry with
 // backoff after a lost connection. The stream itself is injected, so this is testable
 // without a network.
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -8,6 +8,16 @@ import type { JobEvent } from "../gen/deephardway/v1/jobs_pb.js";
 export function isFinalEvent(ev: JobEvent): boolean {
   const c = ev.event.case;
   return c === "result" || c === "failed" || c === "cancelled";
+}
+
+/**
+ * The events of a WatchJob (or RunJob) stream: each response's `event`; a response
+ * without one (which the service does not send) is skipped.
+ */
+export async function* jobEvents(stream: AsyncIterable<{ event?: JobEvent }>): AsyncGenerator<JobEvent> {
+  for await (const resp of stream) {
+    if (resp.event) yield resp.event;
+  }
 }
 
 /** Tracks the last sequence number seen; drops duplicates and stale events. */
@@ -129,7 +139,7 @@ export async function watchResumable(opts: ResumableOptions): Promise<JobEvent> 
 
 /**
  * Calls `fn` until it succeeds, retrying retryable errors with backoff (at most
- * `maxAttempts` calls). Meant for idempotent unary calls, such as a Submit with a
+ * `maxAttempts` calls). Meant for idempotent unary calls, such as a CreateJob with a
  * request_id.
  */
 export async function retrying<T>(

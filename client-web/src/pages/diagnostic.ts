@@ -3,14 +3,11 @@ import type { AppContext, Page } from "../page.js";
 import { field, h, messageBox, progressBar, setChildren } from "../ui.js";
 import { jobControls } from "../jobControls.js";
 import { durationSuffix, endedText } from "../lib/jobstatus.js";
+import { uintValue } from "../lib/params.js";
 
-function uint(input: HTMLInputElement): number {
-  const n = Number(input.value.trim() || "0");
-  // Out-of-range values are sent as they are (clamped to uint32) so the service's
-  // validation message is what the user sees.
-  if (!Number.isFinite(n) || n < 0) return 0;
-  return Math.min(0xffffffff, Math.floor(n));
-}
+// Out-of-range values are sent as they are (clamped to uint32) so the service's
+// validation message is what the user sees.
+const uint = (input: HTMLInputElement) => uintValue(input.value);
 
 export function diagnosticPage(ctx: AppContext): Page {
   const steps = h("input", { type: "number", name: "steps", value: "10" });
@@ -49,7 +46,7 @@ export function diagnosticPage(ctx: AppContext): Page {
     output.textContent = "";
     output.hidden = !outputPerStep.value;
     job.start({
-      request: () => ({
+      spec: () => ({
         input: {
           case: "diagnostic",
           value: {

@@ -67,7 +67,7 @@ export function embedPage(ctx: AppContext): Page {
     setChildren(result);
     const sentences = parseSentences(texts.value);
     job.start({
-      request: () => ({ input: { case: "embed", value: { texts: sentences } }, model: model.value }),
+      spec: () => ({ input: { case: "embed", value: { texts: sentences } }, model: model.value }),
       onResult: (r, final, t) => {
         if (r.case !== "embed") return;
         const vectors = r.value.embeddings.map((e) => e.values);
@@ -96,7 +96,7 @@ export function embedPage(ctx: AppContext): Page {
       ctx.models
         .ofKind(JobKind.EMBED, true)
         .then((models) => fillModelSelect(model, models))
-        .catch((err) => error.show(`Models.List: ${errorText(err)}`));
+        .catch((err) => error.show(`ListModels: ${errorText(err)}`));
     },
   };
 }

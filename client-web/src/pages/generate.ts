@@ -5,10 +5,9 @@ import { errorText, tokensPerSecond, tsMs } from "../lib/format.js";
 import { jobControls } from "../jobControls.js";
 import { durationSuffix, endedText } from "../lib/jobstatus.js";
 import { JobKind } from "../gen/deephardway/v1/jobs_pb.js";
-import type { MessageInitShape } from "@bufbuild/protobuf";
-import type { GenerateInputSchema } from "../gen/deephardway/v1/jobs_pb.js";
 import { fillModelSelect } from "../models.js";
-import { parseStops } from "../lib/params.js";
+import { finishReasonName } from "../lib/enums.js";
+import { generateInput, generateSummary, type GenerateForm } from "../lib/generate.js";
 
 export function generatePage(ctx: AppContext): Page {
   const model = h("select", { name: "model" });
@@ -62,30 +61,20 @@ export function generatePage(ctx: AppContext): Page {
     h("div", { class: "actions" }, run, stopBtn),
   );
 
-  function input(): MessageInitShape<typeof GenerateInputSchema> {
-    const num = (el: HTMLInputElement) => {
-      const n = Number(el.value.trim() || "0");
-      return Number.isFinite(n) ? n : 0;
+  function readForm(): GenerateForm {
+    return {
+      mode: mode.value === "chat" ? "chat" : "prompt",
+      system: system.value,
+      user: user.value,
+      prompt: prompt.value,
+      maxTokens: maxTokens.value,
+      temperature: temperature.value,
+      topP: topP.value,
+      topK: topK.value,
+      repetitionPenalty: repetition.value,
+      seed: seed.value,
+      stop: stop.value,
     };
-    const inp: MessageInitShape<typeof GenerateInputSchema> = {
-      maxTokens: Math.max(0, Math.floor(num(maxTokens))),
-      temperature: num(temperature),
-      topP: num(topP),
-      topK: Math.max(0, Math.floor(num(topK))),
-      repetitionPenalty: num(repetition),
-      stop: parseStops(stop.value),
-    };
-    const s = seed.value.trim();
-    if (s) inp.seed = BigInt(s); // throws SyntaxError on junk: shown as an error
-    if (mode.value === "chat") {
-      const messages = [];
-      if (system.value.trim()) messages.push({ role: "system", content: system.value });
-      messages.push({ role: "user", content: user.value });
-      inp.messages = messages;
-    } else {
-      inp.prompt = prompt.value;
-    }
-    return inp;
   }
 
   const job = jobControls(ctx, { status, error, run, stop: stopBtn, stopVerb: "stop" });
@@ -98,7 +87,7 @@ export function generatePage(ctx: AppContext): Page {
     let lastRate: number | undefined;
     let tokens = 0;
     job.start({
-      request: () => ({ input: { case: "generate", value: input() }, model: model.value }),
+      spec: () => ({ input: { case: "generate", value: generateInput(readForm()) }, model: model.value }),
       onEvent: (ev) => {
         switch (ev.event.case) {
           case "output":
@@ -120,14 +109,8 @@ export function generatePage(ctx: AppContext): Page {
         output.textContent = r.value.text;
         const decodeMs = firstOutputMs !== undefined && t.endMs !== undefined ? t.endMs - firstOutputMs : undefined;
         const rate = tokensPerSecond(r.value.completionTokens, decodeMs) ?? lastRate;
-        status.textContent = `Job ${final.jobId} finished (${r.value.finishReason})${durationSuffix(t.startedMs, t.endMs)}`;
-        setChildren(
-          stats,
-          `${r.value.promptTokens} prompt tokens, ${r.value.completionTokens} completion tokens`,
-          rate !== undefined ? `, ${rate.toFixed(1)} tokens/s` : "",
-          lastRate !== undefined ? ` (last progress: ${lastRate.toFixed(1)} tokens/s)` : "",
-          `, finish reason: ${r.value.finishReason}`,
-        );
+        status.textContent = `Job ${final.jobId} finished (${finishReasonName(r.value.finishReason)})${durationSuffix(t.startedMs, t.endMs)}`;
+        setChildren(stats, generateSummary(r.value, rate, lastRate));
       },
       onCancelled: (reason) => setChildren(stats, endedText("Stopped", reason), tokens ? ` after ~${tokens} tokens` : ""),
     });
@@ -152,7 +135,7 @@ export function generatePage(ctx: AppContext): Page {
       ctx.models
         .ofKind(JobKind.GENERATE, true)
         .then((models) => fillModelSelect(model, models))
-        .catch((err) => error.show(`Models.List: ${errorText(err)}`));
+        .catch((err) => error.show(`ListModels: ${errorText(err)}`));
     },
   };
 }

@@ -15,33 +15,33 @@
 //!
 //! - this file: submit, claim, report, cancel, reads;
 //! - [`recovery`]: jobs whose worker was lost; [`retention`]: removing old jobs;
-//! - [`records`]: the JSON records of workers and claims; [`validate`]: request checks.
+//! - [`records`]: the JSON records of workers and claims; request checks are in
+//!   [`crate::validate`].
 
 mod records;
 mod recovery;
 mod retention;
-pub mod validate;
 
 use records::ClaimRecord;
 pub use records::{ServedModel, WorkerRecord};
 
-use std::time::SystemTime;
-
 use deephardway::{
+    errors::invalid_field,
     is_final, kind_of,
     v1::{
-        Cancelled, Job, JobEvent, JobKind, JobState, Queued, Started, SubmitRequest, job_event::Event,
-        submit_request::Input,
+        Job, JobCancelled, JobEvent, JobKind, JobQueued, JobSpec, JobStarted, JobState, job_event::Event,
+        job_spec::Input,
     },
 };
 use prost::Message;
-use prost_types::Timestamp;
 use tonic::Status;
 
 use crate::{
     config::ServiceConfig,
     keys,
     store::{Compare, KeyValue, Op, SharedStore, StoreError, Txn},
+    time::{micros, now},
+    validate,
 };
 
 /// How many times a transition is retried when another writer got there first.
@@ -66,12 +66,24 @@ fn fits(model: &ServedModel, input: &Input) -> Result<(), Status> {
         && model.context_length > 0
         && g.max_tokens >= model.context_length
     {
-        return Err(Status::invalid_argument(format!(
-            "generate.max_tokens: is {}; {} holds {} tokens, prompt included",
-            g.max_tokens, model.name, model.context_length
-        )));
+        return Err(invalid_field(
+            "generate.max_tokens",
+            format!("is {}; {} holds {} tokens, prompt included", g.max_tokens, model.name, model.context_length),
+        ));
     }
     Ok(())
+}
+
+/// The most job records one list call reads.
+const MAX_SCANNED: usize = 10_000;
+
+/// A page of [`JobLifecycle::list`].
+#[derive(Debug)]
+pub struct JobPage {
+    /// The jobs, most recent first.
+    pub jobs: Vec<Job>,
+    /// The id of the last job read, when more may follow: the next page starts after it.
+    pub next: Option<String>,
 }
 
 /// A job handed to a worker.
@@ -82,13 +94,38 @@ pub struct Claimed {
     pub fence: u64,
 }
 
-/// Why a report was not applied.
-#[derive(Debug, PartialEq, Eq)]
+/// Why a transition of a job did not happen.
+#[derive(Debug)]
 pub enum Rejected {
     /// The reporter's claim is gone (it was presumed dead, or the job timed out).
     StaleFence,
     /// The job is already finished.
     Finished,
+    /// Anything else, as the client should see it: the job does not exist, the store
+    /// is unavailable, too many concurrent writers.
+    Status(Status),
+}
+
+impl From<Status> for Rejected {
+    fn from(status: Status) -> Self {
+        Rejected::Status(status)
+    }
+}
+
+impl From<StoreError> for Rejected {
+    fn from(err: StoreError) -> Self {
+        Rejected::Status(err.into())
+    }
+}
+
+impl From<Rejected> for Status {
+    fn from(rejected: Rejected) -> Self {
+        match rejected {
+            Rejected::StaleFence => Status::failed_precondition("this assignment is no longer current"),
+            Rejected::Finished => Status::failed_precondition("the job is already finished"),
+            Rejected::Status(status) => status,
+        }
+    }
 }
 
 /// The job state machine. Cheap to clone; every replica has one.
@@ -106,34 +143,13 @@ struct Change {
     ops: Vec<Op>,
 }
 
-pub fn now() -> Timestamp {
-    Timestamp::from(SystemTime::now())
-}
-
-pub fn micros(ts: &Option<Timestamp>) -> i64 {
-    ts.as_ref().map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000)
-}
-
-pub fn store_status(err: StoreError) -> Status {
-    match err {
-        StoreError::Unavailable(m) => Status::unavailable(format!("job store unavailable: {m}")),
-        other => Status::internal(other.to_string()),
-    }
-}
-
 fn decode_job(kv: &KeyValue) -> Result<Job, Status> {
     Job::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("corrupt job record {}: {e}", kv.key)))
 }
 
-/// The served model that runs a job of `kind` on `model`, and whose queue it waits in:
-/// the model itself, except that classify jobs on any trained model go to the workers
-/// that announce the `classifier` capability.
-fn route(kind: JobKind, model: &str) -> &str {
-    if kind == JobKind::Classify { deephardway::CLASSIFIER_MODEL } else { model }
-}
-
 fn queue_key(job: &Job) -> String {
-    keys::queue_entry(route(job.kind(), &job.model), job.priority(), micros(&job.created_at), &job.id)
+    let served = deephardway::served_model(job.kind(), &job.model);
+    keys::queue_entry(served, job.priority(), micros(&job.create_time), &job.id)
 }
 
 /// The name a model trained on a worker's folder gets when the request gives none: the
@@ -154,7 +170,7 @@ fn finish(job: &mut Job, state: JobState, change: &mut Change) {
     change.ops.push(Op::delete(keys::claim(&job.id)));
     change.ops.push(Op::delete(keys::running(&job.id)));
     change.ops.push(Op::put(keys::done(micros(&Some(finished)), &job.id), job.id.clone()));
-    job.finished_at = Some(finished);
+    job.end_time = Some(finished);
 }
 
 trait JobExt {
@@ -163,7 +179,7 @@ trait JobExt {
 
 impl JobExt for Job {
     fn priority(&self) -> i32 {
-        self.request.as_ref().map_or(0, |r| r.priority)
+        self.spec.as_ref().map_or(0, |s| s.priority)
     }
 }
 
@@ -182,20 +198,21 @@ impl JobLifecycle {
 
     /// Validates and queues a job. Returns the job and whether `request_id` matched an
     /// earlier one (which is returned instead). Nothing is written unless it succeeds.
-    pub async fn submit(&self, mut request: SubmitRequest) -> Result<(Job, bool), Status> {
-        validate::submit(&request)?;
-        let input = request.input.as_ref().expect("validated");
+    pub async fn submit(&self, mut spec: JobSpec, request_id: &str) -> Result<(Job, bool), Status> {
+        validate::spec(&spec)?;
+        validate::request_id(request_id)?;
+        let input = spec.input.as_ref().expect("validated");
         let kind = kind_of(input);
-        if request.model.is_empty() {
-            request.model = default_model(kind).to_string();
+        if spec.model.is_empty() {
+            spec.model = default_model(kind).to_string();
         }
-        if !request.request_id.is_empty()
-            && let Some(job) = self.by_request_id(&request.request_id).await?
+        if !request_id.is_empty()
+            && let Some(job) = self.by_request_id(request_id).await?
         {
             return Ok((job, true));
         }
         // Names of stored things are resolved now, so that the job records what it uses.
-        match request.input.as_mut() {
+        match spec.input.as_mut() {
             Some(Input::Train(train)) if train.dataset_path.is_empty() => {
                 crate::datasets::find(&self.store, &train.dataset)
                     .await
@@ -212,14 +229,14 @@ impl JobLifecycle {
                 validate::artifact_name("train.output_model", &train.output_model)?;
             }
             Some(Input::Classify(_)) => {
-                let trained = crate::trained_models::resolve(&self.store, &request.model).await?;
-                request.model = format!("{}@{}", trained.name, trained.version);
+                let trained = crate::trained_models::resolve(&self.store, &spec.model).await?;
+                spec.model = format!("{}@{}", trained.name, trained.version);
             }
             _ => {}
         }
-        let input = request.input.as_ref().expect("validated");
-        self.check_served(route(kind, &request.model), input).await?;
-        let depth = self.store.count(keys::QUEUE).await.map_err(store_status)?;
+        let input = spec.input.as_ref().expect("validated");
+        self.check_served(deephardway::served_model(kind, &spec.model), input).await?;
+        let depth = self.store.count(keys::QUEUE).await?;
         if depth >= self.config.max_queue_depth {
             return Err(Status::resource_exhausted(format!(
                 "the queue is full ({depth} jobs waiting, limit {}); retry later",
@@ -233,41 +250,37 @@ impl JobLifecycle {
             id: id.clone(),
             state: JobState::Queued as i32,
             kind: kind as i32,
-            model: request.model.clone(),
+            model: spec.model.clone(),
             attempts: 0,
-            max_attempts: if request.max_attempts == 0 {
-                self.config.default_max_attempts
-            } else {
-                request.max_attempts
-            },
-            timeout_ms: if request.timeout_ms == 0 {
-                u32::try_from(self.config.default_timeout.as_millis()).unwrap_or(u32::MAX)
-            } else {
-                request.timeout_ms
-            },
-            created_at: Some(created),
+            max_attempts: if spec.max_attempts == 0 { self.config.default_max_attempts } else { spec.max_attempts },
+            timeout: Some(match spec.timeout {
+                Some(timeout) => timeout,
+                None => self.config.default_timeout.try_into().expect("the default timeout fits a Duration"),
+            }),
+            create_time: Some(created),
             last_seq: 1,
-            request: Some(request.clone()),
+            spec: Some(spec),
+            request_id: request_id.to_string(),
             ..Default::default()
         };
         let entry = queue_key(&job);
-        let position = self.position(route(kind, &job.model), &entry).await?;
-        let queued = self.event(&id, 1, Event::Queued(Queued { position, attempt: 1, reason: "submitted".into() }));
+        let position = self.position(deephardway::served_model(kind, &job.model), &entry).await?;
+        let queued = self.event(&id, 1, Event::Queued(JobQueued { position, attempt: 1, reason: "submitted".into() }));
 
         let mut txn = Txn::new()
             .when(Compare::absent(keys::job(&id)))
             .then(Op::put(keys::job(&id), job.encode_to_vec()))
             .then(Op::put(keys::event(&id, 1), queued.encode_to_vec()))
             .then(Op::put(entry, id.clone()));
-        if !request.request_id.is_empty() {
+        if !request_id.is_empty() {
             txn = txn
-                .when(Compare::absent(keys::request(&request.request_id)))
-                .then(Op::put(keys::request(&request.request_id), id.clone()));
+                .when(Compare::absent(keys::request(request_id)))
+                .then(Op::put(keys::request(request_id), id.clone()));
         }
-        let outcome = self.store.txn(txn).await.map_err(store_status)?;
+        let outcome = self.store.txn(txn).await?;
         if !outcome.succeeded {
             // Another submit with the same request_id won the race: return its job.
-            return match self.by_request_id(&request.request_id).await? {
+            return match self.by_request_id(request_id).await? {
                 Some(job) => Ok((job, true)),
                 None => Err(Status::aborted("concurrent submit conflict; retry")),
             };
@@ -277,7 +290,7 @@ impl JobLifecycle {
     }
 
     async fn by_request_id(&self, request_id: &str) -> Result<Option<Job>, Status> {
-        let Some(kv) = self.store.get(&keys::request(request_id)).await.map_err(store_status)? else {
+        let Some(kv) = self.store.get(&keys::request(request_id)).await? else {
             return Ok(None);
         };
         let id = String::from_utf8_lossy(&kv.value).to_string();
@@ -303,14 +316,12 @@ impl JobLifecycle {
                 .map_or("unknown".to_string(), |k| k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase())
         };
         Err(match other_kind {
-            Some(k) => Status::invalid_argument(format!(
-                "model: {model:?} runs {} jobs, not {}",
-                kind_name(k),
-                kind_name(kind as i32)
-            )),
+            Some(k) => {
+                invalid_field("model", format!("{model:?} runs {} jobs, not {}", kind_name(k), kind_name(kind as i32)))
+            }
             None => Status::failed_precondition(format!(
                 "no connected worker serves model {model:?} for {} jobs (connected workers: {}); \
-                 Models.List shows what is served",
+                 ModelService.ListModels shows what is served",
                 kind_name(kind as i32),
                 workers.len()
             )),
@@ -319,13 +330,13 @@ impl JobLifecycle {
 
     /// The connected workers.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>, Status> {
-        let range = self.store.range(keys::WORKERS, 0).await.map_err(store_status)?;
+        let range = self.store.range(keys::WORKERS, 0).await?;
         Ok(range.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
     }
 
     /// Jobs ahead of the queue entry `entry` in the same queue.
     async fn position(&self, model: &str, entry: &str) -> Result<u32, Status> {
-        let range = self.store.range(&keys::queue(model), 0).await.map_err(store_status)?;
+        let range = self.store.range(&keys::queue(model), 0).await?;
         let ahead = range.kvs.iter().filter(|kv| kv.key.as_str() < entry).count();
         Ok(u32::try_from(ahead).unwrap_or(u32::MAX))
     }
@@ -336,7 +347,7 @@ impl JobLifecycle {
 
     /// A job and its record's key-value, or `None`.
     pub async fn find(&self, id: &str) -> Result<Option<(Job, KeyValue)>, Status> {
-        let Some(kv) = self.store.get(&keys::job(id)).await.map_err(store_status)? else {
+        let Some(kv) = self.store.get(&keys::job(id)).await? else {
             return Ok(None);
         };
         Ok(Some((decode_job(&kv)?, kv)))
@@ -351,35 +362,47 @@ impl JobLifecycle {
         }
     }
 
-    /// Jobs matching the filters, most recent first. Reads backwards a page at a time
-    /// (ids are UUIDv7, so key order is creation order) and stops at `limit` matches.
-    pub async fn list(&self, state: JobState, model: &str, limit: usize) -> Result<Vec<Job>, Status> {
-        const PAGE: usize = 256;
+    /// Jobs matching the filters, most recent first, older than the job `after` (the
+    /// last of the previous page) when given. Reads backwards a batch at a time (ids are
+    /// UUIDv7, so key order is creation order) and stops at `limit` matches, or after
+    /// reading [`MAX_SCANNED`] records, so that one call's work is bounded however
+    /// rare the matches are. `next` says where the following page starts.
+    pub async fn list(
+        &self,
+        state: JobState,
+        model: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<JobPage, Status> {
+        const BATCH: usize = 256;
         let mut jobs = Vec::new();
-        let mut before: Option<String> = None;
+        let mut before = after.map(keys::job);
+        let mut scanned = 0;
         loop {
-            let page = self.store.range_rev(keys::JOBS, before.as_deref(), PAGE).await.map_err(store_status)?;
-            for kv in &page.kvs {
+            let batch = self.store.range_rev(keys::JOBS, before.as_deref(), BATCH).await?;
+            for kv in &batch.kvs {
+                scanned += 1;
                 let job = decode_job(kv)?;
-                if (state == JobState::Unspecified || job.state == state as i32)
-                    && (model.is_empty() || job.model == model)
-                {
+                let matches = (state == JobState::Unspecified || job.state == state as i32)
+                    && (model.is_empty() || job.model == model);
+                if matches {
                     jobs.push(job);
-                    if jobs.len() == limit {
-                        return Ok(jobs);
-                    }
+                }
+                if jobs.len() == limit || scanned == MAX_SCANNED {
+                    let next = Some(keys::last_segment(&kv.key).to_string());
+                    return Ok(JobPage { jobs, next });
                 }
             }
-            match page.kvs.last() {
-                Some(last) if page.kvs.len() == PAGE => before = Some(last.key.clone()),
-                _ => return Ok(jobs),
+            match batch.kvs.last() {
+                Some(last) if batch.kvs.len() == BATCH => before = Some(last.key.clone()),
+                _ => return Ok(JobPage { jobs, next: None }),
             }
         }
     }
 
     /// A job's events, in order, and the revision they were read at.
     pub async fn events(&self, id: &str) -> Result<(Vec<JobEvent>, i64), Status> {
-        let range = self.store.range(&keys::events(id), 0).await.map_err(store_status)?;
+        let range = self.store.range(&keys::events(id), 0).await?;
         let events = range
             .kvs
             .iter()
@@ -393,21 +416,17 @@ impl JobLifecycle {
 
     /// Applies `transition` to the job's record with optimistic concurrency: read, change,
     /// write if nobody else wrote in between, else retry. `transition` returns `None` to
-    /// change nothing. Extra compares that fail (a fence) end it with `Rejected`.
-    async fn update<F>(&self, id: &str, mut transition: F) -> Result<Result<Job, Rejected>, Status>
+    /// change nothing. Extra compares that fail (a fence) end it with `StaleFence`.
+    async fn update<F>(&self, id: &str, mut transition: F) -> Result<Job, Rejected>
     where
         F: FnMut(&mut Job) -> Result<Option<Change>, Rejected>,
     {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let Some((current, kv)) = self.find(id).await? else {
-                return Err(Status::not_found(format!("job {id} not found")));
+                return Err(Status::not_found(format!("job {id} not found")).into());
             };
             let mut job = current.clone();
-            let change = match transition(&mut job) {
-                Ok(Some(change)) => change,
-                Ok(None) => return Ok(Ok(current)),
-                Err(rejected) => return Ok(Err(rejected)),
-            };
+            let Some(change) = transition(&mut job)? else { return Ok(current) };
             let has_extra_compares = !change.compares.is_empty();
             let mut txn = Txn::new().when(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
             txn.compares.extend(change.compares);
@@ -418,18 +437,18 @@ impl JobLifecycle {
             }
             txn.ops.push(Op::put(kv.key.clone(), job.encode_to_vec()));
             txn.ops.extend(change.ops);
-            if self.store.txn(txn).await.map_err(store_status)?.succeeded {
-                return Ok(Ok(job));
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(job);
             }
             if has_extra_compares {
                 // Was it the record (retry) or the fence (reject)?
-                let still = self.store.get(&kv.key).await.map_err(store_status)?;
+                let still = self.store.get(&kv.key).await?;
                 if still.is_some_and(|s| s.mod_revision == kv.mod_revision) {
-                    return Ok(Err(Rejected::StaleFence));
+                    return Err(Rejected::StaleFence);
                 }
             }
         }
-        Err(Status::aborted(format!("job {id}: too many concurrent updates; retry")))
+        Err(Status::aborted(format!("job {id}: too many concurrent updates; retry")).into())
     }
 
     /// Claims a queued job for a worker in one transaction: the queue entry must still
@@ -441,7 +460,7 @@ impl JobLifecycle {
             let txn = Txn::new()
                 .when(Compare::ModRevision(entry.key.clone(), entry.mod_revision))
                 .then(Op::delete(&entry.key));
-            self.store.txn(txn).await.map_err(store_status)
+            self.store.txn(txn).await
         };
         let Some((mut job, kv)) = self.find(&id).await? else {
             drop_stale_entry().await?;
@@ -457,13 +476,13 @@ impl JobLifecycle {
         job.worker_id = worker.worker_id.clone();
         job.worker_name = worker.name.clone();
         job.device = worker.device.clone();
-        job.started_at = Some(now());
+        job.start_time = Some(now());
         job.progress = 0.0;
         job.last_seq += 1;
         let started = self.event(
             &id,
             job.last_seq,
-            Event::Started(Started {
+            Event::Started(JobStarted {
                 worker_id: worker.worker_id.clone(),
                 worker_name: worker.name.clone(),
                 device: worker.device.clone(),
@@ -484,7 +503,7 @@ impl JobLifecycle {
             Err(StoreError::LeaseNotFound(_)) => {
                 return Err(Status::unavailable("worker lease expired"));
             }
-            Err(e) => return Err(store_status(e)),
+            Err(e) => return Err(e.into()),
         };
         if !outcome.succeeded {
             return Ok(None);
@@ -495,7 +514,7 @@ impl JobLifecycle {
 
     /// Applies a worker's events (in order, as one write) if its claim is still current.
     /// A final event ends the job and releases the claim.
-    pub async fn report(&self, id: &str, fence: u64, events: Vec<Event>) -> Result<Result<Job, Rejected>, Status> {
+    pub async fn report(&self, id: &str, fence: u64, events: Vec<Event>) -> Result<Job, Rejected> {
         let fence_holds = Compare::CreateRevision(keys::claim(id), fence as i64);
         self.update(id, |job| {
             if job.state != JobState::Running as i32 {
@@ -515,7 +534,7 @@ impl JobLifecycle {
                         finish(job, JobState::Succeeded, &mut change);
                     }
                     Event::Failed(f) => {
-                        job.failure = Some(f.clone());
+                        job.error = Some(f.clone());
                         finish(job, JobState::Failed, &mut change);
                     }
                     Event::Cancelled(_) => finish(job, JobState::Cancelled, &mut change),
@@ -524,7 +543,7 @@ impl JobLifecycle {
                 match event {
                     // The worker knows it was cancelled, not why; the record does.
                     Event::Cancelled(c) if c.reason.is_empty() => {
-                        change.events.push(Event::Cancelled(Cancelled { reason: job.cancel_reason.clone() }))
+                        change.events.push(Event::Cancelled(JobCancelled { reason: job.cancel_reason.clone() }))
                     }
                     event => change.events.push(event.clone()),
                 }
@@ -543,13 +562,13 @@ impl JobLifecycle {
         validate::job_id(id)?;
         validate::reason(reason)?;
         let reason = if reason.is_empty() { "cancelled by request" } else { reason };
-        let result = self
+        let job = self
             .update(id, |job| match JobState::try_from(job.state) {
                 Ok(JobState::Queued) => {
                     let mut change = Change::default();
                     change.ops.push(Op::delete(queue_key(job)));
                     finish(job, JobState::Cancelled, &mut change);
-                    change.events.push(Event::Cancelled(Cancelled { reason: reason.to_string() }));
+                    change.events.push(Event::Cancelled(JobCancelled { reason: reason.to_string() }));
                     Ok(Some(change))
                 }
                 Ok(JobState::Running) if !job.cancel_requested => {
@@ -560,6 +579,6 @@ impl JobLifecycle {
                 _ => Ok(None),
             })
             .await?;
-        Ok(result.expect("cancel has no fence"))
+        Ok(job)
     }
 }

@@ -1,10 +1,13 @@
 //! Jobs whose worker was lost: back in line, or failed after their last attempt, or
 //! cancelled if a cancel was pending. Idempotent, so every replica's reaper may call it.
 
-use deephardway::v1::{Cancelled, JobFailed, JobState, Queued, job_event::Event};
+use deephardway::{
+    errors::RpcStatus,
+    v1::{JobCancelled, JobQueued, JobState, job_event::Event},
+};
 use tonic::{Code, Status};
 
-use super::{Change, JobLifecycle, finish, queue_key, store_status};
+use super::{Change, JobLifecycle, Rejected, finish, queue_key};
 use crate::{
     keys,
     store::{Compare, Op},
@@ -20,7 +23,7 @@ impl JobLifecycle {
             return Ok(());
         }
         let entry = queue_key(&job);
-        let position = self.position(&job.model, &entry).await?;
+        let position = self.position(deephardway::served_model(job.kind(), &job.model), &entry).await?;
         let result = self
             .update(id, |job| {
                 if job.state != JobState::Running as i32 {
@@ -29,16 +32,17 @@ impl JobLifecycle {
                 let mut change = Change { compares: vec![Compare::absent(keys::claim(id))], ..Default::default() };
                 if job.cancel_requested {
                     finish(job, JobState::Cancelled, &mut change);
-                    change.events.push(Event::Cancelled(Cancelled { reason: job.cancel_reason.clone() }));
+                    change.events.push(Event::Cancelled(JobCancelled { reason: job.cancel_reason.clone() }));
                 } else if job.attempts >= job.max_attempts {
-                    let failure = JobFailed {
+                    let failure = RpcStatus {
                         code: Code::Unavailable as i32,
                         message: format!(
                             "the job's worker was lost during attempt {} of {}",
                             job.attempts, job.max_attempts
                         ),
+                        details: Vec::new(),
                     };
-                    job.failure = Some(failure.clone());
+                    job.error = Some(failure.clone());
                     finish(job, JobState::Failed, &mut change);
                     change.events.push(Event::Failed(failure));
                 } else {
@@ -46,7 +50,7 @@ impl JobLifecycle {
                     job.progress = 0.0;
                     change.ops.push(Op::delete(keys::running(id)));
                     change.ops.push(Op::put(entry.clone(), id.to_string()));
-                    change.events.push(Event::Queued(Queued {
+                    change.events.push(Event::Queued(JobQueued {
                         position,
                         attempt: job.attempts + 1,
                         reason: "worker lost".into(),
@@ -54,9 +58,14 @@ impl JobLifecycle {
                 }
                 Ok(Some(change))
             })
-            .await?;
-        if let Ok(job) = result {
-            tracing::warn!(job = %id, state = ?JobState::try_from(job.state).ok(), "recovered a job whose worker was lost");
+            .await;
+        match result {
+            Ok(job) => {
+                tracing::warn!(job = %id, state = ?JobState::try_from(job.state).ok(), "recovered a job whose worker was lost")
+            }
+            // The claim is back (another replica recovered and re-dispatched it first).
+            Err(Rejected::StaleFence | Rejected::Finished) => {}
+            Err(Rejected::Status(status)) => return Err(status),
         }
         Ok(())
     }
@@ -65,8 +74,8 @@ impl JobLifecycle {
     /// and recovers them.
     pub async fn recover_all_orphans(&self) -> Result<usize, Status> {
         // Both ranges are as small as the number of running jobs.
-        let running = self.store.range(keys::RUNNING, 0).await.map_err(store_status)?;
-        let claims = self.store.range(keys::CLAIMS, 0).await.map_err(store_status)?;
+        let running = self.store.range(keys::RUNNING, 0).await?;
+        let claims = self.store.range(keys::CLAIMS, 0).await?;
         let claimed: std::collections::HashSet<&str> =
             claims.kvs.iter().map(|kv| keys::last_segment(&kv.key)).collect();
         let mut recovered = 0;

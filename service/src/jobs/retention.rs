@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use prost_types::Timestamp;
 use tonic::Status;
 
-use super::{JobLifecycle, micros, store_status};
+use super::JobLifecycle;
+use crate::time::micros;
 use crate::{
     keys,
     store::{KeyValue, Op, Txn},
@@ -21,7 +22,7 @@ impl JobLifecycle {
         let mut purged = 0;
         // Oldest first, a page at a time (purged keys leave the range), up to the cutoff.
         loop {
-            let done = self.store.range(keys::DONE, PAGE).await.map_err(store_status)?;
+            let done = self.store.range(keys::DONE, PAGE).await?;
             for kv in &done.kvs {
                 let finished: i64 =
                     kv.key[keys::DONE.len()..].split('/').next().and_then(|t| t.parse().ok()).unwrap_or(0);
@@ -40,18 +41,18 @@ impl JobLifecycle {
     /// Removes one finished job (`kv` is its done-index entry), events first.
     async fn purge(&self, kv: &KeyValue) -> Result<(), Status> {
         let id = keys::last_segment(&kv.key).to_string();
-        let events = self.store.range(&keys::events(&id), 0).await.map_err(store_status)?;
+        let events = self.store.range(&keys::events(&id), 0).await?;
         for chunk in events.kvs.chunks(128) {
             let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
-            self.store.txn(txn).await.map_err(store_status)?;
+            self.store.txn(txn).await?;
         }
         let mut txn = Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key));
         if let Some((job, _)) = self.find(&id).await?
-            && let Some(rid) = job.request.as_ref().map(|r| &r.request_id).filter(|r| !r.is_empty())
+            && !job.request_id.is_empty()
         {
-            txn = txn.then(Op::delete(keys::request(rid)));
+            txn = txn.then(Op::delete(keys::request(&job.request_id)));
         }
-        self.store.txn(txn).await.map_err(store_status)?;
+        self.store.txn(txn).await?;
         Ok(())
     }
 }

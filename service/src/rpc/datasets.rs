@@ -1,13 +1,13 @@
-//! `deephardway.v1.Datasets`: uploads checked and stored by [`crate::datasets`].
+//! `deephardway.v1.DatasetService`: uploads checked and stored by [`crate::datasets`].
 
 use deephardway::v1::{
-    Dataset, DeleteDatasetRequest, GetDatasetRequest, ListDatasetsRequest, ListDatasetsResponse, UploadDatasetRequest,
-    datasets_server::Datasets,
+    CreateDatasetRequest, CreateDatasetResponse, DeleteDatasetRequest, DeleteDatasetResponse, GetDatasetRequest,
+    GetDatasetResponse, ListDatasetsRequest, ListDatasetsResponse, dataset_service_server::DatasetService,
 };
 use tonic::{Request, Response, Status};
 
-use super::SharedContext;
-use crate::{datasets, jobs::validate};
+use super::{SharedContext, page_token};
+use crate::{datasets, validate};
 
 pub struct DatasetsRpc {
     ctx: SharedContext,
@@ -20,9 +20,12 @@ impl DatasetsRpc {
 }
 
 #[tonic::async_trait]
-impl Datasets for DatasetsRpc {
-    async fn upload(&self, request: Request<UploadDatasetRequest>) -> Result<Response<Dataset>, Status> {
-        let UploadDatasetRequest { name, archive } = request.into_inner();
+impl DatasetService for DatasetsRpc {
+    async fn create_dataset(
+        &self,
+        request: Request<CreateDatasetRequest>,
+    ) -> Result<Response<CreateDatasetResponse>, Status> {
+        let CreateDatasetRequest { name, archive } = request.into_inner();
         let config = self.ctx.lifecycle.config();
         let dataset = datasets::upload(
             self.ctx.lifecycle.store(),
@@ -32,22 +35,34 @@ impl Datasets for DatasetsRpc {
             config.max_upload_bytes,
         )
         .await?;
-        Ok(Response::new(dataset))
+        Ok(Response::new(CreateDatasetResponse { dataset: Some(dataset) }))
     }
 
-    async fn list(&self, _: Request<ListDatasetsRequest>) -> Result<Response<ListDatasetsResponse>, Status> {
-        Ok(Response::new(ListDatasetsResponse { datasets: datasets::list(self.ctx.lifecycle.store()).await? }))
+    async fn list_datasets(
+        &self,
+        request: Request<ListDatasetsRequest>,
+    ) -> Result<Response<ListDatasetsResponse>, Status> {
+        let ListDatasetsRequest { page_size, page_token } = request.into_inner();
+        let page_size = validate::page_size(page_size, 100)?;
+        let all = datasets::list(self.ctx.lifecycle.store()).await?;
+        let (datasets, next_page_token) = page_token::page(all, |d| d.name.clone(), page_size, &page_token)?;
+        Ok(Response::new(ListDatasetsResponse { datasets, next_page_token }))
     }
 
-    async fn get(&self, request: Request<GetDatasetRequest>) -> Result<Response<Dataset>, Status> {
+    async fn get_dataset(&self, request: Request<GetDatasetRequest>) -> Result<Response<GetDatasetResponse>, Status> {
         let name = request.into_inner().name;
         validate::artifact_name("name", &name)?;
-        Ok(Response::new(datasets::find(self.ctx.lifecycle.store(), &name).await?))
+        let dataset = datasets::find(self.ctx.lifecycle.store(), &name).await?;
+        Ok(Response::new(GetDatasetResponse { dataset: Some(dataset) }))
     }
 
-    async fn delete(&self, request: Request<DeleteDatasetRequest>) -> Result<Response<Dataset>, Status> {
+    async fn delete_dataset(
+        &self,
+        request: Request<DeleteDatasetRequest>,
+    ) -> Result<Response<DeleteDatasetResponse>, Status> {
         let name = request.into_inner().name;
         let config = self.ctx.lifecycle.config();
-        Ok(Response::new(datasets::delete(self.ctx.lifecycle.store(), &config.artifacts, &name).await?))
+        let dataset = datasets::delete(self.ctx.lifecycle.store(), &config.artifacts, &name).await?;
+        Ok(Response::new(DeleteDatasetResponse { dataset: Some(dataset) }))
     }
 }

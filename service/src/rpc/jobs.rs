@@ -1,4 +1,5 @@
-//! `deephardway.v1.Jobs`: submit, watch, get, list, cancel, and the live job list.
+//! `deephardway.v1.JobService`: create, run, watch, get, list, cancel, and the live job
+//! list.
 //!
 //! Watch is list-then-watch: subscribe to the hub, list the job's stored events, send
 //! those after `after_seq`, then forward live ones. Sequence numbers make it exact:
@@ -10,19 +11,23 @@ use std::pin::Pin;
 use deephardway::{
     is_final,
     v1::{
-        CancelRequest, GetJobRequest, Job, JobEvent, JobState, JobUpdate, ListJobsRequest, ListJobsResponse,
-        SubmitRequest, SubmitResponse, WatchJobsRequest, WatchRequest, jobs_server::Jobs,
+        CancelJobRequest, CancelJobResponse, CreateJobRequest, CreateJobResponse, GetJobRequest, GetJobResponse, Job,
+        JobEvent, JobState, JobView, ListJobsRequest, ListJobsResponse, RunJobRequest, RunJobResponse, WatchJobRequest,
+        WatchJobResponse, WatchJobsRequest, WatchJobsResponse, job_service_server::JobService,
     },
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::SharedContext;
-use crate::jobs::validate;
+use super::page_token;
+use crate::validate;
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+pub type RunJobStream = Pin<Box<dyn Stream<Item = Result<RunJobResponse, Status>> + Send>>;
+pub type WatchJobStream = Pin<Box<dyn Stream<Item = Result<WatchJobResponse, Status>> + Send>>;
 
 pub struct JobsRpc {
     ctx: SharedContext,
@@ -34,75 +39,109 @@ impl JobsRpc {
     }
 }
 
+/// A job as `view` asks: BASIC leaves out the input and the result, which can be large.
+fn in_view(mut job: Job, view: JobView) -> Job {
+    if view == JobView::Basic {
+        if let Some(spec) = job.spec.as_mut() {
+            spec.input = None;
+        }
+        job.result = None;
+    }
+    job
+}
+
+/// The view a request asks for, `default` when it leaves it unset.
+fn view(value: i32, default: JobView) -> Result<JobView, Status> {
+    Ok(match validate::known_enum::<JobView>("view", value)? {
+        JobView::Unspecified => default,
+        view => view,
+    })
+}
+
 #[tonic::async_trait]
-impl Jobs for JobsRpc {
-    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
-        let (job, deduplicated) = self.ctx.lifecycle.submit(request.into_inner()).await?;
-        Ok(Response::new(SubmitResponse { job: Some(job), deduplicated }))
+impl JobService for JobsRpc {
+    async fn create_job(&self, request: Request<CreateJobRequest>) -> Result<Response<CreateJobResponse>, Status> {
+        let CreateJobRequest { spec, request_id } = request.into_inner();
+        let spec = spec.ok_or_else(|| deephardway::errors::invalid_field("spec", "is required"))?;
+        let (job, deduplicated) = self.ctx.lifecycle.submit(spec, &request_id).await?;
+        Ok(Response::new(CreateJobResponse { job: Some(job), deduplicated }))
     }
 
-    type RunStream = EventStream;
+    type RunJobStream = RunJobStream;
 
-    async fn run(&self, request: Request<SubmitRequest>) -> Result<Response<EventStream>, Status> {
-        let (job, _) = self.ctx.lifecycle.submit(request.into_inner()).await?;
-        Ok(Response::new(follow(self.ctx.clone(), job.id, 0)))
+    async fn run_job(&self, request: Request<RunJobRequest>) -> Result<Response<RunJobStream>, Status> {
+        let RunJobRequest { spec, request_id } = request.into_inner();
+        let spec = spec.ok_or_else(|| deephardway::errors::invalid_field("spec", "is required"))?;
+        let (job, _) = self.ctx.lifecycle.submit(spec, &request_id).await?;
+        let events = follow(self.ctx.clone(), job.id, 0);
+        Ok(Response::new(Box::pin(events.map(|e| e.map(|event| RunJobResponse { event: Some(event) })))))
     }
 
-    type WatchStream = EventStream;
+    type WatchJobStream = WatchJobStream;
 
-    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
-        let WatchRequest { job_id, after_seq } = request.into_inner();
+    async fn watch_job(&self, request: Request<WatchJobRequest>) -> Result<Response<WatchJobStream>, Status> {
+        let WatchJobRequest { job_id, after_seq } = request.into_inner();
         // Fail fast on an unknown job, with a status rather than an empty stream.
         let job = self.ctx.lifecycle.get(&job_id).await?;
         if after_seq > job.last_seq && is_finished(&job) {
-            return Err(Status::out_of_range(format!(
-                "after_seq: {after_seq} is past the job's last event ({})",
-                job.last_seq
-            )));
+            return Err(deephardway::errors::invalid_field(
+                "after_seq",
+                format!("{after_seq} is past the job's last event ({})", job.last_seq),
+            ));
         }
-        Ok(Response::new(follow(self.ctx.clone(), job_id, after_seq)))
+        let events = follow(self.ctx.clone(), job_id, after_seq);
+        Ok(Response::new(Box::pin(events.map(|e| e.map(|event| WatchJobResponse { event: Some(event) })))))
     }
 
-    async fn get(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.ctx.lifecycle.get(&request.into_inner().job_id).await?))
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let GetJobRequest { job_id, view: asked } = request.into_inner();
+        let view = view(asked, JobView::Full)?;
+        let job = self.ctx.lifecycle.get(&job_id).await?;
+        Ok(Response::new(GetJobResponse { job: Some(in_view(job, view)) }))
     }
 
-    async fn list(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+    async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
         let req = request.into_inner();
-        let state = JobState::try_from(req.state)
-            .map_err(|_| Status::invalid_argument(format!("state: {} is not a JobState", req.state)))?;
+        let state = validate::known_enum::<JobState>("state", req.state)?;
         if !req.model.is_empty() {
             validate::model_name("model", &req.model)?;
         }
-        if req.limit > 1000 {
-            return Err(Status::invalid_argument(format!("limit: is {}; at most 1000", req.limit)));
-        }
-        let limit = if req.limit == 0 { 100 } else { req.limit as usize };
-        let jobs = self.ctx.lifecycle.list(state, &req.model, limit).await?;
-        Ok(Response::new(ListJobsResponse { jobs }))
+        let page_size = validate::page_size(req.page_size, 100)?;
+        let view = view(req.view, JobView::Basic)?;
+        let after = page_token::decode(&req.page_token)?;
+        let page = self.ctx.lifecycle.list(state, &req.model, page_size, after.as_deref()).await?;
+        Ok(Response::new(ListJobsResponse {
+            jobs: page.jobs.into_iter().map(|job| in_view(job, view)).collect(),
+            next_page_token: page.next.as_deref().map(page_token::encode).unwrap_or_default(),
+        }))
     }
 
-    type WatchJobsStream = Pin<Box<dyn Stream<Item = Result<JobUpdate, Status>> + Send>>;
+    type WatchJobsStream = Pin<Box<dyn Stream<Item = Result<WatchJobsResponse, Status>> + Send>>;
 
     async fn watch_jobs(&self, request: Request<WatchJobsRequest>) -> Result<Response<Self::WatchJobsStream>, Status> {
-        let limit = request.into_inner().limit;
-        if limit > 1000 {
-            return Err(Status::invalid_argument(format!("limit: is {limit}; at most 1000")));
+        let WatchJobsRequest { snapshot_size, view: asked } = request.into_inner();
+        if snapshot_size > 1000 {
+            return Err(deephardway::errors::invalid_field(
+                "snapshot_size",
+                format!("is {snapshot_size}; at most 1000"),
+            ));
         }
-        let limit = if limit == 0 { 50 } else { limit as usize };
+        let snapshot_size = if snapshot_size == 0 { 50 } else { snapshot_size as usize };
+        let view = view(asked, JobView::Basic)?;
         let (tx, rx) = mpsc::channel(256);
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            if let Err(status) = forward_job_updates(&ctx, limit, &tx).await {
+            if let Err(status) = forward_job_updates(&ctx, snapshot_size, view, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<Job>, Status> {
+    async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(self.ctx.lifecycle.cancel(&req.job_id, &req.reason).await?))
+        let job = self.ctx.lifecycle.cancel(&req.job_id, &req.reason).await?;
+        Ok(Response::new(CancelJobResponse { job: Some(in_view(job, JobView::Basic)) }))
     }
 }
 
@@ -111,7 +150,7 @@ fn is_finished(job: &Job) -> bool {
 }
 
 /// Streams a job's events after `after_seq` until its final one.
-pub fn follow(ctx: SharedContext, job_id: String, after_seq: u64) -> EventStream {
+fn follow(ctx: SharedContext, job_id: String, after_seq: u64) -> EventStream {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         if let Err(status) = forward(&ctx, &job_id, after_seq, &tx).await {
@@ -147,12 +186,18 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
         if stored.is_empty() {
             return Err(Status::not_found(format!("job {job_id} not found")));
         }
+        let final_seq = stored.last().filter(|e| e.event.as_ref().is_some_and(is_final)).map(|e| e.seq);
         for event in stored {
             match deliver(tx, event, &mut last).await {
                 Some(true) => return Ok(()),
                 Some(false) => {}
                 None => break,
             }
+        }
+        // The watcher has already seen the final event (it resumed after it): nothing
+        // more will come.
+        if final_seq.is_some_and(|seq| seq <= last) {
+            return Ok(());
         }
         loop {
             tokio::select! {
@@ -175,19 +220,21 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
 /// the snapshot means nothing is missed; a subscriber that lags gets a fresh snapshot.
 async fn forward_job_updates(
     ctx: &SharedContext,
-    limit: usize,
-    tx: &mpsc::Sender<Result<JobUpdate, Status>>,
+    snapshot_size: usize,
+    view: JobView,
+    tx: &mpsc::Sender<Result<WatchJobsResponse, Status>>,
 ) -> Result<(), Status> {
     use tokio::sync::broadcast::error::RecvError;
 
-    use crate::{keys, store::EventKind};
+    use crate::hub::Change;
 
     let mut changes = ctx.hub.changes();
     let mut send_snapshot = true;
     loop {
         if std::mem::take(&mut send_snapshot) {
-            for job in ctx.lifecycle.list(JobState::Unspecified, "", limit).await? {
-                if tx.send(Ok(JobUpdate { job: Some(job), removed: false, snapshot: true })).await.is_err() {
+            for job in ctx.lifecycle.list(JobState::Unspecified, "", snapshot_size, None).await?.jobs {
+                let update = WatchJobsResponse { job: Some(in_view(job, view)), removed: false, snapshot: true };
+                if tx.send(Ok(update)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -198,15 +245,13 @@ async fn forward_job_updates(
             _ = ctx.shutdown.cancelled() => return Err(Status::unavailable("server shutting down")),
         };
         let update = match change {
-            Ok(change) if change.kv.key.starts_with(keys::JOBS) => match change.kind {
-                EventKind::Put => match <Job as prost::Message>::decode(change.kv.value.as_slice()) {
-                    Ok(job) => JobUpdate { job: Some(job), removed: false, snapshot: false },
-                    Err(_) => continue,
-                },
-                EventKind::Delete => {
-                    let id = keys::last_segment(&change.kv.key).to_string();
-                    JobUpdate { job: Some(Job { id, ..Default::default() }), removed: true, snapshot: false }
-                }
+            Ok(Change::JobUpdated(job)) => {
+                WatchJobsResponse { job: Some(in_view(Job::clone(&job), view)), removed: false, snapshot: false }
+            }
+            Ok(Change::JobRemoved { job_id }) => WatchJobsResponse {
+                job: Some(Job { id: job_id, ..Default::default() }),
+                removed: true,
+                snapshot: false,
             },
             Ok(_) => continue,
             Err(RecvError::Lagged(_)) => {

@@ -4,6 +4,7 @@
 pub mod datasets;
 pub mod jobs;
 pub mod models;
+mod page_token;
 pub mod workers;
 
 use std::sync::Arc;

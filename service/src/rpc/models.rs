@@ -1,13 +1,13 @@
-//! `deephardway.v1.Models`: what the connected workers serve, read from their records,
+//! `deephardway.v1.ModelService`: what the connected workers serve, read from their records,
 //! and the trained models, which run wherever a worker announces the classifier.
 
 use std::collections::BTreeMap;
 
-use deephardway::v1::{JobKind, ListModelsRequest, ListModelsResponse, ModelInfo, models_server::Models};
+use deephardway::v1::{JobKind, ListModelsRequest, ListModelsResponse, Model, model_service_server::ModelService};
 use tonic::{Request, Response, Status};
 
-use super::SharedContext;
-use crate::trained_models;
+use super::{SharedContext, page_token};
+use crate::{trained_models, validate};
 
 pub struct ModelsRpc {
     ctx: SharedContext,
@@ -20,14 +20,15 @@ impl ModelsRpc {
 }
 
 #[tonic::async_trait]
-impl Models for ModelsRpc {
-    async fn list(&self, request: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
-        let kind = request.into_inner().kind;
-        JobKind::try_from(kind).map_err(|_| Status::invalid_argument(format!("kind: {kind} is not a JobKind")))?;
-        let mut models: BTreeMap<(String, i32), ModelInfo> = BTreeMap::new();
+impl ModelService for ModelsRpc {
+    async fn list_models(&self, request: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        let ListModelsRequest { kind, page_size, page_token } = request.into_inner();
+        validate::known_enum::<JobKind>("kind", kind)?;
+        let page_size = validate::page_size(page_size, 100)?;
+        let mut models: BTreeMap<(String, i32), Model> = BTreeMap::new();
         for worker in self.ctx.lifecycle.workers().await? {
             for m in worker.models.iter().filter(|m| kind == 0 || m.kind == kind) {
-                let info = models.entry((m.name.clone(), m.kind)).or_insert_with(|| ModelInfo {
+                let info = models.entry((m.name.clone(), m.kind)).or_insert_with(|| Model {
                     name: m.name.clone(),
                     kind: m.kind,
                     description: m.description.clone(),
@@ -49,14 +50,14 @@ impl Models for ModelsRpc {
             for trained in trained_models::latest(self.ctx.lifecycle.store()).await? {
                 let description = format!(
                     "{} trained on {} (version {}, validation accuracy {:.1}%)",
-                    trained.architecture,
+                    trained.architecture().as_str_name().trim_start_matches("ARCHITECTURE_").to_lowercase(),
                     trained.dataset,
                     trained.version,
                     100.0 * trained.validation_accuracy
                 );
                 models.insert(
                     (trained.name.clone(), JobKind::Classify as i32),
-                    ModelInfo {
+                    Model {
                         name: trained.name.clone(),
                         kind: JobKind::Classify as i32,
                         description,
@@ -68,6 +69,10 @@ impl Models for ModelsRpc {
                 );
             }
         }
-        Ok(Response::new(ListModelsResponse { models: models.into_values().collect() }))
+        // A name can serve two kinds of job: the cursor is both.
+        let cursor = |m: &Model| format!("{} {}", m.name, m.kind);
+        let (models, next_page_token) =
+            page_token::page(models.into_values().collect(), cursor, page_size, &page_token)?;
+        Ok(Response::new(ListModelsResponse { models, next_page_token }))
     }
 }

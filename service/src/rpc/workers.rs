@@ -1,4 +1,4 @@
-//! `deephardway.v1.Workers`: one long-lived session per connected worker.
+//! `deephardway.worker.v1.WorkerService`: one long-lived session per connected worker.
 //!
 //! The session owns everything about its worker: the store lease that proves the worker
 //! is alive (the worker itself never touches the store), its record under that lease,
@@ -15,11 +15,13 @@ use std::{
 };
 
 use deephardway::{
+    errors::{RpcStatus, invalid_field},
     is_final,
-    v1::{
-        ArtifactChunk, CancelJob, Cancelled, FetchArtifactRequest, Job, JobAssignment, JobFailed, JobKind, JobState,
-        PublishModelRequest, ServiceMessage, TrainedModel, WorkerHello, WorkerMessage, WorkerReport, WorkerWelcome,
-        job_event::Event, service_message, submit_request::Input, worker_message, workers_server::Workers,
+    v1::{Job, JobCancelled, JobKind, JobState, TrainedModel, job_event::Event, job_spec::Input},
+    worker::v1::{
+        Assignment, Cancel, ConnectRequest, ConnectResponse, FetchArtifactRequest, FetchArtifactResponse, Hello,
+        PublishModelRequest, PublishModelResponse, Report, Welcome, connect_request, connect_response,
+        worker_service_server::WorkerService,
     },
 };
 use futures::{Stream, StreamExt};
@@ -30,21 +32,22 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::SharedContext;
 use crate::{
     datasets,
-    jobs::{self, Claimed, Rejected, ServedModel, WorkerRecord, validate},
+    hub::Change,
+    jobs::{Claimed, Rejected, ServedModel, WorkerRecord},
     keys,
-    store::{EventKind, Op, Txn},
-    trained_models,
+    store::{Op, Txn},
+    trained_models, validate,
 };
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 256;
 
-pub type ServiceMessages = Pin<Box<dyn Stream<Item = Result<ServiceMessage, Status>> + Send>>;
-pub type ArtifactChunks = Pin<Box<dyn Stream<Item = Result<ArtifactChunk, Status>> + Send>>;
+pub type ConnectResponses = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
+pub type ArtifactChunks = Pin<Box<dyn Stream<Item = Result<FetchArtifactResponse, Status>> + Send>>;
 
 /// Artifacts are streamed to workers in pieces of at most this many bytes.
 const CHUNK: usize = 1 << 20;
-type Outbound = mpsc::Sender<Result<ServiceMessage, Status>>;
+type Outbound = mpsc::Sender<Result<ConnectResponse, Status>>;
 
 pub struct WorkersRpc {
     ctx: SharedContext,
@@ -57,15 +60,15 @@ impl WorkersRpc {
 }
 
 #[tonic::async_trait]
-impl Workers for WorkersRpc {
-    type ConnectStream = ServiceMessages;
+impl WorkerService for WorkersRpc {
+    type ConnectStream = ConnectResponses;
     type FetchArtifactStream = ArtifactChunks;
 
     async fn fetch_artifact(&self, request: Request<FetchArtifactRequest>) -> Result<Response<ArtifactChunks>, Status> {
         let path = request.into_inner().path;
         let (size, stream) = self.ctx.lifecycle.config().artifacts.get(&path).await?;
         if size == 0 {
-            let empty = futures::stream::once(async { Ok(ArtifactChunk { data: Vec::new(), total_bytes: 0 }) });
+            let empty = futures::stream::once(async { Ok(FetchArtifactResponse { data: Vec::new(), total_bytes: 0 }) });
             return Ok(Response::new(Box::pin(empty)));
         }
         // The store's own chunks, re-cut to at most CHUNK bytes; the first carries the size.
@@ -83,18 +86,21 @@ impl Workers for WorkersRpc {
             })
             .map(move |piece| {
                 let total_bytes = if std::mem::take(&mut first) { size } else { 0 };
-                piece.map(|data| ArtifactChunk { data: data.to_vec(), total_bytes })
+                piece.map(|data| FetchArtifactResponse { data: data.to_vec(), total_bytes })
             });
         Ok(Response::new(Box::pin(chunks)))
     }
 
-    async fn publish_model(&self, request: Request<PublishModelRequest>) -> Result<Response<TrainedModel>, Status> {
+    async fn publish_model(
+        &self,
+        request: Request<PublishModelRequest>,
+    ) -> Result<Response<PublishModelResponse>, Status> {
         let PublishModelRequest { job_id, fence, model, config, weights } = request.into_inner();
         validate::job_id(&job_id)?;
         let store = self.ctx.lifecycle.store();
         // Only the job's current assignment may publish: its claim must be the one that
         // this fence names.
-        let claim = store.get(&keys::claim(&job_id)).await.map_err(jobs::store_status)?;
+        let claim = store.get(&keys::claim(&job_id)).await?;
         if claim.is_none_or(|kv| kv.create_revision as u64 != fence) {
             return Err(Status::failed_precondition(format!("job {job_id}: this assignment is no longer current")));
         }
@@ -104,52 +110,52 @@ impl Workers for WorkersRpc {
         if job.state != JobState::Running as i32 {
             return Err(Status::failed_precondition(format!("job {job_id} is not running")));
         }
-        let description = model.ok_or_else(|| Status::invalid_argument("model: is required"))?;
+        let description = model.ok_or_else(|| invalid_field("model", "is required"))?;
         let artifacts = &self.ctx.lifecycle.config().artifacts;
         let published = trained_models::publish(store, artifacts, &job, fence, description, config, weights).await?;
-        Ok(Response::new(published))
+        Ok(Response::new(PublishModelResponse { model: Some(published) }))
     }
 
-    async fn connect(&self, request: Request<Streaming<WorkerMessage>>) -> Result<Response<ServiceMessages>, Status> {
+    async fn connect(&self, request: Request<Streaming<ConnectRequest>>) -> Result<Response<ConnectResponses>, Status> {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
-        let Some(WorkerMessage { message: Some(worker_message::Message::Hello(hello)) }) = first else {
-            return Err(Status::invalid_argument("the first message must be a hello"));
+        let Some(ConnectRequest { message: Some(connect_request::Message::Hello(hello)) }) = first else {
+            return Err(invalid_field("message", "the first message must be a hello"));
         };
         let record = record_from_hello(hello)?;
 
         let store = self.ctx.lifecycle.store();
         let ttl = self.ctx.lifecycle.config().worker_lease_ttl;
-        let lease = store.lease_grant(ttl).await.map_err(jobs::store_status)?;
+        let lease = store.lease_grant(ttl).await?;
         let put = Txn::new().then(Op::put_with_lease(
             keys::worker(&record.worker_id),
             serde_json::to_vec(&record).expect("serialisable"),
             lease,
         ));
-        store.txn(put).await.map_err(jobs::store_status)?;
+        store.txn(put).await?;
         tracing::info!(worker = %record.worker_id, name = %record.name, device = %record.device,
             models = ?record.models.iter().map(|m| &m.name).collect::<Vec<_>>(), "worker connected");
 
         let (outbound, rx) = mpsc::channel(256);
-        let welcome = service_message::Message::Welcome(WorkerWelcome { worker_id: record.worker_id.clone() });
-        let _ = outbound.send(Ok(ServiceMessage { message: Some(welcome) })).await;
+        let welcome = connect_response::Message::Welcome(Welcome { worker_id: record.worker_id.clone() });
+        let _ = outbound.send(Ok(ConnectResponse { message: Some(welcome) })).await;
         let session = Session { ctx: self.ctx.clone(), record, lease, outbound, running: HashMap::new() };
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-fn record_from_hello(hello: WorkerHello) -> Result<WorkerRecord, Status> {
+fn record_from_hello(hello: Hello) -> Result<WorkerRecord, Status> {
     if hello.models.is_empty() {
-        return Err(Status::invalid_argument("hello.models: a worker must serve at least one model"));
+        return Err(invalid_field("hello.models", "a worker must serve at least one model"));
     }
     for (i, m) in hello.models.iter().enumerate() {
         validate::model_name(&format!("hello.models[{i}].name"), &m.name)?;
     }
     if hello.slots == 0 || hello.slots > MAX_SLOTS {
-        return Err(Status::invalid_argument(format!("hello.slots: is {}; must be 1 to {MAX_SLOTS}", hello.slots)));
+        return Err(invalid_field("hello.slots", format!("is {}; must be 1 to {MAX_SLOTS}", hello.slots)));
     }
     Ok(WorkerRecord {
         worker_id: uuid::Uuid::now_v7().to_string(),
@@ -173,7 +179,7 @@ fn record_from_hello(hello: WorkerHello) -> Result<WorkerRecord, Status> {
 struct Running {
     fence: u64,
     deadline: Instant,
-    timeout_ms: u32,
+    timeout: Duration,
     /// When the worker was told to stop, if it was.
     cancel_sent: Option<Instant>,
     /// Reports not yet written.
@@ -189,7 +195,7 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut inbound: Streaming<WorkerMessage>) {
+    async fn run(mut self, mut inbound: Streaming<ConnectRequest>) {
         let worker_id = self.record.worker_id.clone();
         let config = self.ctx.lifecycle.config().clone();
         let (assign_tx, mut assignments) = mpsc::channel(16);
@@ -200,7 +206,7 @@ impl Session {
         let end = loop {
             tokio::select! {
                 message = inbound.message() => match message {
-                    Ok(Some(WorkerMessage { message: Some(worker_message::Message::Report(report)) })) => {
+                    Ok(Some(ConnectRequest { message: Some(connect_request::Message::Report(report)) })) => {
                         self.on_report(report).await;
                     }
                     Ok(Some(_)) => tracing::warn!(worker = %worker_id, "ignoring an unexpected message"),
@@ -212,12 +218,8 @@ impl Session {
                     None => break "dispatcher stopped".to_string(),
                 },
                 change = changes.recv() => match change {
-                    Ok(change) if change.kind == EventKind::Put && change.kv.key.starts_with(keys::JOBS) => {
-                        let id = keys::last_segment(&change.kv.key);
-                        if self.running.contains_key(id)
-                            && let Ok(job) = <deephardway::v1::Job as prost::Message>::decode(change.kv.value.as_slice()) {
-                                self.on_job_changed(&job).await;
-                            }
+                    Ok(Change::JobUpdated(job)) if self.running.contains_key(&job.id) => {
+                        self.on_job_changed(&job).await;
                     }
                     Ok(_) => {}
                     Err(RecvError::Lagged(_)) => self.recheck_cancels().await,
@@ -242,34 +244,28 @@ impl Session {
         let _ = self.outbound.send(Err(Status::unavailable(end))).await;
     }
 
-    async fn send(&self, message: service_message::Message) {
-        let _ = self.outbound.send(Ok(ServiceMessage { message: Some(message) })).await;
+    async fn send(&self, message: connect_response::Message) {
+        let _ = self.outbound.send(Ok(ConnectResponse { message: Some(message) })).await;
     }
 
     async fn assign(&mut self, claimed: Claimed) {
         let Claimed { job, fence } = claimed;
-        let timeout = Duration::from_millis(u64::from(job.timeout_ms));
+        let timeout = job.timeout.and_then(|t| Duration::try_from(t).ok()).unwrap_or(Duration::MAX / 2);
         self.running.insert(
             job.id.clone(),
-            Running {
-                fence,
-                deadline: Instant::now() + timeout,
-                timeout_ms: job.timeout_ms,
-                cancel_sent: None,
-                pending: Vec::new(),
-            },
+            Running { fence, deadline: Instant::now() + timeout, timeout, cancel_sent: None, pending: Vec::new() },
         );
         let (dataset, trained_model) = self.stored_inputs(&job).await;
-        let assignment = JobAssignment {
+        let assignment = Assignment {
             job_id: job.id.clone(),
             fence,
             attempt: job.attempts,
             model: job.model.clone(),
-            request: job.request.clone(),
+            spec: job.spec.clone(),
             dataset,
             trained_model,
         };
-        self.send(service_message::Message::Assignment(assignment)).await;
+        self.send(connect_response::Message::Assignment(assignment)).await;
         // A cancel may have been accepted between the claim and now.
         self.on_job_changed(&job).await;
     }
@@ -278,7 +274,7 @@ impl Session {
     /// after the job was accepted), the worker fails the job, saying so.
     async fn stored_inputs(&self, job: &Job) -> (Option<deephardway::v1::Dataset>, Option<TrainedModel>) {
         let store = self.ctx.lifecycle.store();
-        match job.request.as_ref().and_then(|r| r.input.as_ref()) {
+        match job.spec.as_ref().and_then(|r| r.input.as_ref()) {
             Some(Input::Train(train)) if train.dataset_path.is_empty() => {
                 (datasets::find(store, &train.dataset).await.ok(), None)
             }
@@ -289,8 +285,8 @@ impl Session {
         }
     }
 
-    async fn on_report(&mut self, report: WorkerReport) {
-        let WorkerReport { job_id, fence, event } = report;
+    async fn on_report(&mut self, report: Report) {
+        let Report { job_id, fence, event } = report;
         let Some(event) = event.and_then(|e| e.event) else { return };
         if matches!(event, Event::Queued(_) | Event::Started(_)) {
             tracing::warn!(job = %job_id, "workers may not report queued or started events");
@@ -298,8 +294,8 @@ impl Session {
         }
         let Some(running) = self.running.get_mut(&job_id).filter(|r| r.fence == fence) else {
             // Not (or no longer) this worker's job: make sure it stops.
-            let cancel = CancelJob { job_id, reason: "the job is not assigned to this worker".into() };
-            self.send(service_message::Message::Cancel(cancel)).await;
+            let cancel = Cancel { job_id, reason: "the job is not assigned to this worker".into() };
+            self.send(connect_response::Message::Cancel(cancel)).await;
             return;
         };
         let last = is_final(&event);
@@ -319,9 +315,10 @@ impl Session {
         for id in ids {
             let Some(running) = self.running.get(&id) else { continue };
             if now >= running.deadline {
-                let failure = JobFailed {
+                let failure = RpcStatus {
                     code: Code::DeadlineExceeded as i32,
-                    message: format!("the job ran longer than its timeout of {} ms", running.timeout_ms),
+                    message: format!("the job ran longer than its timeout of {:?}", running.timeout),
+                    details: Vec::new(),
                 };
                 self.end_on_behalf(&id, Event::Failed(failure), "timeout").await;
             } else if running.cancel_sent.is_some_and(|t| now >= t + grace) {
@@ -329,7 +326,7 @@ impl Session {
                     Ok(Some((job, _))) => job.cancel_reason,
                     _ => "cancelled".into(),
                 };
-                self.end_on_behalf(&id, Event::Cancelled(Cancelled { reason }), "cancel grace expired").await;
+                self.end_on_behalf(&id, Event::Cancelled(JobCancelled { reason }), "cancel grace expired").await;
             }
         }
     }
@@ -342,8 +339,8 @@ impl Session {
         if self.running.contains_key(id) {
             return; // the write failed; try again next tick
         }
-        let cancel = CancelJob { job_id: id.to_string(), reason: why.to_string() };
-        self.send(service_message::Message::Cancel(cancel)).await;
+        let cancel = Cancel { job_id: id.to_string(), reason: why.to_string() };
+        self.send(connect_response::Message::Cancel(cancel)).await;
     }
 
     /// Writes one job's pending reports as one transaction.
@@ -380,28 +377,23 @@ impl Session {
     }
 
     /// Acts on the outcome of writing a job's reports.
-    async fn settle(
-        &mut self,
-        id: &str,
-        events: Vec<Event>,
-        outcome: Result<Result<deephardway::v1::Job, Rejected>, Status>,
-    ) {
+    async fn settle(&mut self, id: &str, events: Vec<Event>, outcome: Result<Job, Rejected>) {
         match outcome {
-            Ok(Ok(job)) => {
-                if job.finished_at.is_some() {
+            Ok(job) => {
+                if job.end_time.is_some() {
                     self.release(id);
                 }
             }
-            Ok(Err(rejected)) => {
+            Err(rejected @ (Rejected::StaleFence | Rejected::Finished)) => {
                 tracing::info!(job = %id, ?rejected, "dropping reports for a job this worker no longer holds");
                 self.release(id);
-                if rejected == Rejected::StaleFence {
-                    let cancel = CancelJob { job_id: id.to_string(), reason: "the job was reassigned".into() };
-                    self.send(service_message::Message::Cancel(cancel)).await;
+                if matches!(rejected, Rejected::StaleFence) {
+                    let cancel = Cancel { job_id: id.to_string(), reason: "the job was reassigned".into() };
+                    self.send(connect_response::Message::Cancel(cancel)).await;
                 }
             }
-            Err(status) if status.code() == Code::NotFound => self.release(id),
-            Err(status) => {
+            Err(Rejected::Status(status)) if status.code() == Code::NotFound => self.release(id),
+            Err(Rejected::Status(status)) => {
                 tracing::warn!(job = %id, error = %status, "could not record reports; retrying");
                 if let Some(running) = self.running.get_mut(id) {
                     let newer = std::mem::replace(&mut running.pending, events);
@@ -421,8 +413,8 @@ impl Session {
         let Some(running) = self.running.get_mut(&job.id) else { return };
         if job.cancel_requested && running.cancel_sent.is_none() {
             running.cancel_sent = Some(Instant::now());
-            let cancel = CancelJob { job_id: job.id.clone(), reason: job.cancel_reason.clone() };
-            self.send(service_message::Message::Cancel(cancel)).await;
+            let cancel = Cancel { job_id: job.id.clone(), reason: job.cancel_reason.clone() };
+            self.send(connect_response::Message::Cancel(cancel)).await;
         }
     }
 
@@ -461,12 +453,12 @@ fn coalesce(events: Vec<Event>) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deephardway::v1::{Output, Progress};
+    use deephardway::v1::{JobOutput, JobProgress};
 
     #[test]
     fn output_merges_and_other_events_keep_their_order() {
-        let out = |t: &str| Event::Output(Output { text: t.into() });
-        let progress = |f: f64| Event::Progress(Progress { fraction: f, ..Default::default() });
+        let out = |t: &str| Event::Output(JobOutput { text: t.into() });
+        let progress = |f: f64| Event::Progress(JobProgress { fraction: f, ..Default::default() });
         let merged = coalesce(vec![progress(0.1), out("a"), out("b"), progress(0.5), out("c"), progress(0.9)]);
         assert_eq!(merged, vec![progress(0.1), out("abc"), progress(0.5), progress(0.9)]);
     }

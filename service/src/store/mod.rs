@@ -167,6 +167,17 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// How a store failure reaches a client: UNAVAILABLE when the store cannot be reached
+/// (worth retrying), INTERNAL otherwise.
+impl From<StoreError> for tonic::Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(m) => tonic::Status::unavailable(format!("job store unavailable: {m}")),
+            other => tonic::Status::internal(other.to_string()),
+        }
+    }
+}
+
 /// The operations deephardway needs from a key-value store with etcd's semantics.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -1,25 +1,21 @@
-//! Shared harness for the integration tests: real processes and servers, no mocks.
+//! Shared harness for the service library's tests: real stores, no mocks.
 //!
-//! - [`Backend`]: a fresh embedded store (temp dir) or a real etcd.
-//! - [`TestServer`]: the service on a free loopback port, in this process.
-//! - [`TestWorker`]: a worker in this process; [`WorkerProcess`]: the real binary, to kill.
-//! - [`ServiceProcess`]: the real `deephardway serve` binary, to kill and restart.
-//! - client helpers: [`jobs_client`], [`collect_events`], [`diagnostic`].
+//! - [`Backend`]: a fresh embedded store (temp dir) or a real etcd ([`etcd`]).
+//! - [`test_config`]: service settings that make tests quick.
+//! - [`diagnostic`], [`assert_contiguous`]: job specs and event checks.
+//!
+//! The end-to-end tests of the `deephardway` binary (cli/tests) include this module too.
 #![allow(dead_code)]
 
 pub mod etcd;
 
-use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use deephardway::v1::{DiagnosticInput, JobEvent, SubmitRequest, jobs_client::JobsClient, submit_request::Input};
+use deephardway::v1::{DiagnosticInput, JobEvent, JobSpec, job_spec::Input};
 use deephardway_service::{
-    ServiceConfig, Web,
+    ServiceConfig,
     store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
 };
-use deephardway_worker::{WorkerOptions, runners::diagnostic::DiagnosticRunner};
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 /// Where a test's store lives.
 pub enum Backend {
@@ -53,236 +49,11 @@ pub fn test_config() -> ServiceConfig {
     }
 }
 
-/// The service running in this process on a free port.
-pub struct TestServer {
-    pub url: String,
-    pub addr: std::net::SocketAddr,
-    pub store: SharedStore,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl TestServer {
-    pub async fn start(store: SharedStore) -> TestServer {
-        Self::start_with(store, test_config()).await
-    }
-
-    pub async fn start_with(store: SharedStore, config: ServiceConfig) -> TestServer {
-        Self::start_full(store, config, Web::default()).await
-    }
-
-    pub async fn start_full(store: SharedStore, config: ServiceConfig, web: Web) -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(deephardway_service::serve(listener, store.clone(), config, web, async move {
-            let _ = stopped.await;
-        }));
-        TestServer { url: format!("http://{addr}"), addr, store, stop: Some(stop), task: Some(task) }
-    }
-
-    pub async fn client(&self) -> JobsClient<Channel> {
-        jobs_client(&self.url).await
-    }
-
-    /// Shuts down gracefully and waits for the server to finish.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("server shuts down within 15 s")
-                .expect("server task")
-                .expect("server ran cleanly");
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-/// A worker running in this process, serving the diagnostic model.
-pub struct TestWorker {
-    stop: CancellationToken,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl TestWorker {
-    pub fn start(url: &str, name: &str, slots: u32) -> TestWorker {
-        let stop = CancellationToken::new();
-        let options = WorkerOptions {
-            server: url.to_string(),
-            name: name.to_string(),
-            slots,
-            device: "cpu".into(),
-            runners: vec![Arc::new(DiagnosticRunner)],
-        };
-        let task = tokio::spawn(deephardway_worker::run(options, stop.clone()));
-        TestWorker { stop, task: Some(task) }
-    }
-
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for TestWorker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// The `deephardway` binary built alongside these tests.
-pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_deephardway"))
-}
-
-/// A `deephardway worker` process.
-pub struct WorkerProcess {
-    pub child: tokio::process::Child,
-}
-
-impl WorkerProcess {
-    pub fn start(url: &str, name: &str, slots: u32) -> WorkerProcess {
-        let child = tokio::process::Command::new(binary())
-            .args(["worker", "--server", url, "--name", name, "--device", "cpu", "--slots", &slots.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn worker");
-        WorkerProcess { child }
-    }
-
-    /// SIGKILL: no goodbye, no cleanup.
-    pub async fn kill(&mut self) {
-        self.child.kill().await.expect("kill worker");
-    }
-}
-
-/// `deephardway up` (service, embedded store and a local worker) on a free port, with a
-/// fresh data directory; killed when dropped.
-pub struct UpProcess {
-    pub child: tokio::process::Child,
-    pub url: String,
-    /// `host:port`, as grpcurl takes it.
-    pub addr: String,
-    pub data_dir: tempfile::TempDir,
-}
-
-impl UpProcess {
-    /// Starts it serving the models in `models_dir` (none: the default models directory)
-    /// with `extra` flags, and waits until its worker is connected.
-    pub async fn start(models_dir: Option<&std::path::Path>, extra: &[&str]) -> UpProcess {
-        let data_dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = tokio::process::Command::new(binary());
-        command.args(["up", "--listen", &addr, "--device", "cpu"]).args(extra).arg("--data-dir").arg(data_dir.path());
-        command.arg("--artifact-cache").arg(data_dir.path().join("worker-cache"));
-        if let Some(models) = models_dir {
-            command.arg("--models-dir").arg(models);
-        }
-        let child = command.env("RUST_LOG", "warn").stdin(Stdio::null()).kill_on_drop(true).spawn().expect("spawn up");
-        let url = format!("http://{addr}");
-        wait_until_serving(&url).await;
-        wait_for_workers(&url, 1).await;
-        UpProcess { child, url, addr, data_dir }
-    }
-}
-
-/// A `deephardway serve` process on the embedded store.
-pub struct ServiceProcess {
-    pub child: tokio::process::Child,
-    pub url: String,
-}
-
-impl ServiceProcess {
-    pub async fn start(data_dir: &std::path::Path, port: u16) -> ServiceProcess {
-        let listen = format!("127.0.0.1:{port}");
-        let child = tokio::process::Command::new(binary())
-            .args(["serve", "--store", "embedded", "--listen", &listen, "--worker-lease-s", "2"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn service");
-        let url = format!("http://{listen}");
-        wait_until_serving(&url).await;
-        ServiceProcess { child, url }
-    }
-
-    pub async fn kill(&mut self) {
-        self.child.kill().await.expect("kill service");
-    }
-}
-
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-pub async fn wait_until_serving(url: &str) {
-    for _ in 0..200 {
-        if deephardway::connect(url).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} did not start serving within 10 s");
-}
-
-pub async fn jobs_client(url: &str) -> JobsClient<Channel> {
-    JobsClient::new(deephardway::connect(url).await.expect("connect"))
-}
-
-/// A diagnostic job request.
-pub fn diagnostic(steps: u32, step_ms: u32) -> SubmitRequest {
-    SubmitRequest {
+/// A diagnostic job's spec.
+pub fn diagnostic(steps: u32, step_ms: u32) -> JobSpec {
+    JobSpec {
         input: Some(Input::Diagnostic(DiagnosticInput { steps, step_ms, ..Default::default() })),
         ..Default::default()
-    }
-}
-
-/// Waits (up to `within`) until some connected worker serves the diagnostic model.
-pub async fn wait_for_workers(url: &str, count: u32) {
-    use deephardway::v1::{ListModelsRequest, models_client::ModelsClient};
-    let mut models = ModelsClient::new(deephardway::connect(url).await.expect("connect"));
-    for _ in 0..200 {
-        let list = models.list(ListModelsRequest::default()).await.expect("Models.List").into_inner();
-        if list.models.iter().any(|m| m.name == "diagnostic" && m.workers >= count) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{count} worker(s) did not connect within 10 s");
-}
-
-/// Reads a stream of events to its end (or until `within` passes).
-pub async fn collect_events(
-    mut stream: tonic::Streaming<JobEvent>,
-    within: Duration,
-) -> Result<Vec<JobEvent>, tonic::Status> {
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.message()).await {
-            Ok(Ok(Some(event))) => events.push(event),
-            Ok(Ok(None)) => return Ok(events),
-            Ok(Err(status)) => return Err(status),
-            Err(_) => panic!("stream did not end within {within:?}; got {} events: {events:?}", events.len()),
-        }
     }
 }
 
@@ -291,26 +62,4 @@ pub fn assert_contiguous(events: &[JobEvent], first: u64) {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, first + i as u64, "event {i} has seq {} (expected {}): {events:?}", e.seq, first + i as u64);
     }
-}
-
-/// A tool installed by `scripts/setup`, on PATH or in its cache.
-pub fn tool(name: &str, env_override: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env_override) {
-        return PathBuf::from(path);
-    }
-    let cache = std::env::var_os("DEEPHARDWAY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/deephardway"));
-    let candidates = [cache.join("tools/bin").join(name), cache.join("venv/bin").join(name)];
-    for candidate in candidates {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    if let Ok(output) = std::process::Command::new("which").arg(name).output()
-        && output.status.success()
-    {
-        return PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    }
-    panic!("{name} is not installed: run scripts/setup");
 }

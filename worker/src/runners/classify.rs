@@ -1,17 +1,28 @@
 //! The `classify` job: label images with a trained model, fetched from the service the
-//! first time this worker uses it and kept loaded for the next jobs.
+//! first time this worker uses it and kept loaded for the next jobs. An image that is not
+//! a readable PNG or JPEG fails the job with INVALID_ARGUMENT naming it
+//! (`classify.images[3]`).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
+use anyhow::Context;
 use candle_core::Device;
-use deephardway::v1::{ClassifyResult, JobResult, Prediction, WorkerModel, job_result, submit_request::Input};
-use tonic::Code;
+use deephardway::{
+    errors::invalid_field,
+    v1::{ClassifyInput, ClassifyResult, JobKind, JobResult, Prediction, job_result, job_spec::Input},
+    worker::v1::ServedModel,
+};
+use image::DynamicImage;
+use tonic::{Code, Status};
 
-use super::vision::classifier::Classifier;
-use crate::{JobContext, JobError, Runner, artifacts::ArtifactCache};
+use crate::{
+    artifacts::ArtifactCache,
+    models::vision::{classifier::Classifier, dataset},
+    runner::{FailJob, JobContext, JobError, Runner, wrong_kind},
+};
 
 /// Loaded models kept in memory; the least recently used is dropped beyond this.
 const LOADED_MODELS: usize = 8;
@@ -31,21 +42,23 @@ impl ClassifyRunner {
         ClassifyRunner { device, cache, loaded: Mutex::new(HashMap::new()) }
     }
 
+    /// The classifier stored at `artifact`, loaded now unless it still is.
     async fn classifier(&self, job: &JobContext, artifact: &str) -> Result<Arc<Classifier>, JobError> {
         let tick = || std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos() as u64);
         if let Some((classifier, used)) = self.loaded.lock().expect("no poisoned lock").get_mut(artifact) {
             *used = tick();
             return Ok(classifier.clone());
         }
-        let unavailable = |e: anyhow::Error| JobError::failed(Code::Unavailable, format!("{e:#}"));
-        let config = self.cache.get(&job.service, &format!("{artifact}/config.json")).await.map_err(unavailable)?;
-        self.cache.get(&job.service, &format!("{artifact}/model.safetensors")).await.map_err(unavailable)?;
+        let config =
+            self.cache.get(&job.service, &format!("{artifact}/config.json")).await.fail_with(Code::Unavailable)?;
+        self.cache.get(&job.service, &format!("{artifact}/model.safetensors")).await.fail_with(Code::Unavailable)?;
         let dir = config.parent().expect("a file has a folder").to_path_buf();
         let device = self.device.clone();
         let classifier = tokio::task::spawn_blocking(move || Classifier::load(&dir, &device))
             .await
-            .map_err(|e| JobError::failed(Code::Internal, e.to_string()))?
-            .map_err(|e| JobError::failed(Code::Internal, format!("cannot load the model: {e:#}")))?;
+            .internal()?
+            .context("cannot load the model")
+            .internal()?;
         let classifier = Arc::new(classifier);
         let mut loaded = self.loaded.lock().expect("no poisoned lock");
         if loaded.len() >= LOADED_MODELS
@@ -60,47 +73,79 @@ impl ClassifyRunner {
 
 #[tonic::async_trait]
 impl Runner for ClassifyRunner {
-    fn models(&self) -> Vec<WorkerModel> {
-        vec![WorkerModel {
+    fn models(&self) -> Vec<ServedModel> {
+        vec![ServedModel {
             name: deephardway::CLASSIFIER_MODEL.into(),
-            kind: deephardway::v1::JobKind::Classify as i32,
+            kind: JobKind::Classify as i32,
             description: "classifies images with any model trained by a train job".into(),
             context_length: 0,
         }]
     }
 
     async fn run(&self, job: JobContext) -> Result<JobResult, JobError> {
-        let Some(Input::Classify(input)) = job.assignment.request.as_ref().and_then(|r| r.input.clone()) else {
-            return Err(JobError::failed(Code::InvalidArgument, "not a classify job"));
+        let Some(Input::Classify(input)) = job.input().cloned() else {
+            return Err(wrong_kind("classify"));
         };
         let Some(trained) = job.assignment.trained_model.clone() else {
-            return Err(JobError::failed(Code::FailedPrecondition, "the assignment names no trained model"));
+            return Err(Status::failed_precondition("the assignment names no trained model").into());
         };
         let classifier = self.classifier(&job, &trained.artifact).await?;
         let cancel = job.cancel.clone();
-        let predictions = tokio::task::spawn_blocking(move || -> Result<Vec<Prediction>, JobError> {
-            let mut out = Vec::with_capacity(input.images.len());
-            for (batch_index, batch) in input.images.chunks(BATCH).enumerate() {
-                if cancel.is_cancelled() {
-                    return Err(JobError::Cancelled);
-                }
-                let names: Vec<String> =
-                    (0..batch.len()).map(|i| format!("classify.images[{}]", batch_index * BATCH + i)).collect();
-                let images: Vec<(&str, &[u8])> =
-                    names.iter().map(String::as_str).zip(batch.iter().map(Vec::as_slice)).collect();
-                let predicted = classifier
-                    .classify(&images)
-                    .map_err(|e| JobError::failed(Code::InvalidArgument, format!("{e:#}")))?;
-                out.extend(
-                    predicted
-                        .into_iter()
-                        .map(|p| Prediction { label: p.label, probabilities: p.probabilities.into_iter().collect() }),
-                );
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(|e| JobError::failed(Code::Internal, e.to_string()))??;
+        let predictions = tokio::task::spawn_blocking(move || label(&classifier, &input, || cancel.is_cancelled()))
+            .await
+            .internal()??;
         Ok(JobResult { value: Some(job_result::Value::Classify(ClassifyResult { predictions })) })
+    }
+}
+
+/// Labels the input's images a batch at a time, stopping when `cancelled` says so.
+fn label(
+    classifier: &Classifier,
+    input: &ClassifyInput,
+    cancelled: impl Fn() -> bool,
+) -> Result<Vec<Prediction>, JobError> {
+    let mut out = Vec::with_capacity(input.images.len());
+    for (batch_index, batch) in input.images.chunks(BATCH).enumerate() {
+        if cancelled() {
+            return Err(JobError::Cancelled);
+        }
+        let images = batch
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| decode(bytes, batch_index * BATCH + i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let predicted = classifier.label(&images).internal()?;
+        out.extend(
+            predicted
+                .into_iter()
+                .map(|p| Prediction { label: p.label, probabilities: p.probabilities.into_iter().collect() }),
+        );
+    }
+    Ok(out)
+}
+
+/// Image `index` of the input, decoded, or INVALID_ARGUMENT naming it.
+fn decode(bytes: &[u8], index: usize) -> Result<DynamicImage, Status> {
+    let field = format!("classify.images[{index}]");
+    dataset::decode(bytes, &field).map_err(|e| {
+        // The error begins with the name it was given; the violation names the field apart.
+        let message = format!("{e:#}");
+        invalid_field(&field, message.strip_prefix(&format!("{field}: ")).unwrap_or(&message))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use deephardway::errors::{FieldViolation, violations};
+    use tonic::Code;
+
+    #[test]
+    fn a_bad_image_is_named_by_its_field() {
+        let status = super::decode(b"not an image", 3).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with("classify.images[3]: not a PNG or JPEG image"), "{}", status.message());
+        let FieldViolation { field, description } = violations(&status).remove(0);
+        assert_eq!(field, "classify.images[3]");
+        assert!(description.starts_with("not a PNG or JPEG image"), "{description}");
     }
 }

@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use deephardway::v1::{
-    DiagnosticResult, JobKind, JobResult, Output, Progress, WorkerModel, job_event::Event, job_result,
-    submit_request::Input,
+use deephardway::{
+    v1::{DiagnosticResult, JobKind, JobOutput, JobProgress, JobResult, job_event::Event, job_result, job_spec::Input},
+    worker::v1::ServedModel,
 };
-use tonic::Code;
 
-use crate::runner::{JobContext, JobError, Runner};
+use crate::runner::{JobContext, JobError, Runner, wrong_kind};
 
 pub const MODEL: &str = "diagnostic";
 
@@ -20,8 +19,8 @@ pub struct DiagnosticRunner;
 
 #[tonic::async_trait]
 impl Runner for DiagnosticRunner {
-    fn models(&self) -> Vec<WorkerModel> {
-        vec![WorkerModel {
+    fn models(&self) -> Vec<ServedModel> {
+        vec![ServedModel {
             name: MODEL.into(),
             kind: JobKind::Diagnostic as i32,
             description: "built-in test job: timed steps with progress, optional failure".into(),
@@ -30,8 +29,8 @@ impl Runner for DiagnosticRunner {
     }
 
     async fn run(&self, job: JobContext) -> Result<JobResult, JobError> {
-        let Some(Input::Diagnostic(input)) = job.assignment.request.as_ref().and_then(|r| r.input.clone()) else {
-            return Err(JobError::failed(Code::InvalidArgument, "not a diagnostic job"));
+        let Some(Input::Diagnostic(input)) = job.input().cloned() else {
+            return Err(wrong_kind("diagnostic"));
         };
         let steps = input.steps.max(1);
         for step in 1..=steps {
@@ -40,15 +39,12 @@ impl Runner for DiagnosticRunner {
                 _ = job.cancel.cancelled() => return Err(JobError::Cancelled),
             }
             if step == input.fail_at_step {
-                return Err(JobError::failed(
-                    Code::Internal,
-                    format!("diagnostic job failed at step {step} as requested"),
-                ));
+                return Err(JobError::internal(format!("diagnostic job failed at step {step} as requested")));
             }
             if !input.output_per_step.is_empty() {
-                job.emit(Event::Output(Output { text: input.output_per_step.clone() }));
+                job.emit(Event::Output(JobOutput { text: input.output_per_step.clone() }));
             }
-            job.emit(Event::Progress(Progress {
+            job.emit(Event::Progress(JobProgress {
                 fraction: f64::from(step) / f64::from(steps),
                 message: format!("step {step}/{steps}"),
                 metrics: [("step".to_string(), f64::from(step))].into(),

@@ -1,11 +1,22 @@
-//! One runner per kind of job.
+//! The job adapters: one [`Runner`] per kind of job. A runner reads a job's input,
+//! checks what only the model can check (a prompt against its context, images against
+//! their format), runs the model code in [`crate::models`] off the async threads and
+//! turns what it produces into the job's events and result. Batching jobs together
+//! (generate's engine, embed's batches) is a runner's business too: the models take
+//! whatever batch they are given.
+//!
+//! - [`diagnostic`]: the built-in test job, no model;
+//! - [`generate`]: text generation, its continuous-batching engine and text streaming;
+//! - [`embed`]: sentence embeddings, batched dynamically;
+//! - [`classify`]: labelling images with trained models fetched from the service;
+//! - [`train`]: training a classifier and publishing it;
+//! - [`open`]: the runner for a model on disk.
 
 pub mod classify;
 pub mod diagnostic;
 pub mod embed;
 pub mod generate;
 pub mod train;
-pub mod vision;
 
 use std::{
     path::{Path, PathBuf},
@@ -15,17 +26,10 @@ use std::{
 use anyhow::Context;
 use candle_core::Device;
 
-use crate::Runner;
-
-/// deephardway's cache on this machine: `$DEEPHARDWAY_CACHE`, else `~/.cache/deephardway`.
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("DEEPHARDWAY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/deephardway"))
-}
+use crate::{artifacts::cache_dir, runner::Runner};
 
 /// Where `scripts/fetch-models` keeps model weights: `$DEEPHARDWAY_MODELS`, else
-/// `models` in the [`cache_dir`].
+/// `models` in deephardway's cache ([`cache_dir`]).
 pub fn default_models_dir() -> PathBuf {
     std::env::var_os("DEEPHARDWAY_MODELS").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"))
 }

@@ -1,25 +1,40 @@
-//! The `train` job: fetch the dataset, train a classifier on it with candle-nn, stream
-//! the curves, and publish the trained model to the service, which registers it.
+//! The `train` job: find the dataset, decode it, train a classifier on it with candle-nn,
+//! stream the curves, and publish the trained model to the service, which registers it.
+//!
+//! The request's options come from `deephardway::train::options`, which the service
+//! already checked the request with; what can only be checked once the images are read
+//! (the network against their actual size) fails the job with INVALID_ARGUMENT naming
+//! the field, as the service's own checks do.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use candle_core::Device;
-use deephardway::v1::{
-    JobResult, Progress, PublishModelRequest, TrainInput, TrainResult, TrainedModel, WorkerModel, job_event::Event,
-    job_result, submit_request::Input,
+use deephardway::{
+    datasets::Source,
+    errors::{field_status, invalid_field},
+    train::{TrainOptions, check_network},
+    v1::{
+        JobKind, JobProgress, JobResult, TrainInput, TrainResult, TrainedModel, job_event::Event, job_result,
+        job_spec::Input,
+    },
+    worker::v1::{PublishModelRequest, ServedModel},
 };
-use tonic::Code;
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::{Code, Status};
 
-use super::vision::{
-    classifier::Classifier,
-    network::{Architecture, ModelConfig, check},
-    source::Source,
-    training::{self, OptimizerKind, Stopped, TrainOptions},
+use crate::{
+    artifacts::ArtifactCache,
+    models::vision::{
+        classifier::Classifier,
+        dataset::{self, Dataset},
+        training::{self, Progress, Stopped, Trained},
+    },
+    runner::{FailJob, JobContext, JobError, Runner, wrong_kind},
 };
-use crate::{JobContext, JobError, Runner, artifacts::ArtifactCache};
 
 /// Progress events at most this often within epochs: smooth curves without writing every
 /// step of a fast training run to the store.
@@ -36,9 +51,21 @@ pub struct TrainRunner {
     local_datasets: Option<PathBuf>,
 }
 
+/// Where a dataset's images are, and the request field that named them.
 enum Location {
+    /// An uploaded archive, fetched into the cache (`train.dataset`).
     Archive(PathBuf),
+    /// A folder on this machine (`train.dataset_path`).
     Folder(PathBuf),
+}
+
+impl Location {
+    fn field(&self) -> &'static str {
+        match self {
+            Location::Archive(_) => "train.dataset",
+            Location::Folder(_) => "train.dataset_path",
+        }
+    }
 }
 
 impl TrainRunner {
@@ -48,214 +75,124 @@ impl TrainRunner {
         TrainRunner { device, cache, local_datasets }
     }
 
+    /// The dataset's name and where its images are: an uploaded archive (fetched into the
+    /// cache) or a folder of this machine's, if the worker allows it.
+    async fn locate(&self, job: &JobContext, input: &TrainInput) -> Result<(String, Location), JobError> {
+        if !input.dataset_path.is_empty() {
+            return Ok((input.dataset_path.clone(), Location::Folder(self.local_folder(&input.dataset_path)?)));
+        }
+        let Some(dataset) = job.assignment.dataset.as_ref() else {
+            return Err(field_status(
+                Code::NotFound,
+                "train.dataset",
+                format!("{:?} no longer exists (deleted after the job was created?)", input.dataset),
+            )
+            .into());
+        };
+        let archive = self
+            .cache
+            .get(&job.service, &dataset.artifact)
+            .await
+            .map_err(|e| Status::unavailable(format!("dataset {}: {e:#}", dataset.name)))?;
+        Ok((dataset.name.clone(), Location::Archive(archive)))
+    }
+
     /// `path` resolved against the local datasets folder, refused unless it lies inside.
     fn local_folder(&self, path: &str) -> Result<PathBuf, JobError> {
-        let denied = |why: String| JobError::failed(Code::PermissionDenied, why);
+        let field = "train.dataset_path";
         let Some(root) = &self.local_datasets else {
-            return Err(denied(
-                "train.dataset_path: this worker reads no local folders (start it with --local-datasets DIR); \
-                 upload the dataset instead"
-                    .into(),
-            ));
+            return Err(field_status(
+                Code::PermissionDenied,
+                field,
+                "this worker reads no local folders (start it with --local-datasets DIR); upload the dataset instead",
+            )
+            .into());
         };
-        let root = root.canonicalize().map_err(|e| denied(format!("--local-datasets {}: {e}", root.display())))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| Status::permission_denied(format!("--local-datasets {}: {e}", root.display())))?;
         let folder = root
             .join(path)
             .canonicalize()
-            .map_err(|e| JobError::failed(Code::NotFound, format!("train.dataset_path {path:?}: {e}")))?;
+            .map_err(|e| field_status(Code::NotFound, field, format!("{path:?}: {e}")))?;
         if !folder.starts_with(&root) {
-            return Err(denied(format!("train.dataset_path {path:?} is outside {}", root.display())));
+            return Err(
+                field_status(Code::PermissionDenied, field, format!("{path:?} is outside {}", root.display())).into()
+            );
         }
         Ok(folder)
     }
-}
 
-/// A request's options, with the documented defaults filled in.
-pub fn options(input: &TrainInput) -> Result<TrainOptions, String> {
-    let architecture = match input.architecture.as_str() {
-        "" | "mlp" => Architecture::Mlp {
-            hidden: if input.hidden_sizes.is_empty() {
-                vec![20, 7, 5]
-            } else {
-                input.hidden_sizes.iter().map(|&h| h as usize).collect()
-            },
-        },
-        "cnn" if input.hidden_sizes.is_empty() => Architecture::Cnn,
-        "cnn" => return Err("train.hidden_sizes: only for the mlp architecture".into()),
-        other => return Err(format!("train.architecture: {other:?} is not mlp or cnn")),
-    };
-    let optimizer = match input.optimizer.as_str() {
-        "" | "sgd" => OptimizerKind::Sgd,
-        "adamw" => OptimizerKind::AdamW,
-        other => return Err(format!("train.optimizer: {other:?} is not sgd or adamw")),
-    };
-    let learning_rate = match (input.learning_rate, optimizer) {
-        (0.0, OptimizerKind::Sgd) => 0.0075,
-        (0.0, OptimizerKind::AdamW) => 0.001,
-        (lr, _) => lr as f64,
-    };
-    Ok(TrainOptions {
-        architecture,
-        epochs: if input.epochs == 0 { 10 } else { input.epochs as usize },
-        batch_size: input.batch_size as usize,
-        optimizer,
-        learning_rate,
-        validation_split: input.validation_split as f64,
-        seed: input.seed,
-        augment_shift: input.augment_shift as usize,
-        cosine_decay: match input.learning_rate_schedule.as_str() {
-            "" | "constant" => false,
-            "cosine" => true,
-            other => return Err(format!("train.learning_rate_schedule: {other:?} is not constant or cosine")),
-        },
-    })
-}
-
-fn invalid(message: impl std::fmt::Display) -> JobError {
-    JobError::failed(Code::InvalidArgument, message.to_string())
-}
-
-#[tonic::async_trait]
-impl Runner for TrainRunner {
-    fn models(&self) -> Vec<WorkerModel> {
-        vec![WorkerModel {
-            name: deephardway::TRAINER_MODEL.into(),
-            kind: deephardway::v1::JobKind::Train as i32,
-            description: "trains image classifiers (mlp, cnn) on uploaded datasets".into(),
-            context_length: 0,
-        }]
-    }
-
-    async fn run(&self, job: JobContext) -> Result<JobResult, JobError> {
-        let Some(Input::Train(input)) = job.assignment.request.as_ref().and_then(|r| r.input.clone()) else {
-            return Err(invalid("not a train job"));
-        };
-        let options = options(&input).map_err(invalid)?;
-        // Where the images are: an uploaded archive (fetched into the cache) or a folder
-        // of this machine's, if the worker allows it.
-        let (dataset_name, location) = if input.dataset_path.is_empty() {
-            let Some(dataset) = job.assignment.dataset.clone() else {
-                return Err(JobError::failed(
-                    Code::NotFound,
-                    format!("dataset {:?} no longer exists (deleted after the job was submitted?)", input.dataset),
-                ));
-            };
-            let archive = self
-                .cache
-                .get(&job.service, &dataset.artifact)
-                .await
-                .map_err(|e| JobError::failed(Code::Unavailable, format!("dataset {}: {e:#}", dataset.name)))?;
-            (dataset.name, Location::Archive(archive))
-        } else {
-            (input.dataset_path.clone(), Location::Folder(self.local_folder(&input.dataset_path)?))
-        };
-        job.emit(Event::Progress(Progress {
-            fraction: 0.0,
-            message: "reading the dataset".into(),
-            ..Default::default()
-        }));
-
+    /// The training and held-out images, decoded at the requested size, with the network
+    /// checked against it.
+    async fn decode(
+        &self,
+        location: Location,
+        input: &TrainInput,
+        options: &TrainOptions,
+    ) -> Result<(Dataset, Option<Dataset>), JobError> {
+        let field = location.field();
         let (device, size) = (self.device.clone(), input.input_size as usize);
         let decoded = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let source = match location {
                 Location::Archive(file) => Source::from_archive(&std::fs::read(&file)?)?,
                 Location::Folder(dir) => Source::from_dir(&dir)?,
             };
-            source.decode(size, &device)
+            dataset::from_source(&source, size, &device)
         })
         .await
-        .map_err(|e| JobError::failed(Code::Internal, e.to_string()))?
-        .map_err(|e| invalid(format!("dataset {dataset_name}: {e:#}")))?;
-        let (train_set, test_set) = decoded;
-        let config = ModelConfig {
-            architecture: options.architecture.clone(),
-            input: train_set.shape,
-            classes: train_set.classes.clone(),
-        };
-        check(&config).map_err(|e| invalid(format!("train: {e}")))?;
+        .internal()?
+        .map_err(|e| invalid_field(field, format!("{e:#}")))?;
+        if let Err(mut violation) = check_network(&options.architecture, decoded.0.shape.size) {
+            if input.input_size == 0 {
+                violation.description.push_str(" (0 took the size of the dataset's first image)");
+            }
+            return Err(violation.into());
+        }
+        Ok(decoded)
+    }
+}
 
-        let (device, cancel, events) = (self.device.clone(), job.cancel.clone(), job.sender());
+#[tonic::async_trait]
+impl Runner for TrainRunner {
+    fn models(&self) -> Vec<ServedModel> {
+        vec![ServedModel {
+            name: deephardway::TRAINER_MODEL.into(),
+            kind: JobKind::Train as i32,
+            description: "trains image classifiers (mlp, cnn) on uploaded datasets".into(),
+            context_length: 0,
+        }]
+    }
+
+    async fn run(&self, job: JobContext) -> Result<JobResult, JobError> {
+        let Some(Input::Train(input)) = job.input().cloned() else {
+            return Err(wrong_kind("train"));
+        };
+        let options = deephardway::train::options(&input)?;
+        let (dataset_name, location) = self.locate(&job, &input).await?;
+        job.emit(Event::Progress(JobProgress {
+            fraction: 0.0,
+            message: "reading the dataset".into(),
+            ..Default::default()
+        }));
+        let (train_set, test_set) = self.decode(location, &input, &options).await?;
+
         let started = Instant::now();
         let epochs = options.epochs;
-        let epoch_stride = epochs.div_ceil(EPOCH_POINTS).max(1);
+        let (device, mut reporter) = (self.device.clone(), Reporter::new(&job, epochs));
         let trained = tokio::task::spawn_blocking(move || {
-            let mut last_sent: Option<Instant> = None;
-            training::train(&train_set, test_set.as_ref(), &options, &device, |p| {
-                if cancel.is_cancelled() {
-                    return false;
-                }
-                let finished = p.step == p.steps;
-                let epoch_point = p.epoch_end && (p.epoch % epoch_stride == 0 || finished);
-                if epoch_point || finished || last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL) {
-                    last_sent = Some(Instant::now());
-                    let mut metrics = std::collections::HashMap::from([
-                        ("loss".to_string(), p.loss),
-                        ("train_accuracy".to_string(), p.train_accuracy),
-                        ("images_per_second".to_string(), p.images_per_second),
-                        ("epoch".to_string(), p.epoch as f64),
-                        ("step".to_string(), p.step as f64),
-                    ]);
-                    if epoch_point && let Some(accuracy) = p.validation_accuracy {
-                        metrics.insert("validation_accuracy".into(), accuracy);
-                    }
-                    let _ = events.send(Event::Progress(Progress {
-                        fraction: p.step as f64 / p.steps.max(1) as f64,
-                        message: match p.validation_accuracy {
-                            Some(accuracy) => format!(
-                                "epoch {}/{epochs}: loss {:.4}, validation accuracy {:.3}",
-                                p.epoch, p.loss, accuracy
-                            ),
-                            None => format!("epoch {}/{epochs}: loss {:.4}", p.epoch, p.loss),
-                        },
-                        metrics,
-                    }));
-                }
-                true
-            })
+            training::train(&train_set, test_set.as_ref(), &options, &device, |p| reporter.report(p))
         })
         .await
-        .map_err(|e| JobError::failed(Code::Internal, e.to_string()))?;
+        .internal()?;
         let trained = match trained {
             Ok(trained) => trained,
             Err(Stopped::Cancelled) => return Err(JobError::Cancelled),
-            Err(Stopped::Failed(e)) => return Err(JobError::failed(Code::Internal, format!("training failed: {e:#}"))),
+            Err(Stopped::Failed(e)) => return Err(JobError::internal(format!("training failed: {e:#}"))),
         };
         let epoch_ms = started.elapsed().as_secs_f64() * 1000.0 / epochs.max(1) as f64;
-        let last = trained.last.clone();
-
-        // The files as `Classifier::load` reads them, sent in one message.
-        let dir = tempfile::tempdir().map_err(|e| JobError::failed(Code::Internal, e.to_string()))?;
-        let files = Classifier::save(&trained, dir.path()).and_then(|()| {
-            Ok((std::fs::read(dir.path().join("config.json"))?, std::fs::read(dir.path().join("model.safetensors"))?))
-        });
-        let (config_json, weights) = files.map_err(|e| JobError::failed(Code::Internal, format!("{e:#}")))?;
-        let (architecture, hidden_sizes) = match &trained.config.architecture {
-            Architecture::Mlp { hidden } => ("mlp", hidden.iter().map(|&h| h as u32).collect()),
-            Architecture::Cnn => ("cnn", Vec::new()),
-        };
-        let description = TrainedModel {
-            architecture: architecture.into(),
-            hidden_sizes,
-            input_size: trained.config.input.size as u32,
-            channels: trained.config.input.channels as u32,
-            labels: trained.config.classes.clone(),
-            dataset: dataset_name,
-            validation_accuracy: last.validation_accuracy.unwrap_or(0.0),
-            ..Default::default()
-        };
-        let published = job
-            .service
-            .clone()
-            .publish_model(PublishModelRequest {
-                job_id: job.assignment.job_id.clone(),
-                fence: job.assignment.fence,
-                model: Some(description),
-                config: config_json,
-                weights,
-            })
-            .await
-            .map_err(|s| JobError::failed(s.code(), format!("cannot publish the trained model: {}", s.message())))?
-            .into_inner();
+        let published = publish(&job, &trained, dataset_name).await?;
+        let last = &trained.last;
         Ok(JobResult {
             value: Some(job_result::Value::Train(TrainResult {
                 model: published.name,
@@ -265,7 +202,131 @@ impl Runner for TrainRunner {
                 validation_accuracy: last.validation_accuracy.unwrap_or(0.0),
                 validation_images: last.validation_images as u32,
                 epoch_ms,
+                seed: trained.seed,
             })),
         })
+    }
+}
+
+/// Turns training progress into the job's progress events, thinned out: at most one
+/// every [`PROGRESS_INTERVAL`] within epochs, and at most [`EPOCH_POINTS`] epoch ends
+/// (the first, the last and evenly between). Runs on the training thread, where it also
+/// stops training once the job is cancelled.
+struct Reporter {
+    events: UnboundedSender<Event>,
+    cancel: tokio_util::sync::CancellationToken,
+    epochs: usize,
+    epoch_stride: usize,
+    last_sent: Option<Instant>,
+}
+
+impl Reporter {
+    fn new(job: &JobContext, epochs: usize) -> Self {
+        Reporter {
+            events: job.sender(),
+            cancel: job.cancel.clone(),
+            epochs,
+            epoch_stride: epochs.div_ceil(EPOCH_POINTS).max(1),
+            last_sent: None,
+        }
+    }
+
+    /// Reports a step if it is due; false when training should stop.
+    fn report(&mut self, p: &Progress) -> bool {
+        if self.cancel.is_cancelled() {
+            return false;
+        }
+        let finished = p.step == p.steps;
+        let epoch_point = p.epoch_end && (p.epoch.is_multiple_of(self.epoch_stride) || finished);
+        if !(epoch_point || finished || self.last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL)) {
+            return true;
+        }
+        self.last_sent = Some(Instant::now());
+        let mut metrics = HashMap::from([
+            ("loss".to_string(), p.loss),
+            ("train_accuracy".to_string(), p.train_accuracy),
+            ("images_per_second".to_string(), p.images_per_second),
+            ("epoch".to_string(), p.epoch as f64),
+            ("step".to_string(), p.step as f64),
+        ]);
+        if epoch_point && let Some(accuracy) = p.validation_accuracy {
+            metrics.insert("validation_accuracy".into(), accuracy);
+        }
+        let epochs = self.epochs;
+        let _ = self.events.send(Event::Progress(JobProgress {
+            fraction: p.step as f64 / p.steps.max(1) as f64,
+            message: match p.validation_accuracy {
+                Some(accuracy) => {
+                    format!("epoch {}/{epochs}: loss {:.4}, validation accuracy {:.3}", p.epoch, p.loss, accuracy)
+                }
+                None => format!("epoch {}/{epochs}: loss {:.4}", p.epoch, p.loss),
+            },
+            metrics,
+        }));
+        true
+    }
+}
+
+/// Sends the trained model to the service, which registers it under the job's output
+/// name (a new version); returns the model as registered.
+async fn publish(job: &JobContext, trained: &Trained, dataset: String) -> Result<TrainedModel, JobError> {
+    // The files as `Classifier::load` reads them, sent in one message.
+    let dir = tempfile::tempdir().internal()?;
+    Classifier::save(trained, dir.path()).internal()?;
+    let config = std::fs::read(dir.path().join("config.json")).internal()?;
+    let weights = std::fs::read(dir.path().join("model.safetensors")).internal()?;
+    let (architecture, hidden_sizes) = trained.config.architecture.to_proto();
+    let description = TrainedModel {
+        architecture: architecture as i32,
+        hidden_sizes,
+        input_size: trained.config.input.size as u32,
+        channels: trained.config.input.channels as u32,
+        labels: trained.config.classes.clone(),
+        dataset,
+        validation_accuracy: trained.last.validation_accuracy.unwrap_or(0.0),
+        ..Default::default()
+    };
+    let request = PublishModelRequest {
+        job_id: job.assignment.job_id.clone(),
+        fence: job.assignment.fence,
+        model: Some(description),
+        config,
+        weights,
+    };
+    let response = job
+        .service
+        .clone()
+        .publish_model(request)
+        .await
+        .map_err(|s| Status::new(s.code(), format!("cannot publish the trained model: {}", s.message())))?;
+    response
+        .into_inner()
+        .model
+        .ok_or_else(|| JobError::internal("the service registered the model but did not return it"))
+}
+
+#[cfg(test)]
+mod tests {
+    use deephardway::errors::violations;
+
+    use super::*;
+
+    fn refusal(runner: &TrainRunner, path: &str) -> (Code, String) {
+        let Err(JobError::Failed(status)) = runner.local_folder(path) else { panic!("{path:?} was allowed") };
+        (status.code(), violations(&status).remove(0).field)
+    }
+
+    #[test]
+    fn local_folders_outside_the_allowed_root_are_refused_by_field() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("digits")).unwrap();
+        let cache = ArtifactCache::new(root.path().join("cache"));
+        let runner = TrainRunner::new(Device::Cpu, cache.clone(), Some(root.path().to_path_buf()));
+        assert!(runner.local_folder("digits").unwrap().ends_with("digits"));
+        let field = "train.dataset_path".to_string();
+        assert_eq!(refusal(&runner, ".."), (Code::PermissionDenied, field.clone()));
+        assert_eq!(refusal(&runner, "no-such-folder"), (Code::NotFound, field.clone()));
+        let closed = TrainRunner::new(Device::Cpu, cache, None);
+        assert_eq!(refusal(&closed, "digits"), (Code::PermissionDenied, field));
     }
 }

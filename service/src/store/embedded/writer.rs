@@ -58,6 +58,27 @@ enum Reply {
     Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
 }
 
+impl Reply {
+    /// Answers the request with what it got (the batch committed).
+    fn send(self) {
+        match self {
+            Reply::Txn(tx, r) => drop(tx.send(r)),
+            Reply::Lease(tx, r) => drop(tx.send(r)),
+            Reply::Unit(tx, r) => drop(tx.send(r)),
+        }
+    }
+
+    /// Fails the request: its batch did not commit.
+    fn fail(self, cause: &StoreError) {
+        let err = || StoreError::Internal(format!("embedded store commit failed: {cause}"));
+        match self {
+            Reply::Txn(tx, _) => drop(tx.send(Err(err()))),
+            Reply::Lease(tx, _) => drop(tx.send(Err(err()))),
+            Reply::Unit(tx, _) => drop(tx.send(Err(err()))),
+        }
+    }
+}
+
 impl Writer {
     pub fn new(db: Arc<Database>, history: i64) -> Result<Writer, StoreError> {
         let txn = db.begin_read().map_err(internal)?;
@@ -103,98 +124,19 @@ impl Writer {
             return Ok(());
         }
 
-        let start_revision = self.revision;
-        let start_next_lease = self.next_lease;
-        let start_deadlines = self.deadlines.clone();
+        let start = (self.revision, self.next_lease, self.deadlines.clone());
         let mut replies = Vec::new();
         let mut changes_by_revision: Vec<(i64, Vec<WatchEvent>)> = Vec::new();
-        let result = (|| -> Result<(), StoreError> {
-            let txn = self.db.begin_write().map_err(internal)?;
-            {
-                let mut tables = Tables {
-                    kv: txn.open_table(KV).map_err(internal)?,
-                    log: txn.open_table(LOG).map_err(internal)?,
-                    leases: txn.open_table(LEASES).map_err(internal)?,
-                    lease_keys: txn.open_table(LEASE_KEYS).map_err(internal)?,
-                };
-                for id in expired {
-                    let changes = self.revoke(&mut tables, id)?;
-                    self.record(&mut tables, changes, &mut changes_by_revision)?;
-                }
-                for request in writes {
-                    match request {
-                        Request::Txn(t, reply) => {
-                            let outcome = self.transaction(&mut tables, t);
-                            let outcome = match outcome {
-                                Ok((outcome, changes)) => {
-                                    self.record(&mut tables, changes, &mut changes_by_revision)?;
-                                    Ok(TxnOutcome { revision: self.revision, ..outcome })
-                                }
-                                Err(e) => Err(e),
-                            };
-                            replies.push(Reply::Txn(reply, outcome));
-                        }
-                        Request::LeaseGrant(ttl, reply) => {
-                            let id = self.next_lease;
-                            self.next_lease += 1;
-                            let ttl_ms = ttl.as_millis().max(1) as u64;
-                            let deadline = now + ttl_ms as i64;
-                            tables.leases.insert(id, (ttl_ms, deadline)).map_err(internal)?;
-                            self.deadlines.insert(id, deadline);
-                            replies.push(Reply::Lease(reply, Ok(id)));
-                        }
-                        Request::LeaseKeepAlive(id, reply) => {
-                            let ttl = tables.leases.get(id).map_err(internal)?.map(|v| v.value().0);
-                            let result = match ttl {
-                                Some(ttl_ms) => {
-                                    let deadline = now + ttl_ms as i64;
-                                    tables.leases.insert(id, (ttl_ms, deadline)).map_err(internal)?;
-                                    self.deadlines.insert(id, deadline);
-                                    Ok(())
-                                }
-                                None => Err(StoreError::LeaseNotFound(id)),
-                            };
-                            replies.push(Reply::Unit(reply, result));
-                        }
-                        Request::LeaseRevoke(id, reply) => {
-                            let changes = self.revoke(&mut tables, id)?;
-                            self.record(&mut tables, changes, &mut changes_by_revision)?;
-                            replies.push(Reply::Unit(reply, Ok(())));
-                        }
-                        Request::Watch { .. } => unreachable!("partitioned out"),
-                    }
-                }
-                self.compact(&mut tables)?;
-            }
-            let mut meta = txn.open_table(META).map_err(internal)?;
-            meta.insert("revision", self.revision).map_err(internal)?;
-            meta.insert("compacted", self.compacted).map_err(internal)?;
-            meta.insert("next_lease", self.next_lease).map_err(internal)?;
-            drop(meta);
-            txn.commit().map_err(internal)
-        })();
-
-        if let Err(e) = result {
+        if let Err(e) = self.commit(now, expired, writes, &mut replies, &mut changes_by_revision) {
             // Nothing was committed: forget what this batch did in memory and fail it.
-            self.revision = start_revision;
-            self.next_lease = start_next_lease;
-            self.deadlines = start_deadlines;
+            (self.revision, self.next_lease, self.deadlines) = start;
             for reply in replies {
-                let err = || StoreError::Internal(format!("embedded store commit failed: {e}"));
-                match reply {
-                    Reply::Txn(tx, _) => drop(tx.send(Err(err()))),
-                    Reply::Lease(tx, _) => drop(tx.send(Err(err()))),
-                    Reply::Unit(tx, _) => drop(tx.send(Err(err()))),
-                }
+                reply.fail(&e);
             }
             return Err(e);
         }
         for reply in replies {
-            match reply {
-                Reply::Txn(tx, r) => drop(tx.send(r)),
-                Reply::Lease(tx, r) => drop(tx.send(r)),
-                Reply::Unit(tx, r) => drop(tx.send(r)),
-            }
+            reply.send();
         }
         for (_, changes) in &changes_by_revision {
             for change in changes {
@@ -205,6 +147,94 @@ impl Writer {
             self.register(watch);
         }
         Ok(())
+    }
+
+    /// Applies expired leases and the batch's writes in one redb transaction and commits
+    /// it (one fsync). The replies are only collected; they are sent once it committed.
+    fn commit(
+        &mut self,
+        now: i64,
+        expired: Vec<LeaseId>,
+        writes: Vec<Request>,
+        replies: &mut Vec<Reply>,
+        changes_by_revision: &mut Vec<(i64, Vec<WatchEvent>)>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(internal)?;
+        {
+            let mut tables = Tables {
+                kv: txn.open_table(KV).map_err(internal)?,
+                log: txn.open_table(LOG).map_err(internal)?,
+                leases: txn.open_table(LEASES).map_err(internal)?,
+                lease_keys: txn.open_table(LEASE_KEYS).map_err(internal)?,
+            };
+            for id in expired {
+                let changes = self.revoke(&mut tables, id)?;
+                self.record(&mut tables, changes, changes_by_revision)?;
+            }
+            for request in writes {
+                let reply = self.write(&mut tables, now, request, changes_by_revision)?;
+                replies.push(reply);
+            }
+            self.compact(&mut tables)?;
+        }
+        let mut meta = txn.open_table(META).map_err(internal)?;
+        meta.insert("revision", self.revision).map_err(internal)?;
+        meta.insert("compacted", self.compacted).map_err(internal)?;
+        meta.insert("next_lease", self.next_lease).map_err(internal)?;
+        drop(meta);
+        txn.commit().map_err(internal)
+    }
+
+    /// Applies one write request inside the batch's transaction. An error of the
+    /// request itself (a lease that does not exist) goes in its reply; an error of the
+    /// database fails the whole batch.
+    fn write(
+        &mut self,
+        tables: &mut Tables<'_>,
+        now: i64,
+        request: Request,
+        changes_by_revision: &mut Vec<(i64, Vec<WatchEvent>)>,
+    ) -> Result<Reply, StoreError> {
+        Ok(match request {
+            Request::Txn(t, reply) => {
+                let outcome = match self.transaction(tables, t) {
+                    Ok((outcome, changes)) => {
+                        self.record(tables, changes, changes_by_revision)?;
+                        Ok(TxnOutcome { revision: self.revision, ..outcome })
+                    }
+                    Err(e) => Err(e),
+                };
+                Reply::Txn(reply, outcome)
+            }
+            Request::LeaseGrant(ttl, reply) => {
+                let id = self.next_lease;
+                self.next_lease += 1;
+                let ttl_ms = ttl.as_millis().max(1) as u64;
+                let deadline = now + ttl_ms as i64;
+                tables.leases.insert(id, (ttl_ms, deadline)).map_err(internal)?;
+                self.deadlines.insert(id, deadline);
+                Reply::Lease(reply, Ok(id))
+            }
+            Request::LeaseKeepAlive(id, reply) => {
+                let ttl = tables.leases.get(id).map_err(internal)?.map(|v| v.value().0);
+                let result = match ttl {
+                    Some(ttl_ms) => {
+                        let deadline = now + ttl_ms as i64;
+                        tables.leases.insert(id, (ttl_ms, deadline)).map_err(internal)?;
+                        self.deadlines.insert(id, deadline);
+                        Ok(())
+                    }
+                    None => Err(StoreError::LeaseNotFound(id)),
+                };
+                Reply::Unit(reply, result)
+            }
+            Request::LeaseRevoke(id, reply) => {
+                let changes = self.revoke(tables, id)?;
+                self.record(tables, changes, changes_by_revision)?;
+                Reply::Unit(reply, Ok(()))
+            }
+            Request::Watch { .. } => unreachable!("watches are registered apart from writes"),
+        })
     }
 
     /// Gives a write its revision and logs it; a write that changed nothing gets none.

@@ -18,10 +18,8 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use tokenizers::Tokenizer;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    model::{Llama, Sequence},
-    text::TextStream,
-};
+use super::text::TextStream;
+use crate::models::llama::{Llama, Sequence};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone)]
@@ -67,21 +65,14 @@ pub struct Request {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
+    /// `max_tokens` or the model's context was reached.
     Length,
+    /// A stop string appeared.
     Stop,
+    /// The model produced an end-of-generation token.
     EndOfSequence,
+    /// The job was cancelled or stopped listening.
     Cancelled,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Length => "length",
-            FinishReason::Stop => "stop",
-            FinishReason::EndOfSequence => "eos",
-            FinishReason::Cancelled => "cancelled",
-        }
-    }
 }
 
 /// What the engine tells a job.

@@ -1,87 +1,51 @@
-//! Text generation with a llama-architecture model from a GGUF file (SmolLM2 by default).
+//! The `generate` job: text from a llama-architecture model ([`crate::models::llama`]),
+//! streamed as it is decoded.
 //!
-//! - [`tokenizer`]: the tokenizer rebuilt from the GGUF's metadata;
-//! - [`chat`]: chat messages rendered through the GGUF's Jinja chat template;
-//! - [`model`]: the decoder, run for many sequences per forward pass;
-//! - [`attention`]: attention over per-sequence caches on the CPU, all sequences in one call;
-//! - [`qmatmul`]: the SIMD quantized matrix multiplication (Q4_1, Q8_0) the CPU path uses;
-//! - [`engine`]: the thread that decodes every running job together, one token per step;
+//! - [`engine`]: the thread that decodes every running job together, one token per step
+//!   (continuous batching);
 //! - [`text`]: tokens to UTF-8 text chunks, with stop strings.
 //!
-//! This module is the [`Runner`]: it checks a job's input against the model (context
-//! length), hands it to the engine and turns the engine's updates into job events.
+//! This module is the [`Runner`]: it reads a job's input into prompt tokens (through the
+//! chat template for messages), checks it against the model's context, hands it to the
+//! engine and turns the engine's updates into job events. A bad input fails the job with
+//! INVALID_ARGUMENT naming the field (`generate.messages[1].role`, `generate.max_tokens`).
 
-pub mod attention;
-pub mod chat;
 pub mod engine;
-pub mod model;
-pub mod qmatmul;
 pub mod text;
-pub mod tokenizer;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
-use candle_core::{Device, quantized::gguf_file};
-use deephardway::v1::{
-    GenerateInput, GenerateResult, JobKind, JobResult, Output, Progress, WorkerModel, job_event::Event, job_result,
-    submit_request::Input,
+use candle_core::Device;
+use deephardway::{
+    errors::invalid_field,
+    v1::{
+        ChatMessage, FinishReason as ApiFinishReason, GenerateInput, GenerateResult, JobKind, JobOutput, JobProgress,
+        JobResult, chat_message::Role, job_event::Event, job_result, job_spec::Input,
+    },
+    worker::v1::ServedModel,
 };
 use tokenizers::Tokenizer;
-use tonic::Code;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tonic::Status;
 
-use self::{
-    chat::{ChatTemplate, Message},
-    engine::{Engine, FinishReason, Request, SamplingParams, Update},
-    model::Llama,
+use self::engine::{Engine, FinishReason, Request, SamplingParams, Update};
+use crate::{
+    models::llama::{
+        self, Loaded,
+        chat::{ChatTemplate, Message},
+    },
+    runner::{JobContext, JobError, Runner, wrong_kind},
 };
-use crate::runner::{JobContext, JobError, Runner};
 
 /// Tokens generated when a request does not say.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
 /// How often a running job reports tokens/s as progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
-
-/// A model and tokenizer loaded from one GGUF file.
-pub struct Loaded {
-    pub model: Llama,
-    pub tokenizer: tokenizer::GgufTokenizer,
-    pub chat_template: Option<String>,
-}
-
-/// Loads a GGUF file, or the one GGUF file in a directory.
-pub fn load(path: &Path, device: &Device) -> anyhow::Result<Loaded> {
-    let file = gguf_file_in(path)?;
-    let mut reader = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
-    let content =
-        gguf_file::Content::read(&mut reader).with_context(|| format!("{} is not a GGUF file", file.display()))?;
-    let tokenizer = tokenizer::from_gguf(&content).with_context(|| format!("{}: tokenizer", file.display()))?;
-    let model = Llama::load(&content, &mut reader, device).with_context(|| format!("{}: model", file.display()))?;
-    let chat_template = content.metadata.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
-    Ok(Loaded { model, tokenizer, chat_template })
-}
-
-/// `path` itself if it is a file, else the only `*.gguf` in the directory.
-pub fn gguf_file_in(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        0 => anyhow::bail!("no .gguf file in {}", path.display()),
-        _ => anyhow::bail!("several .gguf files in {}; name one", path.display()),
-    }
-}
 
 /// Serves one generative model.
 pub struct GenerateRunner {
@@ -98,7 +62,7 @@ impl GenerateRunner {
     /// Loads the model at `path` (a GGUF file or a directory holding one), served under
     /// `name`; up to `max_batch` jobs decode together.
     pub fn load(name: &str, path: &Path, device: &Device, max_batch: usize) -> anyhow::Result<Self> {
-        let Loaded { model, tokenizer, chat_template } = load(path, device)?;
+        let Loaded { model, tokenizer, chat_template } = llama::load(path, device)?;
         let chat = chat_template
             .map(|source| ChatTemplate::new(source, tokenizer.bos_text.clone(), tokenizer.eos_text.clone()))
             .transpose()?;
@@ -125,33 +89,66 @@ impl GenerateRunner {
 
     /// The prompt's tokens: raw text as is, or messages through the chat template.
     fn prompt_tokens(&self, input: &GenerateInput) -> Result<Vec<u32>, JobError> {
-        let text = if input.messages.is_empty() {
-            input.prompt.clone()
+        let (field, text) = if input.messages.is_empty() {
+            ("generate.prompt", input.prompt.clone())
         } else {
             let chat = self.chat.as_ref().ok_or_else(|| {
-                JobError::failed(Code::InvalidArgument, format!("{} has no chat template; send a prompt", self.name))
+                invalid_field("generate.messages", format!("{} has no chat template; send a prompt", self.name))
             })?;
+            let roles = input.messages.iter().enumerate().map(|(i, m)| role(i, m)).collect::<Result<Vec<_>, _>>()?;
             let messages: Vec<Message> =
-                input.messages.iter().map(|m| Message { role: &m.role, content: &m.content }).collect();
-            chat.render(&messages)
-                .map_err(|e| JobError::failed(Code::InvalidArgument, format!("chat template: {e:#}")))?
+                input.messages.iter().zip(roles).map(|(m, role)| Message { role, content: &m.content }).collect();
+            let rendered = chat
+                .render(&messages)
+                .map_err(|e| invalid_field("generate.messages", format!("the chat template failed: {e:#}")))?;
+            ("generate.messages", rendered)
         };
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| JobError::failed(Code::InvalidArgument, format!("cannot tokenize the prompt: {e}")))?;
+        let encoding =
+            self.tokenizer.encode(text, false).map_err(|e| invalid_field(field, format!("cannot tokenize: {e}")))?;
         let tokens: Vec<u32> = self.add_bos.into_iter().chain(encoding.get_ids().iter().copied()).collect();
         if tokens.is_empty() {
-            return Err(JobError::failed(Code::InvalidArgument, "generate: the prompt is empty"));
+            return Err(invalid_field(field, "the prompt is empty").into());
         }
         Ok(tokens)
     }
 }
 
+/// The most tokens to generate, checked with the prompt (`prompt` tokens) against the
+/// `context` that `model` can hold: a prompt that leaves no room is the prompt's fault, a
+/// `max_tokens` that does not fit beside a prompt that does is `max_tokens`'s.
+fn max_tokens(input: &GenerateInput, prompt: usize, context: usize, model: &str) -> Result<usize, Status> {
+    let max_tokens = if input.max_tokens == 0 { DEFAULT_MAX_TOKENS } else { input.max_tokens as usize };
+    if prompt + max_tokens <= context {
+        return Ok(max_tokens);
+    }
+    let why = format!(
+        "the prompt is {prompt} tokens and max_tokens {max_tokens}, more than the {context} tokens {model} can hold"
+    );
+    let field = match (input.max_tokens, input.messages.is_empty()) {
+        (1.., _) if prompt < context => "generate.max_tokens",
+        (_, true) => "generate.prompt",
+        (_, false) => "generate.messages",
+    };
+    Err(invalid_field(field, why))
+}
+
+/// A chat message's role as chat templates name it.
+fn role(index: usize, message: &ChatMessage) -> Result<&'static str, Status> {
+    match Role::try_from(message.role) {
+        Ok(Role::System) => Ok("system"),
+        Ok(Role::User) => Ok("user"),
+        Ok(Role::Assistant) => Ok("assistant"),
+        Ok(Role::Unspecified) | Err(_) => Err(invalid_field(
+            format!("generate.messages[{index}].role"),
+            "must be set: ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT",
+        )),
+    }
+}
+
 #[tonic::async_trait]
 impl Runner for GenerateRunner {
-    fn models(&self) -> Vec<WorkerModel> {
-        vec![WorkerModel {
+    fn models(&self) -> Vec<ServedModel> {
+        vec![ServedModel {
             name: self.name.clone(),
             kind: JobKind::Generate as i32,
             description: self.description.clone(),
@@ -160,77 +157,117 @@ impl Runner for GenerateRunner {
     }
 
     async fn run(&self, job: JobContext) -> Result<JobResult, JobError> {
-        let Some(Input::Generate(input)) = job.assignment.request.as_ref().and_then(|r| r.input.clone()) else {
-            return Err(JobError::failed(Code::InvalidArgument, "not a generate job"));
+        let Some(Input::Generate(input)) = job.input() else {
+            return Err(wrong_kind("generate"));
         };
-        let prompt = self.prompt_tokens(&input)?;
-        let max_tokens = if input.max_tokens == 0 { DEFAULT_MAX_TOKENS } else { input.max_tokens as usize };
-        if prompt.len() + max_tokens > self.context_length {
-            return Err(JobError::failed(
-                Code::InvalidArgument,
-                format!(
-                    "generate: the prompt is {} tokens and max_tokens {max_tokens}, more than the {} tokens {} can hold",
-                    prompt.len(),
-                    self.context_length,
-                    self.name
-                ),
-            ));
-        }
+        let prompt = self.prompt_tokens(input)?;
+        let max_tokens = max_tokens(input, prompt.len(), self.context_length, &self.name)?;
         let prompt_tokens = prompt.len();
-        let (updates, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let seed = input.seed.unwrap_or_else(rand::random);
+        let (updates, received) = tokio::sync::mpsc::unbounded_channel();
         let request = Request {
             prompt,
             max_tokens,
             sampling: SamplingParams {
-                temperature: input.temperature as f64,
-                top_p: input.top_p as f64,
+                temperature: f64::from(input.temperature),
+                top_p: f64::from(input.top_p),
                 top_k: input.top_k as usize,
                 repetition_penalty: input.repetition_penalty,
-                seed: input.seed.unwrap_or_else(rand::random),
+                seed,
             },
             stop: input.stop.clone(),
             cancel: job.cancel.clone(),
             updates,
         };
-        self.engine.submit(request).map_err(|_| JobError::failed(Code::Unavailable, "the generate engine stopped"))?;
+        self.engine.submit(request).map_err(|_| JobError::internal("the generate engine stopped"))?;
+        let (text, completion_tokens, reason) = stream(&job, received, max_tokens).await?;
+        let finish_reason = match reason {
+            FinishReason::Length => ApiFinishReason::Length,
+            FinishReason::Stop => ApiFinishReason::Stop,
+            FinishReason::EndOfSequence => ApiFinishReason::Eos,
+            FinishReason::Cancelled => return Err(JobError::Cancelled),
+        };
+        Ok(JobResult {
+            value: Some(job_result::Value::Generate(GenerateResult {
+                text,
+                prompt_tokens: prompt_tokens as u32,
+                completion_tokens: completion_tokens as u32,
+                finish_reason: finish_reason as i32,
+                seed,
+            })),
+        })
+    }
+}
 
-        let mut decoding_since = None;
-        let mut last_progress = Instant::now();
-        while let Some(update) = received.recv().await {
-            match update {
-                Update::PromptDone => decoding_since = Some(Instant::now()),
-                Update::Text { text, tokens } => {
-                    job.emit(Event::Output(Output { text }));
-                    if last_progress.elapsed() >= PROGRESS_INTERVAL {
-                        last_progress = Instant::now();
-                        let seconds = decoding_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
-                        job.emit(Event::Progress(Progress {
-                            fraction: tokens as f64 / max_tokens as f64,
-                            message: format!("{tokens} tokens"),
-                            metrics: [
-                                ("tokens".to_string(), tokens as f64),
-                                ("tokens_per_second".to_string(), tokens as f64 / seconds.max(1e-9)),
-                            ]
-                            .into(),
-                        }));
-                    }
+/// Turns the engine's updates into output and progress events until the generation
+/// ends; returns its text, its token count and why it ended.
+async fn stream(
+    job: &JobContext,
+    mut received: UnboundedReceiver<Update>,
+    max_tokens: usize,
+) -> Result<(String, usize, FinishReason), JobError> {
+    let mut decoding_since = None;
+    let mut last_progress = Instant::now();
+    while let Some(update) = received.recv().await {
+        match update {
+            Update::PromptDone => decoding_since = Some(Instant::now()),
+            Update::Text { text, tokens } => {
+                job.emit(Event::Output(JobOutput { text }));
+                if last_progress.elapsed() >= PROGRESS_INTERVAL {
+                    last_progress = Instant::now();
+                    let seconds = decoding_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                    job.emit(Event::Progress(JobProgress {
+                        fraction: tokens as f64 / max_tokens as f64,
+                        message: format!("{tokens} tokens"),
+                        metrics: [
+                            ("tokens".to_string(), tokens as f64),
+                            ("tokens_per_second".to_string(), tokens as f64 / seconds.max(1e-9)),
+                        ]
+                        .into(),
+                    }));
                 }
-                Update::Finished { text, completion_tokens, reason } => {
-                    if reason == FinishReason::Cancelled {
-                        return Err(JobError::Cancelled);
-                    }
-                    return Ok(JobResult {
-                        value: Some(job_result::Value::Generate(GenerateResult {
-                            text,
-                            prompt_tokens: prompt_tokens as u32,
-                            completion_tokens: completion_tokens as u32,
-                            finish_reason: reason.as_str().to_string(),
-                        })),
-                    });
-                }
-                Update::Failed(message) => return Err(JobError::failed(Code::Internal, message)),
             }
+            Update::Finished { text, completion_tokens, reason } => return Ok((text, completion_tokens, reason)),
+            Update::Failed(message) => return Err(JobError::internal(message)),
         }
-        Err(JobError::failed(Code::Internal, "the generate engine stopped"))
+    }
+    Err(JobError::internal("the generate engine stopped"))
+}
+
+#[cfg(test)]
+mod tests {
+    use deephardway::errors::violations;
+    use tonic::Code;
+
+    use super::*;
+
+    fn field(status: &Status) -> String {
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        violations(status).remove(0).field
+    }
+
+    #[test]
+    fn roles_map_to_template_names_and_an_unset_one_is_named() {
+        let message = |role: Role| ChatMessage { role: role as i32, content: String::new() };
+        assert_eq!(role(0, &message(Role::System)).unwrap(), "system");
+        assert_eq!(role(0, &message(Role::User)).unwrap(), "user");
+        assert_eq!(role(0, &message(Role::Assistant)).unwrap(), "assistant");
+        assert_eq!(field(&role(2, &message(Role::Unspecified)).unwrap_err()), "generate.messages[2].role");
+        assert_eq!(
+            field(&role(1, &ChatMessage { role: 7, content: String::new() }).unwrap_err()),
+            "generate.messages[1].role"
+        );
+    }
+
+    #[test]
+    fn a_generation_too_long_for_the_context_names_the_field_at_fault() {
+        let prompt = |max_tokens| GenerateInput { prompt: "x".into(), max_tokens, ..Default::default() };
+        assert_eq!(max_tokens(&prompt(0), 10, 2048, "m").unwrap(), DEFAULT_MAX_TOKENS);
+        assert_eq!(max_tokens(&prompt(100), 10, 110, "m").unwrap(), 100);
+        assert_eq!(field(&max_tokens(&prompt(101), 10, 110, "m").unwrap_err()), "generate.max_tokens");
+        assert_eq!(field(&max_tokens(&prompt(0), 2000, 2048, "m").unwrap_err()), "generate.prompt");
+        assert_eq!(field(&max_tokens(&prompt(5), 2048, 2048, "m").unwrap_err()), "generate.prompt");
+        let chat = GenerateInput { messages: vec![ChatMessage::default()], ..Default::default() };
+        assert_eq!(field(&max_tokens(&chat, 2000, 2048, "m").unwrap_err()), "generate.messages");
     }
 }

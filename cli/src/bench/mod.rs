@@ -1,0 +1,287 @@
+//! `deephardway bench`: end-to-end throughput and latency of the job path, per store;
+//! with `--embed` or `--generate`, of a real model (see [`models`]).
+//!
+//! For each store it starts the service on a free port with an in-process worker, then
+//! N concurrent clients each run diagnostic jobs back to back through `Jobs.Run`. It
+//! prints jobs/s and the p50/p99 of submit→first event and submit→done, the store
+//! writes each job costs, and — as baselines measured in the same run — each store's raw
+//! put rate with the same concurrency (single-key transactions through the same `Store`
+//! trait, on etcd the same as `etcdctl put`), with the ratio of job throughput to it.
+
+mod models;
+
+use std::{
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Args;
+use deephardway::v1::{DiagnosticInput, JobSpec, RunJobRequest, job_service_client::JobServiceClient, job_spec::Input};
+use deephardway_worker::{WorkerOptions, runners::diagnostic::DiagnosticRunner};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use deephardway_service::{
+    ServiceConfig,
+    local_etcd::LocalEtcd,
+    server,
+    store::{Op, SharedStore, Txn, embedded::EmbeddedStore, etcd::EtcdStore},
+    web::Web,
+};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Concurrent clients, each running jobs back to back.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Jobs in total, per store.
+    #[arg(long, default_value_t = 400)]
+    jobs: usize,
+    /// Steps per diagnostic job (each reports progress).
+    #[arg(long, default_value_t = 1)]
+    steps: u32,
+    /// Milliseconds per step.
+    #[arg(long, default_value_t = 0)]
+    step_ms: u32,
+    /// Stores to measure: embedded, etcd, or both (comma-separated).
+    #[arg(long, default_value = "embedded,etcd")]
+    stores: String,
+    /// Use this etcd instead of starting a throwaway one.
+    #[arg(long)]
+    etcd: Option<String>,
+    /// Measure embedding instead: sentences/s at batch 1 and 32 and under 32 concurrent
+    /// single-text jobs, with the model in --models-dir (embedded store).
+    #[arg(long)]
+    embed: bool,
+    /// Measure text generation instead: time to first token and tokens/s for 1, 4 and 16
+    /// concurrent jobs, with SmolLM2 in --models-dir (embedded store).
+    #[arg(long, conflicts_with = "embed")]
+    generate: bool,
+    /// Tokens per generation job.
+    #[arg(long, default_value_t = 128)]
+    tokens: u32,
+    /// CPU threads for model arithmetic (default: one per physical core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where the models are (default: the model cache).
+    #[arg(long)]
+    models_dir: Option<std::path::PathBuf>,
+}
+
+struct Latencies {
+    first_event: Vec<Duration>,
+    done: Vec<Duration>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.embed {
+        return models::embed(&args).await;
+    }
+    if args.generate {
+        return models::generate(&args).await;
+    }
+    let stores: Vec<&str> = args.stores.split(',').map(str::trim).collect();
+    let mut local_etcd = None;
+    let etcd_url = if stores.contains(&"etcd") {
+        Some(match &args.etcd {
+            Some(url) => url.clone(),
+            None => {
+                let etcd = LocalEtcd::start().await.context("cannot start a throwaway etcd (is etcd installed?)")?;
+                let url = etcd.endpoint();
+                local_etcd = Some(etcd);
+                url
+            }
+        })
+    } else {
+        None
+    };
+
+    println!(
+        "deephardway bench: {} jobs per store, {} concurrent clients, diagnostic {}×{} ms",
+        args.jobs, args.clients, args.steps, args.step_ms
+    );
+    println!();
+    println!(
+        "{:<9} {:>9} {:>13} {:>13} {:>12} {:>12} {:>11} {:>12} {:>10}",
+        "store",
+        "jobs/s",
+        "first p50 ms",
+        "first p99 ms",
+        "done p50 ms",
+        "done p99 ms",
+        "writes/job",
+        "raw puts/s",
+        "jobs/puts"
+    );
+    let mut etcd_jobs_per_s = None;
+    for store_name in &stores {
+        let store: SharedStore = match *store_name {
+            "embedded" => {
+                let dir = tempfile_dir()?;
+                Arc::new(EmbeddedStore::open(&dir).await?)
+            }
+            "etcd" => Arc::new(EtcdStore::connect(&[etcd_url.clone().expect("set above")]).await?),
+            other => anyhow::bail!("--stores: unknown store {other:?}"),
+        };
+        let (jobs_per_s, latencies, writes_per_job) = measure(store.clone(), &args).await?;
+        let put_rate = raw_put_rate(store, args.clients, (args.jobs * 10).max(2000)).await?;
+        let (mut first, mut done) = (latencies.first_event, latencies.done);
+        first.sort();
+        done.sort();
+        println!(
+            "{:<9} {:>9.1} {:>13.2} {:>13.2} {:>12.2} {:>12.2} {:>11.1} {:>12.0} {:>10.4}",
+            store_name,
+            jobs_per_s,
+            ms(percentile(&first, 50.0)),
+            ms(percentile(&first, 99.0)),
+            ms(percentile(&done, 50.0)),
+            ms(percentile(&done, 99.0)),
+            writes_per_job,
+            put_rate,
+            jobs_per_s / put_rate
+        );
+        if *store_name == "etcd" {
+            etcd_jobs_per_s = Some(jobs_per_s);
+        }
+    }
+
+    if let Some(url) = etcd_url {
+        let store = EtcdStore::connect(&[url]).await?;
+        let puts = (args.jobs * 10).max(2000);
+        let put_rate = raw_put_rate(Arc::new(store), args.clients, puts).await?;
+        println!();
+        println!("baseline: raw etcd puts, {} concurrent writers, {puts} puts: {put_rate:.0} puts/s", args.clients);
+        if let Some(jobs_per_s) = etcd_jobs_per_s {
+            println!(
+                "ratio: etcd-backed jobs/s ÷ raw put rate = {:.4} ({:.1} puts' worth of time per job)",
+                jobs_per_s / put_rate,
+                put_rate / jobs_per_s
+            );
+        }
+    }
+    drop(local_etcd);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("deephardway-bench-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Runs the jobs and returns jobs/s, latencies, and store revisions used per job.
+async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<(f64, Latencies, f64)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let stop = CancellationToken::new();
+    let server_stop = stop.clone();
+    let config = ServiceConfig { max_queue_depth: args.jobs * 2 + 100, ..ServiceConfig::default() };
+    let server = tokio::spawn(server::serve(listener, store.clone(), config, Web::default(), async move {
+        server_stop.cancelled().await
+    }));
+    let worker = tokio::spawn(deephardway_worker::run(
+        WorkerOptions {
+            server: url.clone(),
+            name: "bench".into(),
+            slots: u32::try_from(args.clients).unwrap_or(256).clamp(1, 256),
+            device: "cpu".into(),
+            runners: vec![Arc::new(DiagnosticRunner)],
+        },
+        stop.clone(),
+    ));
+    wait_for_worker(&url).await?;
+
+    let spec = JobSpec {
+        input: Some(Input::Diagnostic(DiagnosticInput {
+            steps: args.steps,
+            step_ms: args.step_ms,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let request = RunJobRequest { spec: Some(spec), request_id: String::new() };
+    let revision_before = store.revision().await?;
+    let started = Instant::now();
+    let per_client = args.jobs.div_ceil(args.clients.max(1));
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        let mut client = JobServiceClient::new(deephardway::connect(&url).await?);
+        let request = request.clone();
+        clients.push(tokio::spawn(async move {
+            let mut latencies = Latencies { first_event: Vec::new(), done: Vec::new() };
+            for _ in 0..per_client {
+                let t0 = Instant::now();
+                let mut stream = client.run_job(request.clone()).await?.into_inner();
+                let mut first = None;
+                while let Some(_event) = stream.message().await? {
+                    first.get_or_insert_with(|| t0.elapsed());
+                }
+                latencies.first_event.push(first.unwrap_or_default());
+                latencies.done.push(t0.elapsed());
+            }
+            Ok::<_, tonic::Status>(latencies)
+        }));
+    }
+    let mut all = Latencies { first_event: Vec::new(), done: Vec::new() };
+    for client in clients {
+        let latencies = client.await??;
+        all.first_event.extend(latencies.first_event);
+        all.done.extend(latencies.done);
+    }
+    let elapsed = started.elapsed();
+    let jobs = all.done.len();
+    let writes = (store.revision().await? - revision_before) as f64 / jobs as f64;
+    stop.cancel();
+    let _ = worker.await;
+    let _ = server.await;
+    Ok((jobs as f64 / elapsed.as_secs_f64(), all, writes))
+}
+
+async fn wait_for_worker(url: &str) -> anyhow::Result<()> {
+    use deephardway::v1::{ListModelsRequest, model_service_client::ModelServiceClient};
+    for _ in 0..200 {
+        if let Ok(channel) = deephardway::connect(url).await {
+            let list = ModelServiceClient::new(channel).list_models(ListModelsRequest::default()).await?.into_inner();
+            if list.models.iter().any(|m| m.name == "diagnostic") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the bench worker did not connect")
+}
+
+/// Small puts from `writers` concurrent tasks; returns puts per second.
+async fn raw_put_rate(store: SharedStore, writers: usize, puts: usize) -> anyhow::Result<f64> {
+    let per_writer = puts.div_ceil(writers.max(1));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let txn = Txn::new().then(Op::put(format!("/bench/{w}/{i}"), vec![0u8; 64]));
+                store.txn(txn).await?;
+            }
+            Ok::<_, deephardway_service::store::StoreError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok((per_writer * writers.max(1)) as f64 / started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,78 @@
+//! The command line's shape: one subcommand per role or client action, parsed by clap.
+//! `deephardway --help` lists them; each has its own `--help`.
+
+use clap::{Parser, Subcommand};
+
+use crate::{bench, client, logging, server, worker};
+
+#[derive(Parser)]
+#[command(name = "deephardway", version, about = "Run deep-learning jobs and watch them live over gRPC")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format: text or json. RUST_LOG sets the level (default: info).
+    #[arg(long, global = true, env = "DEEPHARDWAY_LOG_FORMAT", default_value = "text")]
+    log_format: logging::Format,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything on one machine: the service on an embedded store plus a local worker.
+    Up(server::UpArgs),
+    /// The service alone (workers connect to it), on the embedded store or etcd.
+    Serve(server::ServeArgs),
+    /// A worker that connects to a service and runs jobs.
+    Worker(worker::WorkerArgs),
+    /// Submit a job (and optionally watch it).
+    Submit(client::SubmitArgs),
+    /// Watch a job's events until it ends, with a progress bar.
+    Watch(client::WatchArgs),
+    /// Cancel a job.
+    Cancel(client::CancelArgs),
+    /// List jobs.
+    Jobs(client::JobsArgs),
+    /// List the models the connected workers serve, and the trained ones.
+    Models(client::ServerArg),
+    /// Upload, list and delete datasets for train jobs.
+    Datasets(client::DatasetsArgs),
+    /// Measure job throughput and latency on each store against raw etcd puts.
+    Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    /// The CPU thread count asked for with `--threads`, by the commands that run models.
+    /// It must reach candle (as `RAYON_NUM_THREADS`) before any thread starts, which is
+    /// why `main` reads it before starting the async runtime.
+    pub fn threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Up(args) => args.worker.threads,
+            Command::Worker(args) => args.flags.threads,
+            Command::Bench(args) => args.threads,
+            _ => None,
+        }
+    }
+}
+
+/// Parses the command line.
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let client_command = !matches!(cli.command, Command::Up(_) | Command::Serve(_) | Command::Worker(_));
+    // The benchmark's own server and worker would otherwise log every job.
+    logging::init(cli.log_format, if client_command { "warn" } else { "info" })?;
+    match cli.command {
+        Command::Up(args) => server::up(args).await,
+        Command::Serve(args) => server::serve(args).await,
+        Command::Worker(args) => worker::run(args).await,
+        Command::Submit(args) => client::submit(args).await,
+        Command::Watch(args) => client::watch(args).await,
+        Command::Cancel(args) => client::cancel(args).await,
+        Command::Jobs(args) => client::jobs(args).await,
+        Command::Models(args) => client::models(args).await,
+        Command::Datasets(args) => client::datasets(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

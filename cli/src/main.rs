@@ -1,0 +1,39 @@
+//! `deephardway`: one binary for every role. It composes the role libraries, which
+//! build and test on their own, and adds only the command line:
+//!
+//! - [`cli`]: the subcommands and their dispatch;
+//! - [`server`]: `up` (everything on one machine) and `serve` (the service alone, on the
+//!   embedded store or etcd), from `deephardway-service`;
+//! - [`worker`]: `worker`, and the local worker `up` starts, from `deephardway-worker`;
+//! - [`client`]: `submit`, `watch`, `cancel`, `jobs`, `models`, `datasets`: a client of
+//!   the gRPC API like any other;
+//! - [`bench`]: job throughput on each store, and model speed;
+//! - [`signal`], [`logging`]: process plumbing shared by the roles.
+
+mod bench;
+mod cli;
+mod client;
+mod logging;
+mod server;
+mod signal;
+mod worker;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::parse();
+    // candle sizes its thread pools from RAYON_NUM_THREADS and, without it, works out the
+    // physical core count again from /proc at every parallel op. Settle it once: --threads,
+    // else what candle would use (the variable as given, else one per physical core).
+    let threads = cli.threads().unwrap_or_else(deephardway_worker::device::cpu_threads);
+    // SAFETY: no other thread exists yet (the runtime starts below), so nothing can read
+    // the environment while it changes.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    deephardway_worker::device::keep_freed_memory();
+    let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Shared harness for the end-to-end tests: real processes and servers, no mocks.
+//!
+//! - the store-level helpers of the service's own tests ([`Backend`], [`test_config`],
+//!   [`diagnostic`], [`assert_contiguous`]), included from service/tests/support;
+//! - [`TestServer`]: the service on a free loopback port, in this process;
+//! - [`TestWorker`]: a worker in this process; [`WorkerProcess`]: the real binary, to kill;
+//! - [`ServiceProcess`], [`UpProcess`]: `deephardway serve` and `up`, to kill and restart;
+//! - client helpers: [`jobs_client`], [`create`], [`run`], [`watch`], [`collect_events`].
+#![allow(dead_code)]
+
+#[path = "../../../service/tests/support/mod.rs"]
+mod service_support;
+pub use service_support::*;
+
+use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
+
+use deephardway::v1::{
+    CreateJobRequest, Job, JobEvent, JobSpec, RunJobRequest, RunJobResponse, WatchJobRequest, WatchJobResponse,
+    job_service_client::JobServiceClient,
+};
+use deephardway_service::{ServiceConfig, Web, store::SharedStore};
+use deephardway_worker::{Runner, WorkerOptions, runners::diagnostic::DiagnosticRunner};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub type JobsClient = JobServiceClient<Channel>;
+
+/// The service running in this process on a free port.
+pub struct TestServer {
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    pub store: SharedStore,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(store: SharedStore) -> TestServer {
+        Self::start_with(store, test_config()).await
+    }
+
+    pub async fn start_with(store: SharedStore, config: ServiceConfig) -> TestServer {
+        Self::start_full(store, config, Web::default()).await
+    }
+
+    pub async fn start_full(store: SharedStore, config: ServiceConfig, web: Web) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(deephardway_service::serve(listener, store.clone(), config, web, async move {
+            let _ = stopped.await;
+        }));
+        TestServer { url: format!("http://{addr}"), addr, store, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn client(&self) -> JobsClient {
+        jobs_client(&self.url).await
+    }
+
+    /// Shuts down gracefully and waits for the server to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("server shuts down within 15 s")
+                .expect("server task")
+                .expect("server ran cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A worker running in this process, serving the diagnostic model.
+pub struct TestWorker {
+    stop: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestWorker {
+    pub fn start(url: &str, name: &str, slots: u32) -> TestWorker {
+        Self::start_with(url, name, slots, vec![Arc::new(DiagnosticRunner)])
+    }
+
+    /// A worker with the given runners (and the models they announce).
+    pub fn start_with(url: &str, name: &str, slots: u32, runners: Vec<Arc<dyn Runner>>) -> TestWorker {
+        let stop = CancellationToken::new();
+        let options =
+            WorkerOptions { server: url.to_string(), name: name.to_string(), slots, device: "cpu".into(), runners };
+        let task = tokio::spawn(deephardway_worker::run(options, stop.clone()));
+        TestWorker { stop, task: Some(task) }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The `deephardway` binary built alongside these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_deephardway"))
+}
+
+/// A `deephardway worker` process.
+pub struct WorkerProcess {
+    pub child: tokio::process::Child,
+}
+
+impl WorkerProcess {
+    pub fn start(url: &str, name: &str, slots: u32) -> WorkerProcess {
+        let child = tokio::process::Command::new(binary())
+            .args(["worker", "--server", url, "--name", name, "--device", "cpu", "--slots", &slots.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn worker");
+        WorkerProcess { child }
+    }
+
+    /// SIGKILL: no goodbye, no cleanup.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill worker");
+    }
+}
+
+/// `deephardway up` (service, embedded store and a local worker) on a free port, with a
+/// fresh data directory; killed when dropped.
+pub struct UpProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+    /// `host:port`, as grpcurl takes it.
+    pub addr: String,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl UpProcess {
+    /// Starts it serving the models in `models_dir` (none: the default models directory)
+    /// with `extra` flags, and waits until its worker is connected.
+    pub async fn start(models_dir: Option<&std::path::Path>, extra: &[&str]) -> UpProcess {
+        let data_dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut command = tokio::process::Command::new(binary());
+        command.args(["up", "--listen", &addr, "--device", "cpu"]).args(extra).arg("--data-dir").arg(data_dir.path());
+        command.arg("--artifact-cache").arg(data_dir.path().join("worker-cache"));
+        if let Some(models) = models_dir {
+            command.arg("--models-dir").arg(models);
+        }
+        let child = command.env("RUST_LOG", "warn").stdin(Stdio::null()).kill_on_drop(true).spawn().expect("spawn up");
+        let url = format!("http://{addr}");
+        wait_until_serving(&url).await;
+        wait_for_workers(&url, 1).await;
+        UpProcess { child, url, addr, data_dir }
+    }
+}
+
+/// A `deephardway serve` process on the embedded store.
+pub struct ServiceProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+impl ServiceProcess {
+    pub async fn start(data_dir: &std::path::Path, port: u16) -> ServiceProcess {
+        let listen = format!("127.0.0.1:{port}");
+        let child = tokio::process::Command::new(binary())
+            .args(["serve", "--store", "embedded", "--listen", &listen, "--worker-lease-s", "2"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn service");
+        let url = format!("http://{listen}");
+        wait_until_serving(&url).await;
+        ServiceProcess { child, url }
+    }
+
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill service");
+    }
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub async fn wait_until_serving(url: &str) {
+    for _ in 0..200 {
+        if deephardway::connect(url).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not start serving within 10 s");
+}
+
+pub async fn jobs_client(url: &str) -> JobsClient {
+    JobServiceClient::new(deephardway::connect(url).await.expect("connect"))
+}
+
+/// A CreateJob request for `spec`, without a request id.
+pub fn create_request(spec: JobSpec) -> CreateJobRequest {
+    CreateJobRequest { spec: Some(spec), request_id: String::new() }
+}
+
+/// Creates a job and returns it.
+pub async fn create(client: &mut JobsClient, spec: JobSpec) -> Job {
+    client.create_job(create_request(spec)).await.expect("CreateJob").into_inner().job.expect("a job")
+}
+
+/// A RunJob request for `spec`, without a request id.
+pub fn run_request(spec: JobSpec) -> RunJobRequest {
+    RunJobRequest { spec: Some(spec), request_id: String::new() }
+}
+
+/// Runs a job to its end and returns its events.
+pub async fn run(client: &mut JobsClient, spec: JobSpec, within: Duration) -> Vec<JobEvent> {
+    let stream = client.run_job(run_request(spec)).await.expect("RunJob").into_inner();
+    collect_events(stream, within).await.expect("the job's events")
+}
+
+/// Opens a WatchJob stream.
+pub async fn watch(
+    client: &mut JobsClient,
+    job_id: &str,
+    after_seq: u64,
+) -> Result<tonic::Streaming<WatchJobResponse>, tonic::Status> {
+    Ok(client.watch_job(WatchJobRequest { job_id: job_id.to_string(), after_seq }).await?.into_inner())
+}
+
+/// A stream message that carries one job event (RunJob's and WatchJob's).
+pub trait EventMessage {
+    fn into_event(self) -> JobEvent;
+}
+
+impl EventMessage for RunJobResponse {
+    fn into_event(self) -> JobEvent {
+        self.event.expect("a stream message carries an event")
+    }
+}
+
+impl EventMessage for WatchJobResponse {
+    fn into_event(self) -> JobEvent {
+        self.event.expect("a stream message carries an event")
+    }
+}
+
+/// Waits (up to `within`) until some connected worker serves the diagnostic model.
+pub async fn wait_for_workers(url: &str, count: u32) {
+    use deephardway::v1::{ListModelsRequest, model_service_client::ModelServiceClient};
+    let mut models = ModelServiceClient::new(deephardway::connect(url).await.expect("connect"));
+    for _ in 0..200 {
+        let list = models.list_models(ListModelsRequest::default()).await.expect("ListModels").into_inner();
+        if list.models.iter().any(|m| m.name == "diagnostic" && m.workers >= count) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{count} worker(s) did not connect within 10 s");
+}
+
+/// Reads a stream of events to its end (or until `within` passes).
+pub async fn collect_events<M: EventMessage>(
+    mut stream: tonic::Streaming<M>,
+    within: Duration,
+) -> Result<Vec<JobEvent>, tonic::Status> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(message))) => events.push(message.into_event()),
+            Ok(Ok(None)) => return Ok(events),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => panic!("stream did not end within {within:?}; got {} events: {events:?}", events.len()),
+        }
+    }
+}
+
+/// Asserts that a request was refused as INVALID_ARGUMENT for `field`: the message starts
+/// with the field's path, and a `google.rpc.BadRequest` detail names it.
+#[track_caller]
+pub fn assert_invalid_field(status: &tonic::Status, field: &str) {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}: {status:?}");
+    assert!(status.message().starts_with(&format!("{field}:")), "the message names {field}: {:?}", status.message());
+    let named: Vec<String> = deephardway::errors::violations(status).into_iter().map(|v| v.field).collect();
+    assert_eq!(named, [field], "the BadRequest detail names {field}: {status:?}");
+}
+
+/// A tool installed by `scripts/setup`, on PATH or in its cache.
+pub fn tool(name: &str, env_override: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_override) {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("DEEPHARDWAY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/deephardway"));
+    let candidates = [cache.join("tools/bin").join(name), cache.join("venv/bin").join(name)];
+    for candidate in candidates {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    if let Ok(output) = std::process::Command::new("which").arg(name).output()
+        && output.status.success()
+    {
+        return PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    }
+    panic!("{name} is not installed: run scripts/setup");
+}

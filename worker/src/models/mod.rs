@@ -1,0 +1,15 @@
+//! Model code, as in candle-transformers: each model is plain structs with `load` and
+//! `forward` (or what the model is for: `embed`, `classify`), knowing nothing of jobs,
+//! events or the service. The runners (`crate::runners`) adapt jobs to them.
+//!
+//! - [`llama`]: the llama-architecture decoder from a GGUF file, its quantized CPU
+//!   kernels and attention, the GGUF's tokenizer and chat template;
+//! - [`bert`]: the sentence embedder on a BERT model (load, forward, mean pooling);
+//! - [`vision`]: the image classifiers: images decoded to tensors, the networks, the
+//!   training loop, a trained classifier saved, loaded and labelling images;
+//! - [`disjoint`]: one output buffer written by parallel tasks, for the CPU kernels.
+
+pub mod bert;
+pub mod disjoint;
+pub mod llama;
+pub mod vision;
