@@ -51,6 +51,11 @@ impl Cli {
             _ => None,
         }
     }
+
+    /// Whether the command runs models in this process (`up`, `worker`, `bench`).
+    pub fn runs_models(&self) -> bool {
+        matches!(self.command, Command::Up(_) | Command::Worker(_) | Command::Bench(_))
+    }
 }
 
 /// Parses the command line.

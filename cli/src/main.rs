@@ -27,7 +27,13 @@ fn main() -> std::process::ExitCode {
     // SAFETY: no other thread exists yet (the runtime starts below), so nothing can read
     // the environment while it changes.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    deephardway_worker::device::keep_freed_memory();
+    // Keeping freed memory makes candle's training 2-2.5x faster, but a process that does
+    // it never gives memory back to the system. Only the commands that run models want
+    // that trade; `serve` (a long-lived service whose memory must return after a burst)
+    // and the client commands keep glibc's default.
+    if cli.runs_models() {
+        deephardway_worker::device::keep_freed_memory();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,

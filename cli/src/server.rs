@@ -52,6 +52,11 @@ pub struct ServiceFlags {
     #[arg(long, default_value_t = defaults::WORKER_LEASE_SECONDS,
           value_parser = clap::value_parser!(u64).range(limits::WORKER_LEASE_SECONDS))]
     worker_lease_s: u64,
+    /// How often each worker must send a heartbeat, in milliseconds; a worker silent for
+    /// five intervals (hung, stopped, or no longer reading) loses its session and its jobs.
+    #[arg(long, default_value_t = defaults::WORKER_HEARTBEAT_MS,
+          value_parser = clap::value_parser!(u64).range(limits::WORKER_HEARTBEAT_MS))]
+    worker_heartbeat_ms: u64,
     /// Where dataset archives and trained models are stored: a directory, or
     /// `s3://bucket/prefix` (with the `s3` build feature; every replica of a cluster must
     /// use the same one). Default: `artifacts` in the data directory.
@@ -76,6 +81,7 @@ impl ServiceFlags {
             default_timeout: Duration::from_secs(self.job_timeout_s),
             retention: Duration::from_secs(self.retention_s),
             worker_lease_ttl: Duration::from_secs(self.worker_lease_s),
+            worker_heartbeat: Duration::from_millis(self.worker_heartbeat_ms),
             artifacts,
             max_upload_bytes: self.max_upload_mb << 20,
             ..ServiceConfig::default()

@@ -34,13 +34,28 @@ impl Default for ArtifactStore {
     }
 }
 
+/// The most characters of an artifact path an error quotes.
+const QUOTED_PATH: usize = 128;
+
+/// `path` as an error quotes it: at most [`QUOTED_PATH`] characters.
+fn quoted(path: &str) -> String {
+    match path.char_indices().nth(QUOTED_PATH) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &path[..end], path.len()),
+        None => format!("{path:?}"),
+    }
+}
+
 /// A failure on the artifact at `path` (as the caller named it, not where the store keeps
-/// it on disk) as a gRPC status.
+/// it on disk) as a gRPC status. The store's own error names its disk path or bucket, so
+/// it goes to the log, not to the caller.
 fn status(path: &str) -> impl Fn(object_store::Error) -> Status + use<> {
-    let path = path.to_string();
+    let path = quoted(path);
     move |e| match e {
         object_store::Error::NotFound { .. } => Status::not_found(format!("artifact {path} is missing")),
-        other => Status::unavailable(format!("artifact store: {other}")),
+        other => {
+            tracing::warn!(artifact = %path, error = %other, "artifact store failed");
+            Status::unavailable(format!("artifact store: cannot reach artifact {path} (the service's log says why)"))
+        }
     }
 }
 
@@ -61,7 +76,9 @@ impl ArtifactStore {
         }
         let dir = location.strip_prefix("file://").unwrap_or(location);
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {dir}: {e}"))?;
-        let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true);
+        // fsync: a put returns once the file and its directory entry are on disk, so a
+        // record committed after it never points at a torn or missing file.
+        let store = LocalFileSystem::new_with_prefix(dir)?.with_automatic_cleanup(true).with_fsync(true);
         Ok(ArtifactStore { inner: Arc::new(store), prefix: Path::default(), location: dir.into() })
     }
 
@@ -71,8 +88,12 @@ impl ArtifactStore {
     }
 
     fn path(&self, path: &str) -> Result<Path, Status> {
-        let relative =
-            Path::parse(path).map_err(|e| Status::invalid_argument(format!("artifact path {path:?}: {e}")))?;
+        let relative = Path::parse(path).map_err(|_| {
+            Status::invalid_argument(format!(
+                "artifact path {} is not a relative path of plain segments (no `..`, `.` or empty ones)",
+                quoted(path)
+            ))
+        })?;
         if relative.as_ref().is_empty() {
             return Err(Status::invalid_argument("artifact path is empty"));
         }
@@ -126,5 +147,23 @@ mod tests {
             assert_eq!(store.put("../escape", Bytes::new()).await.unwrap_err().code(), tonic::Code::InvalidArgument);
         }
         assert!(dir.path().join("datasets").exists() || !dir.path().join("datasets/cats/abc.tar").exists());
+    }
+
+    #[tokio::test]
+    async fn errors_quote_a_short_path_and_never_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().to_str().unwrap().to_string();
+        let store = ArtifactStore::open(&disk).unwrap();
+        let long = format!("datasets/{}", "x".repeat(10_000));
+        for error in [
+            store.put(&long, Bytes::from_static(b"a")).await.unwrap_err(),
+            store.get(&long).await.err().unwrap(),
+            store.put(&format!("../{long}"), Bytes::new()).await.unwrap_err(),
+        ] {
+            let message = error.message();
+            assert!(message.len() < 400, "{} bytes: {message}", message.len());
+            assert!(!message.contains(&disk), "{message}");
+            assert!(!message.contains(&"x".repeat(200)), "{message}");
+        }
     }
 }

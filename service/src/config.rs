@@ -19,6 +19,10 @@ pub struct ServiceConfig {
     /// A worker's lease: if its service replica stops renewing it for this long, its
     /// jobs go back in line.
     pub worker_lease_ttl: Duration,
+    /// How often a worker must prove it is alive itself (a heartbeat or a report): the
+    /// welcome tells it, and a session that hears nothing for five intervals is ended,
+    /// so a hung worker's jobs go back in line within seconds, not at their timeout.
+    pub worker_heartbeat: Duration,
     /// Output chunks arriving within this window are written as one event.
     pub output_coalesce: Duration,
     /// How long a cancelled job's worker gets to stop before the job is ended anyway.
@@ -36,6 +40,7 @@ pub mod defaults {
     pub const JOB_TIMEOUT_SECONDS: u64 = 3600;
     pub const RETENTION_SECONDS: u64 = 24 * 3600;
     pub const WORKER_LEASE_SECONDS: u64 = 10;
+    pub const WORKER_HEARTBEAT_MS: u64 = 2000;
     pub const MAX_UPLOAD_MB: usize = 64;
 }
 
@@ -50,6 +55,7 @@ pub mod limits {
     pub const JOB_TIMEOUT_SECONDS: RangeInclusive<u64> = 1..=86_400;
     pub const RETENTION_SECONDS: RangeInclusive<u64> = 1..=10 * 365 * 86_400;
     pub const WORKER_LEASE_SECONDS: RangeInclusive<u64> = 1..=3600;
+    pub const WORKER_HEARTBEAT_MS: RangeInclusive<u64> = 50..=600_000;
     pub const MAX_UPLOAD_MB: RangeInclusive<u64> = 1..=1024;
 }
 
@@ -61,6 +67,7 @@ impl Default for ServiceConfig {
             default_timeout: Duration::from_secs(defaults::JOB_TIMEOUT_SECONDS),
             retention: Duration::from_secs(defaults::RETENTION_SECONDS),
             worker_lease_ttl: Duration::from_secs(defaults::WORKER_LEASE_SECONDS),
+            worker_heartbeat: Duration::from_millis(defaults::WORKER_HEARTBEAT_MS),
             output_coalesce: Duration::from_millis(30),
             cancel_grace: Duration::from_secs(10),
             artifacts: ArtifactStore::in_memory(),

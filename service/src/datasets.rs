@@ -56,21 +56,19 @@ pub async fn upload(
         return same_or_taken(name, &existing.value, &sha256);
     }
     let checked = archive.clone();
-    let source = tokio::task::spawn_blocking(move || {
-        let source = Source::from_archive(&checked)?;
-        source.check()?;
-        anyhow::Ok(source)
-    })
-    .await
-    .map_err(|e| Status::internal(e.to_string()))?
-    .map_err(|e| invalid_field("archive", format!("{e:#}")))?;
+    // Streamed: memory stays bounded however large the archive unpacks (see
+    // `Source::check_archive` for the limits: ratio, total size, pixels, PNG structure).
+    let summary = tokio::task::spawn_blocking(move || Source::check_archive(&checked))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| invalid_field("archive", format!("{e:#}")))?;
 
     let artifact = format!("datasets/{name}/{sha256}");
     let dataset = Dataset {
         name: name.to_string(),
-        classes: source.classes.clone(),
-        train_images: source.train.len() as u32,
-        test_images: source.test.len() as u32,
+        classes: summary.classes,
+        train_images: summary.train_images as u32,
+        test_images: summary.test_images as u32,
         archive_bytes: archive.len() as u64,
         sha256: sha256.clone(),
         create_time: Some(now()),

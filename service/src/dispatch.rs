@@ -6,10 +6,21 @@
 //! a second regardless. A round claims, for each worker with free slots, the best queued
 //! jobs among the models it serves; claims are transactions, so replicas racing for
 //! the same job cannot both win.
+//!
+//! The dispatcher never waits for a worker session: it hands a claimed job over with
+//! `try_send` on a channel with room for all the worker's slots. A closed or full channel
+//! means the session is gone or stuck: the worker is dropped from the list (which ends a
+//! stuck session, whose end revokes its lease), and the job's claim, held under that
+//! lease, vanishes with it, so the reaper puts the job back in line. A claim whose outcome
+//! is unknown (the store failed to answer) is read back, never dropped: see
+//! [`JobLifecycle::resolve_claim`].
 
 use std::{collections::HashMap, time::Duration};
 
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{
+    broadcast::error::RecvError,
+    mpsc::{self, error::TrySendError},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -133,6 +144,7 @@ fn order_key(kv: &KeyValue) -> &str {
 async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWorker>) -> Result<bool, tonic::Status> {
     let store = lifecycle.store();
     let mut more = false;
+    let mut dropped: Vec<(String, &'static str)> = Vec::new();
     for worker in workers.values_mut() {
         if worker.free_slots == 0 || worker.assignments.is_closed() {
             continue;
@@ -153,20 +165,49 @@ async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWork
             candidates.iter().map(|entry| lifecycle.claim(entry, &worker.record, worker.lease)),
         )
         .await;
-        for claim in claims {
-            match claim {
-                Ok(Some(claimed)) => {
-                    worker.free_slots -= 1;
-                    // If the session has ended, its lease revocation puts the job back.
-                    let _ = worker.assignments.send(claimed).await;
+        for (entry, claim) in candidates.iter().zip(claims) {
+            let claimed = match claim {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    // The claim may have committed although the answer was lost: read it back.
+                    tracing::warn!(worker = %worker.record.worker_id, error = %e, "claim failed; reading back its outcome");
+                    match lifecycle.resolve_claim(entry, &worker.record).await {
+                        Ok(claimed) => claimed,
+                        Err(e) => {
+                            // Still unknown: end the worker's session; its lease goes with it,
+                            // and with the lease any claim that did commit.
+                            tracing::warn!(worker = %worker.record.worker_id, error = %e,
+                                "claim outcome unknown; dropping the worker so that its lease releases it");
+                            dropped.push((worker.record.worker_id.clone(), "a claim's outcome could not be read back"));
+                            break;
+                        }
+                    }
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(worker = %worker.record.worker_id, error = %e, "claim failed"),
+            };
+            let Some(claimed) = claimed else { continue };
+            worker.free_slots -= 1;
+            match worker.assignments.try_send(claimed) {
+                Ok(()) => {}
+                Err(TrySendError::Closed(_)) => {
+                    // The session has ended: its lease revocation puts the job back.
+                    dropped.push((worker.record.worker_id.clone(), "its session has ended"));
+                    break;
+                }
+                Err(TrySendError::Full(_)) => {
+                    // Room for every slot, yet full: the session is stuck. Dropping the
+                    // channel ends it, and its lease, which holds this claim.
+                    dropped.push((worker.record.worker_id.clone(), "its session is not taking assignments"));
+                    break;
+                }
             }
         }
         if worker.free_slots > 0 && !candidates.is_empty() {
             more = true;
         }
+    }
+    for (worker_id, why) in dropped {
+        tracing::warn!(worker = %worker_id, "dropping the worker from dispatch: {why}");
+        workers.remove(&worker_id);
     }
     Ok(more)
 }

@@ -9,7 +9,14 @@
 //! next revision; if that revision was compacted away, every subscriber is dropped so
 //! that it re-lists.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use deephardway::v1::{Job, JobEvent};
 use futures::StreamExt;
@@ -27,6 +34,11 @@ use crate::{
 const SUBSCRIBER_BUFFER: usize = 1024;
 /// Changes buffered for the replica's background tasks; one that lags resynchronises.
 const CHANGES_BUFFER: usize = 16 * 1024;
+/// Subscribers whose stream ended (the receiver was dropped) are pruned at least this
+/// often, and also after every [`PRUNE_EVERY`] subscribes, so a finished job that gets no
+/// more events does not keep its closed senders: memory is O(open streams).
+const PRUNE_INTERVAL: Duration = Duration::from_millis(500);
+const PRUNE_EVERY: usize = 1024;
 
 /// A change to the job store that the replica's consumers act on. A consumer that lags
 /// behind the broadcast is told so (`RecvError::Lagged`) and re-reads what it needs.
@@ -77,6 +89,7 @@ enum Command {
 pub struct Hub {
     commands: mpsc::Sender<Command>,
     changes: broadcast::Sender<Change>,
+    subscriber_count: Arc<AtomicUsize>,
 }
 
 impl Hub {
@@ -85,9 +98,18 @@ impl Hub {
         let start = store.revision().await? + 1;
         let (commands, rx) = mpsc::channel(256);
         let (changes, _) = broadcast::channel(CHANGES_BUFFER);
-        let task = HubTask { store, subscribers: HashMap::new(), changes: changes.clone(), next_revision: start };
+        let subscriber_count = Arc::new(AtomicUsize::new(0));
+        let task = HubTask {
+            store,
+            subscribers: HashMap::new(),
+            changes: changes.clone(),
+            next_revision: start,
+            count: subscriber_count.clone(),
+            total: 0,
+            subscribes_since_prune: 0,
+        };
         tokio::spawn(task.run(rx, shutdown));
-        Ok(Hub { commands, changes })
+        Ok(Hub { commands, changes, subscriber_count })
     }
 
     /// Events of `job_id` committed after this call returns. The channel closes if the
@@ -98,6 +120,13 @@ impl Hub {
         self.commands.send(Command::Subscribe { job_id: job_id.to_string(), tx, ack }).await.ok()?;
         acked.await.ok()?;
         Some(rx)
+    }
+
+    /// How many job-event subscribers the hub holds (open `WatchJob` streams, plus ended
+    /// ones not yet pruned: they are pruned within half a second). Cheap, for tests
+    /// and metrics.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscriber_count.load(Ordering::Relaxed)
     }
 
     /// Every [`Change`] from now on, for the replica's background tasks.
@@ -111,17 +140,25 @@ struct HubTask {
     subscribers: HashMap<String, Vec<mpsc::Sender<JobEvent>>>,
     changes: broadcast::Sender<Change>,
     next_revision: i64,
+    /// Mirrors the number of senders in `subscribers`, for [`Hub::subscriber_count`].
+    count: Arc<AtomicUsize>,
+    total: usize,
+    subscribes_since_prune: usize,
 }
 
 impl HubTask {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut stream = match self.store.watch(keys::ROOT, self.next_revision).await {
                 Ok(stream) => stream,
                 Err(StoreError::Compacted { oldest, .. }) => {
                     tracing::warn!(oldest, "watch start was compacted; subscribers will re-list");
                     self.subscribers.clear();
+                    self.total = 0;
+                    self.update_count();
                     self.next_revision = self.store.revision().await.unwrap_or(oldest) + 1;
                     continue;
                 }
@@ -140,10 +177,19 @@ impl HubTask {
                     command = commands.recv() => match command {
                         Some(Command::Subscribe { job_id, tx, ack }) => {
                             self.subscribers.entry(job_id).or_default().push(tx);
+                            self.total += 1;
+                            self.subscribes_since_prune += 1;
+                            if self.subscribes_since_prune >= PRUNE_EVERY {
+                                self.prune();
+                            } else {
+                                self.update_count();
+                            }
+                            // Acknowledged once counted, so a caller sees its own subscription.
                             let _ = ack.send(());
                         }
                         None => return,
                     },
+                    _ = prune.tick() => self.prune(),
                     item = stream.next() => match item {
                         Some(Ok(event)) => {
                             backoff = Duration::from_millis(100);
@@ -162,6 +208,23 @@ impl HubTask {
         }
     }
 
+    /// Drops the senders whose receiver is gone (the `WatchJob` stream ended).
+    fn prune(&mut self) {
+        self.subscribes_since_prune = 0;
+        let mut total = 0;
+        self.subscribers.retain(|_, senders| {
+            senders.retain(|tx| !tx.is_closed());
+            total += senders.len();
+            !senders.is_empty()
+        });
+        self.total = total;
+        self.update_count();
+    }
+
+    fn update_count(&self) {
+        self.count.store(self.total, Ordering::Relaxed);
+    }
+
     fn route(&mut self, event: WatchEvent) {
         if let Some(job_id) = keys::event_job_id(&event.kv.key) {
             if event.kind != EventKind::Put {
@@ -173,10 +236,13 @@ impl HubTask {
                 return;
             };
             // A full or closed channel drops the subscriber; a full one re-lists.
+            let before = subscribers.len();
             subscribers.retain(|tx| tx.try_send(job_event.clone()).is_ok());
+            self.total -= before - subscribers.len();
             if subscribers.is_empty() {
                 self.subscribers.remove(job_id);
             }
+            self.update_count();
             return;
         }
         if let Some(change) = change_of(&event)

@@ -12,6 +12,8 @@
 //! /dhw/done/<finished:020>/<id>               finished jobs by time, for retention
 //! /dhw/datasets/<name>                        an uploaded dataset (protobuf Dataset)
 //! /dhw/models/<name>/<version:010>            a trained model version (protobuf TrainedModel)
+//! /dhw/served/<kind>/<model>                  a model a worker served lately (JSON), kept
+//!                                             so jobs for it queue while no worker is connected
 //! ```
 //!
 //! Dataset archives and model weights are not in the store but in the artifact store
@@ -32,6 +34,7 @@ pub const REQUESTS: &str = "/dhw/requests/";
 pub const DONE: &str = "/dhw/done/";
 pub const DATASETS: &str = "/dhw/datasets/";
 pub const MODELS: &str = "/dhw/models/";
+pub const SERVED: &str = "/dhw/served/";
 
 pub fn job(id: &str) -> String {
     format!("{JOBS}{id}")
@@ -73,6 +76,11 @@ pub fn request(request_id: &str) -> String {
 
 pub fn done(finished_micros: i64, id: &str) -> String {
     format!("{DONE}{finished_micros:020}/{id}")
+}
+
+/// A model served for jobs of `kind` (a `JobKind` number), remembered after its worker left.
+pub fn served(kind: i32, model: &str) -> String {
+    format!("{SERVED}{kind}/{model}")
 }
 
 pub fn dataset(name: &str) -> String {

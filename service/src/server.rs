@@ -5,7 +5,7 @@
 //! on port 0. On shutdown, long streams end with UNAVAILABLE and the `after_seq` to
 //! resume from, worker sessions release their jobs, and the server drains.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use deephardway::{
     v1::{
@@ -15,8 +15,8 @@ use deephardway::{
     worker::v1::worker_service_server::WorkerServiceServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{
     config::ServiceConfig,
@@ -35,16 +35,21 @@ use crate::{
 /// beyond this gets tonic's OUT_OF_RANGE, before any of it is decoded.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Accepted connections, with Nagle's algorithm off: streamed events are small writes,
-/// and Nagle plus delayed ACKs would hold each one back by ~40 ms.
-fn incoming(listener: TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted {
-            let _ = stream.set_nodelay(true);
-        }
-        accepted
-    })
+/// Most concurrent streams one connection may open; a client needing more opens another
+/// connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// HTTP/2 pings on every connection: a peer that does not answer one within the timeout
+/// (a hung process, a vanished host) is disconnected, ending its streams and, for a
+/// worker, its session. Workers also prove themselves with heartbeats (`rpc::workers`).
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive, for connections whose peer vanished without a word.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Accepted connections, with Nagle's algorithm off (streamed events are small writes,
+/// and Nagle plus delayed ACKs would hold each one back by ~40 ms) and TCP keepalive on.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(TCP_KEEPALIVE))
 }
 
 /// Serves until `shutdown` completes.
@@ -104,6 +109,9 @@ pub async fn serve(
     let routes = tonic::service::Routes::from(web::with_client(grpc, &web));
     tonic::transport::Server::builder()
         .accept_http1(true)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(web::cors_layer(&web.cors)?)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), async move {

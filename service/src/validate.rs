@@ -14,6 +14,12 @@ pub const MAX_REQUEST_ID: usize = 128;
 pub const MAX_MODEL_NAME: usize = 128;
 pub const MAX_ECHO: usize = 4096;
 pub const MAX_PROMPT: usize = 64 * 1024;
+/// Every repeated field is capped by count as well as by bytes, so a request of many
+/// empty elements (each a few bytes on the wire, far more once decoded) is refused.
+pub const MAX_MESSAGES: usize = 1000;
+pub const MAX_STOP: usize = 8;
+pub const MAX_STOP_BYTES: usize = 256;
+pub const MAX_HIDDEN_SIZES: usize = 8;
 pub const MAX_EMBED_TEXTS: usize = 256;
 pub const MAX_EMBED_BYTES: usize = 1024 * 1024;
 pub const MAX_IMAGES: usize = 512;
@@ -30,6 +36,13 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
 fn at_most(field: &str, len: usize, max: usize) -> Result<(), Status> {
     if len > max {
         return Err(invalid(field, format!("is {len} bytes; at most {max} allowed")));
+    }
+    Ok(())
+}
+
+fn count_at_most(field: &str, len: usize, max: usize) -> Result<(), Status> {
+    if len > max {
+        return Err(invalid(field, format!("has {len} elements; at most {max} allowed")));
     }
     Ok(())
 }
@@ -145,6 +158,7 @@ pub fn spec(req: &JobSpec) -> Result<(), Status> {
                 _ => {}
             }
             at_most("generate.prompt", g.prompt.len(), MAX_PROMPT)?;
+            count_at_most("generate.messages", g.messages.len(), MAX_MESSAGES)?;
             let chat_bytes: usize = g.messages.iter().map(|m| m.content.len()).sum();
             at_most("generate.messages", chat_bytes, MAX_PROMPT)?;
             for (i, m) in g.messages.iter().enumerate() {
@@ -160,13 +174,13 @@ pub fn spec(req: &JobSpec) -> Result<(), Status> {
             finite_in_range("generate.top_p", g.top_p, 0.0, 1.0)?;
             in_range("generate.top_k", g.top_k, 0, 1000)?;
             finite_in_range("generate.repetition_penalty", g.repetition_penalty, 0.0, 5.0)?;
-            in_range("generate.stop", g.stop.len(), 0, 8)?;
+            count_at_most("generate.stop", g.stop.len(), MAX_STOP)?;
             for (i, s) in g.stop.iter().enumerate() {
                 let field = format!("generate.stop[{i}]");
                 if s.is_empty() {
                     return Err(invalid(&field, "must not be empty"));
                 }
-                at_most(&field, s.len(), 256)?;
+                at_most(&field, s.len(), MAX_STOP_BYTES)?;
             }
         }
         Input::Embed(e) => {
@@ -202,7 +216,7 @@ pub fn spec(req: &JobSpec) -> Result<(), Status> {
             in_range("train.epochs", t.epochs, 0, 100_000)?;
             in_range("train.batch_size", t.batch_size, 0, 100_000)?;
             in_range("train.augment_shift", t.augment_shift, 0, 8)?;
-            in_range("train.hidden_sizes", t.hidden_sizes.len(), 0, 8)?;
+            count_at_most("train.hidden_sizes", t.hidden_sizes.len(), MAX_HIDDEN_SIZES)?;
             for (i, &h) in t.hidden_sizes.iter().enumerate() {
                 in_range(&format!("train.hidden_sizes[{i}]"), h, 1, 4096)?;
             }
@@ -247,6 +261,33 @@ mod tests {
             req.timeout = Some(Duration { seconds, nanos });
             assert_eq!(spec(&req).is_ok(), ok, "{seconds}s {nanos}ns");
         }
+    }
+
+    #[test]
+    fn repeated_fields_are_capped_by_count() {
+        use deephardway::v1::{ChatMessage, GenerateInput};
+        let messages = vec![ChatMessage { role: Role::User as i32, content: String::new() }; 100_000];
+        let req = JobSpec {
+            input: Some(Input::Generate(GenerateInput { messages, ..Default::default() })),
+            ..Default::default()
+        };
+        let err = spec(&req).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("generate.messages:"), "{}", err.message());
+
+        let messages = vec![ChatMessage { role: Role::User as i32, content: "hi".into() }; MAX_MESSAGES];
+        let req = JobSpec {
+            input: Some(Input::Generate(GenerateInput { messages, ..Default::default() })),
+            ..Default::default()
+        };
+        spec(&req).unwrap();
+
+        let stop = vec!["x".to_string(); MAX_STOP + 1];
+        let req = JobSpec {
+            input: Some(Input::Generate(GenerateInput { prompt: "p".into(), stop, ..Default::default() })),
+            ..Default::default()
+        };
+        assert!(spec(&req).unwrap_err().message().starts_with("generate.stop:"));
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! its own task, so a panicking runner fails that job and nothing else. When the stream
 //! breaks the worker abandons its running jobs (the service puts them back in line) and
 //! reconnects with exponential backoff and jitter.
+//!
+//! The session loop proves the worker alive: it sends a heartbeat at the interval the
+//! welcome names (a worker that stops, deadlocks or stops reading is presumed lost after
+//! three missed ones, and its jobs go to other workers), and HTTP/2 keepalive pings tell
+//! it when the service has vanished without closing the connection.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -15,7 +20,7 @@ use deephardway::{
     errors::to_rpc_status,
     v1::{JobCancelled, JobEvent, JobKind, job_event::Event},
     worker::v1::{
-        Assignment, ConnectRequest, Hello, Report, ServedModel, connect_request, connect_response,
+        Assignment, ConnectRequest, Heartbeat, Hello, Report, ServedModel, connect_request, connect_response,
         worker_service_client::WorkerServiceClient,
     },
 };
@@ -46,6 +51,24 @@ pub struct WorkerOptions {
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on the worker's connection, even while no call is in flight: an
+/// unanswered one ends the session, and the worker reconnects.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection to the service, with keepalive on.
+async fn connect(server: &str) -> anyhow::Result<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(server.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    Ok(channel)
+}
 
 /// Serves jobs until `shutdown` is cancelled, reconnecting whenever the stream breaks.
 pub async fn run(options: WorkerOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -81,8 +104,7 @@ struct RunningJob {
 /// One connection. Returns `Ok` on shutdown and an error when the stream broke.
 async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let (routes, models) = routes(&options.runners);
-    let channel =
-        deephardway::connect(&options.server).await.with_context(|| format!("cannot reach {}", options.server))?;
+    let channel = connect(&options.server).await.with_context(|| format!("cannot reach {}", options.server))?;
     let service = WorkerServiceClient::new(channel)
         .max_decoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE)
         .max_encoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE);
@@ -103,10 +125,21 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
     };
     tracing::info!(worker = %welcome.worker_id, server = %options.server, device = %options.device, "connected");
 
+    // An older service names no interval and expects no heartbeats.
+    let heartbeat = welcome.heartbeat_interval.and_then(|d| Duration::try_from(d).ok()).filter(|d| !d.is_zero());
+    let mut beat = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
     let (finished_tx, mut finished) = mpsc::unbounded_channel::<String>();
     let mut running: HashMap<String, RunningJob> = HashMap::new();
     let outcome = loop {
         tokio::select! {
+            _ = beat.tick(), if heartbeat.is_some() => {
+                // Never wait here: if the queue to the service is full, the reports in it
+                // prove the worker alive as well.
+                let beat = Heartbeat { running_jobs: running.len() as u32 };
+                let _ = outbound.try_send(ConnectRequest { message: Some(connect_request::Message::Heartbeat(beat)) });
+            }
             message = inbound.message() => match message {
                 Ok(Some(message)) => match message.message {
                     Some(connect_response::Message::Assignment(assignment)) => {

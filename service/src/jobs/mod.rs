@@ -15,15 +15,18 @@
 //!
 //! - this file: submit, claim, report, cancel, reads;
 //! - [`recovery`]: jobs whose worker was lost; [`retention`]: removing old jobs;
+//! - [`served`]: models workers served lately, so their jobs queue while no worker is connected;
 //! - [`records`]: the JSON records of workers and claims; request checks are in
 //!   [`crate::validate`].
 
 mod records;
 mod recovery;
 mod retention;
+mod served;
 
 use records::ClaimRecord;
 pub use records::{ServedModel, WorkerRecord};
+pub use served::{RememberedModel, SERVED_MEMORY};
 
 use deephardway::{
     errors::invalid_field,
@@ -297,8 +300,10 @@ impl JobLifecycle {
         Ok(self.find(&id).await?.map(|(job, _)| job))
     }
 
-    /// FAILED_PRECONDITION unless a connected worker serves `model` for this kind of job;
-    /// INVALID_ARGUMENT if the request does not fit the model (see [`fits`]).
+    /// FAILED_PRECONDITION unless a connected worker serves `model` for this kind of job,
+    /// or one served it within [`SERVED_MEMORY`] (the job then waits in line for the next
+    /// worker that does; see [`served`]); INVALID_ARGUMENT if the request does not fit the
+    /// model (see [`fits`]), as the worker last described it.
     async fn check_served(&self, model: &str, input: &Input) -> Result<(), Status> {
         let kind = kind_of(input);
         let workers = self.workers().await?;
@@ -310,6 +315,9 @@ impl JobLifecycle {
                 }
                 other_kind = Some(m.kind);
             }
+        }
+        if let Some(remembered) = self.recently_served(kind as i32, model).await? {
+            return fits(&remembered, input);
         }
         let kind_name = |k: i32| {
             JobKind::try_from(k)
@@ -580,5 +588,49 @@ impl JobLifecycle {
             })
             .await?;
         Ok(job)
+    }
+}
+
+impl JobLifecycle {
+    /// Reads back the outcome of a claim whose transaction failed without a clear answer
+    /// (the store may have committed it and lost the reply). The job was claimed if its
+    /// claim names `worker` and the job is running there on that attempt: it is returned
+    /// with the claim's create revision as its fence, as [`JobLifecycle::claim`] would have.
+    /// Otherwise the claim did not commit (the queue entry is still there, and a later
+    /// round may claim it), or it committed and has since been released (the reaper puts
+    /// the job back). Reads that fail are retried a few times with backoff; the error is
+    /// returned only if the store stays unavailable.
+    pub async fn resolve_claim(&self, entry: &KeyValue, worker: &WorkerRecord) -> Result<Option<Claimed>, Status> {
+        let id = keys::last_segment(&entry.key).to_string();
+        let mut backoff = std::time::Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            match self.read_claim(&id, worker).await {
+                Err(e) if tries < 5 => {
+                    tracing::debug!(job = %id, error = %e, "claim read-back failed; retrying");
+                    tries += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn read_claim(&self, id: &str, worker: &WorkerRecord) -> Result<Option<Claimed>, Status> {
+        let Some(claim) = self.store.get(&keys::claim(id)).await? else { return Ok(None) };
+        let Ok(record) = serde_json::from_slice::<ClaimRecord>(&claim.value) else { return Ok(None) };
+        if record.worker_id != worker.worker_id {
+            return Ok(None);
+        }
+        let Some((job, _)) = self.find(id).await? else { return Ok(None) };
+        let ours = job.state == JobState::Running as i32
+            && job.worker_id == worker.worker_id
+            && job.attempts == record.attempt;
+        if !ours {
+            return Ok(None);
+        }
+        tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started (claim read back)");
+        Ok(Some(Claimed { job, fence: claim.create_revision as u64 }))
     }
 }

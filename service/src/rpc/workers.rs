@@ -7,6 +7,14 @@
 //! transaction per job, with adjacent output chunks merged, so token-by-token output
 //! costs a handful of store writes per second. When the stream ends for any reason the
 //! lease is revoked: the worker's claims vanish and its jobs go back in line.
+//!
+//! No peer can stall the session: its loop never awaits its worker. Messages to the
+//! worker go into a bounded queue with `try_send`; a worker whose queue is full, or
+//! whose queued messages go unread for five heartbeat intervals, has stopped reading,
+//! and its session ends. The worker proves it is alive itself (a heartbeat or a report
+//! at least every `worker_heartbeat`, the interval the welcome names); a session that
+//! hears nothing for five intervals ends. Reports are checked before they are stored
+//! (see [`check_report`]).
 
 use std::{
     collections::HashMap,
@@ -17,7 +25,7 @@ use std::{
 use deephardway::{
     errors::{RpcStatus, invalid_field},
     is_final,
-    v1::{Job, JobCancelled, JobKind, JobState, TrainedModel, job_event::Event, job_spec::Input},
+    v1::{Job, JobCancelled, JobKind, JobState, TrainedModel, job_event::Event, job_result, job_spec::Input},
     worker::v1::{
         Assignment, Cancel, ConnectRequest, ConnectResponse, FetchArtifactRequest, FetchArtifactResponse, Hello,
         PublishModelRequest, PublishModelResponse, Report, Welcome, connect_request, connect_response,
@@ -25,7 +33,10 @@ use deephardway::{
     },
 };
 use futures::{Stream, StreamExt};
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{
+    broadcast::error::RecvError,
+    mpsc::{self, error::TrySendError},
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -41,6 +52,17 @@ use crate::{
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 256;
+/// Messages queued for a worker beyond what its slots explain (each assignment takes a
+/// slot; cancels are at most one per job). A worker that lets this many pile up unread
+/// has stopped reading.
+const OUTBOUND_SPARE: usize = 32;
+/// A worker silent (or not reading) for this many heartbeat intervals is presumed hung.
+const MISSED_HEARTBEATS: u32 = 5;
+/// Bounds on one report, checked before anything is stored.
+const MAX_OUTPUT_PER_REPORT: usize = 1 << 20;
+const MAX_METRICS: usize = 64;
+const MAX_METRIC_NAME: usize = 128;
+const MAX_PROGRESS_MESSAGE: usize = 4096;
 
 pub type ConnectResponses = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
 pub type ArtifactChunks = Pin<Box<dyn Stream<Item = Result<FetchArtifactResponse, Status>> + Send>>;
@@ -135,13 +157,28 @@ impl WorkerService for WorkersRpc {
             lease,
         ));
         store.txn(put).await?;
+        self.ctx.lifecycle.remember_served(&record).await?;
         tracing::info!(worker = %record.worker_id, name = %record.name, device = %record.device,
             models = ?record.models.iter().map(|m| &m.name).collect::<Vec<_>>(), "worker connected");
 
-        let (outbound, rx) = mpsc::channel(256);
-        let welcome = connect_response::Message::Welcome(Welcome { worker_id: record.worker_id.clone() });
-        let _ = outbound.send(Ok(ConnectResponse { message: Some(welcome) })).await;
-        let session = Session { ctx: self.ctx.clone(), record, lease, outbound, running: HashMap::new() };
+        let capacity = record.slots as usize + OUTBOUND_SPARE;
+        let (outbound, rx) = mpsc::channel(capacity);
+        let heartbeat = self.ctx.lifecycle.config().worker_heartbeat;
+        let welcome = connect_response::Message::Welcome(Welcome {
+            worker_id: record.worker_id.clone(),
+            heartbeat_interval: prost_types::Duration::try_from(heartbeat).ok(),
+        });
+        let mut session = Session {
+            ctx: self.ctx.clone(),
+            record,
+            lease,
+            outbound,
+            capacity,
+            sent: 0,
+            ending: None,
+            running: HashMap::new(),
+        };
+        session.send(welcome);
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -178,6 +215,8 @@ fn record_from_hello(hello: Hello) -> Result<WorkerRecord, Status> {
 /// A job this session's worker is running.
 struct Running {
     fence: u64,
+    /// The job's kind, which its result must match.
+    kind: JobKind,
     deadline: Instant,
     timeout: Duration,
     /// When the worker was told to stop, if it was.
@@ -191,32 +230,70 @@ struct Session {
     record: WorkerRecord,
     lease: i64,
     outbound: Outbound,
+    /// The outbound queue's size.
+    capacity: usize,
+    /// Messages queued so far; less those still queued, those the worker has taken.
+    sent: u64,
+    /// Set when the worker can no longer be sent to: the session ends, saying why.
+    ending: Option<String>,
     running: HashMap<String, Running>,
+}
+
+/// Whether a worker still takes what is queued for it: messages that wait unread for
+/// [`MISSED_HEARTBEATS`] intervals mean it has stopped reading.
+#[derive(Default)]
+struct ReadWatch {
+    taken: u64,
+    stalled_since: Option<Instant>,
 }
 
 impl Session {
     async fn run(mut self, mut inbound: Streaming<ConnectRequest>) {
         let worker_id = self.record.worker_id.clone();
         let config = self.ctx.lifecycle.config().clone();
-        let (assign_tx, mut assignments) = mpsc::channel(16);
+        // The dispatcher hands over claimed jobs with `try_send`: a channel with room for
+        // every slot never fills unless this session is stuck, and then it drops the worker.
+        let (assign_tx, mut assignments) = mpsc::channel(self.record.slots.max(1) as usize);
         self.ctx.dispatcher.register(self.record.clone(), self.lease, assign_tx);
         let mut changes = self.ctx.hub.changes();
         let mut flush = tokio::time::interval(config.output_coalesce);
         let mut keepalive = tokio::time::interval(config.worker_lease_ttl / 3);
+        let heartbeat = config.worker_heartbeat;
+        let silence = heartbeat * MISSED_HEARTBEATS;
+        let mut liveness = tokio::time::interval(heartbeat);
+        let mut last_heard = Instant::now();
+        let mut reading = ReadWatch::default();
         let end = loop {
+            if let Some(why) = self.ending.take() {
+                break why;
+            }
             tokio::select! {
-                message = inbound.message() => match message {
-                    Ok(Some(ConnectRequest { message: Some(connect_request::Message::Report(report)) })) => {
-                        self.on_report(report).await;
+                message = inbound.message() => {
+                    last_heard = Instant::now();
+                    match message {
+                        Ok(Some(ConnectRequest { message: Some(connect_request::Message::Report(report)) })) => {
+                            self.on_report(report).await;
+                        }
+                        Ok(Some(ConnectRequest { message: Some(connect_request::Message::Heartbeat(beat)) })) => {
+                            tracing::trace!(worker = %worker_id, running = beat.running_jobs, "heartbeat");
+                        }
+                        Ok(Some(_)) => tracing::warn!(worker = %worker_id, "ignoring an unexpected message"),
+                        Ok(None) => break "worker closed its stream".to_string(),
+                        Err(status) => break format!("stream error: {}", status.message()),
                     }
-                    Ok(Some(_)) => tracing::warn!(worker = %worker_id, "ignoring an unexpected message"),
-                    Ok(None) => break "worker closed its stream".to_string(),
-                    Err(status) => break format!("stream error: {}", status.message()),
-                },
+                }
                 claimed = assignments.recv() => match claimed {
                     Some(claimed) => self.assign(claimed).await,
-                    None => break "dispatcher stopped".to_string(),
+                    None => break "the dispatcher dropped this worker".to_string(),
                 },
+                _ = liveness.tick() => {
+                    if last_heard.elapsed() > silence {
+                        break format!("no heartbeat or report for {:?} (worker hung or gone)", last_heard.elapsed());
+                    }
+                    if let Some(why) = self.check_reading(&mut reading, silence) {
+                        break why;
+                    }
+                }
                 change = changes.recv() => match change {
                     Ok(Change::JobUpdated(job)) if self.running.contains_key(&job.id) => {
                         self.on_job_changed(&job).await;
@@ -241,20 +318,51 @@ impl Session {
         if let Err(e) = self.ctx.lifecycle.store().lease_revoke(self.lease).await {
             tracing::warn!(worker = %worker_id, error = %e, "could not revoke lease; it will expire");
         }
-        let _ = self.outbound.send(Err(Status::unavailable(end))).await;
+        // Never wait for a worker that may not be reading.
+        let _ = self.outbound.try_send(Err(Status::unavailable(end)));
     }
 
-    async fn send(&self, message: connect_response::Message) {
-        let _ = self.outbound.send(Ok(ConnectResponse { message: Some(message) })).await;
+    /// Queues a message for the worker without waiting. A full queue means the worker
+    /// has stopped reading: the session ends (see `run`).
+    fn send(&mut self, message: connect_response::Message) {
+        if self.ending.is_some() {
+            return;
+        }
+        match self.outbound.try_send(Ok(ConnectResponse { message: Some(message) })) {
+            Ok(()) => self.sent += 1,
+            Err(TrySendError::Full(_)) => {
+                self.ending = Some(format!("the worker stopped reading: {} messages wait unread", self.capacity));
+            }
+            Err(TrySendError::Closed(_)) => self.ending = Some("the worker's stream is gone".into()),
+        }
+    }
+
+    /// Why the session should end if messages have waited unread for `silence`.
+    fn check_reading(&self, watch: &mut ReadWatch, silence: Duration) -> Option<String> {
+        let queued = (self.capacity - self.outbound.capacity()) as u64;
+        let taken = self.sent.saturating_sub(queued);
+        if queued == 0 || taken != watch.taken {
+            watch.taken = taken;
+            watch.stalled_since = None;
+            return None;
+        }
+        let since = *watch.stalled_since.get_or_insert_with(Instant::now);
+        (since.elapsed() >= silence)
+            .then(|| format!("the worker stopped reading: {queued} messages unread for {:?}", since.elapsed()))
     }
 
     async fn assign(&mut self, claimed: Claimed) {
         let Claimed { job, fence } = claimed;
         let timeout = job.timeout.and_then(|t| Duration::try_from(t).ok()).unwrap_or(Duration::MAX / 2);
-        self.running.insert(
-            job.id.clone(),
-            Running { fence, deadline: Instant::now() + timeout, timeout, cancel_sent: None, pending: Vec::new() },
-        );
+        let running = Running {
+            fence,
+            kind: job.kind(),
+            deadline: Instant::now() + timeout,
+            timeout,
+            cancel_sent: None,
+            pending: Vec::new(),
+        };
+        self.running.insert(job.id.clone(), running);
         let (dataset, trained_model) = self.stored_inputs(&job).await;
         let assignment = Assignment {
             job_id: job.id.clone(),
@@ -265,7 +373,7 @@ impl Session {
             dataset,
             trained_model,
         };
-        self.send(connect_response::Message::Assignment(assignment)).await;
+        self.send(connect_response::Message::Assignment(assignment));
         // A cancel may have been accepted between the claim and now.
         self.on_job_changed(&job).await;
     }
@@ -295,8 +403,15 @@ impl Session {
         let Some(running) = self.running.get_mut(&job_id).filter(|r| r.fence == fence) else {
             // Not (or no longer) this worker's job: make sure it stops.
             let cancel = Cancel { job_id, reason: "the job is not assigned to this worker".into() };
-            self.send(connect_response::Message::Cancel(cancel)).await;
+            self.send(connect_response::Message::Cancel(cancel));
             return;
+        };
+        let event = match check_report(event, running.kind) {
+            Ok(event) => event,
+            Err(why) => {
+                tracing::warn!(job = %job_id, worker = %self.record.worker_id, "dropping a report: {why}");
+                return;
+            }
         };
         let last = is_final(&event);
         running.pending.push(event);
@@ -340,7 +455,7 @@ impl Session {
             return; // the write failed; try again next tick
         }
         let cancel = Cancel { job_id: id.to_string(), reason: why.to_string() };
-        self.send(connect_response::Message::Cancel(cancel)).await;
+        self.send(connect_response::Message::Cancel(cancel));
     }
 
     /// Writes one job's pending reports as one transaction.
@@ -389,7 +504,7 @@ impl Session {
                 self.release(id);
                 if matches!(rejected, Rejected::StaleFence) {
                     let cancel = Cancel { job_id: id.to_string(), reason: "the job was reassigned".into() };
-                    self.send(connect_response::Message::Cancel(cancel)).await;
+                    self.send(connect_response::Message::Cancel(cancel));
                 }
             }
             Err(Rejected::Status(status)) if status.code() == Code::NotFound => self.release(id),
@@ -414,7 +529,7 @@ impl Session {
         if job.cancel_requested && running.cancel_sent.is_none() {
             running.cancel_sent = Some(Instant::now());
             let cancel = Cancel { job_id: job.id.clone(), reason: job.cancel_reason.clone() };
-            self.send(connect_response::Message::Cancel(cancel)).await;
+            self.send(connect_response::Message::Cancel(cancel));
         }
     }
 
@@ -426,6 +541,75 @@ impl Session {
             }
         }
     }
+}
+
+/// Checks one report before it is stored. Progress must be a finite fraction in 0..=1
+/// with finite metrics, at most [`MAX_METRICS`] of them, and a bounded message; a report
+/// that breaks these is dropped (`Err`, saying why) and the job's stored state is left as
+/// it was. Output longer than [`MAX_OUTPUT_PER_REPORT`] is cut there (at a character
+/// boundary). A result of another kind than the job's fails the job (INTERNAL), since the
+/// worker ran something other than what was asked and will not run it again.
+fn check_report(event: Event, kind: JobKind) -> Result<Event, String> {
+    match event {
+        Event::Progress(progress) => {
+            if !progress.fraction.is_finite() || !(0.0..=1.0).contains(&progress.fraction) {
+                return Err(format!("progress fraction {} is not within 0 to 1", progress.fraction));
+            }
+            if progress.metrics.len() > MAX_METRICS {
+                return Err(format!("{} metrics; at most {MAX_METRICS}", progress.metrics.len()));
+            }
+            if let Some((name, value)) =
+                progress.metrics.iter().find(|(name, value)| !value.is_finite() || name.len() > MAX_METRIC_NAME)
+            {
+                return Err(format!("metric {:?} = {value} is not a finite number with a short name", truncated(name)));
+            }
+            if progress.message.len() > MAX_PROGRESS_MESSAGE {
+                return Err(format!(
+                    "a progress message of {} bytes; at most {MAX_PROGRESS_MESSAGE}",
+                    progress.message.len()
+                ));
+            }
+            Ok(Event::Progress(progress))
+        }
+        Event::Output(mut output) => {
+            if output.text.len() > MAX_OUTPUT_PER_REPORT {
+                let cut = char_boundary(&output.text, MAX_OUTPUT_PER_REPORT);
+                tracing::warn!(bytes = output.text.len(), "cutting a report's output to {MAX_OUTPUT_PER_REPORT} bytes");
+                output.text.truncate(cut);
+            }
+            Ok(Event::Output(output))
+        }
+        Event::Result(result) => {
+            let reported = match &result.value {
+                Some(job_result::Value::Diagnostic(_)) => JobKind::Diagnostic,
+                Some(job_result::Value::Generate(_)) => JobKind::Generate,
+                Some(job_result::Value::Embed(_)) => JobKind::Embed,
+                Some(job_result::Value::Classify(_)) => JobKind::Classify,
+                Some(job_result::Value::Train(_)) => JobKind::Train,
+                None => JobKind::Unspecified,
+            };
+            if reported == kind {
+                return Ok(Event::Result(result));
+            }
+            let name = |k: JobKind| format!("{k:?}").to_lowercase();
+            Ok(Event::Failed(RpcStatus {
+                code: Code::Internal as i32,
+                message: format!("the worker reported a {} result for a {} job", name(reported), name(kind)),
+                details: Vec::new(),
+            }))
+        }
+        other => Ok(other),
+    }
+}
+
+/// The start of a name a peer sent, for a log line.
+fn truncated(name: &str) -> &str {
+    &name[..char_boundary(name, 64)]
+}
+
+/// The largest character boundary of `text` at or before `at`.
+fn char_boundary(text: &str, at: usize) -> usize {
+    (0..=at.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// Merges all output chunks of one flush into a single event, placed where the first
@@ -461,5 +645,39 @@ mod tests {
         let progress = |f: f64| Event::Progress(JobProgress { fraction: f, ..Default::default() });
         let merged = coalesce(vec![progress(0.1), out("a"), out("b"), progress(0.5), out("c"), progress(0.9)]);
         assert_eq!(merged, vec![progress(0.1), out("abc"), progress(0.5), progress(0.9)]);
+    }
+
+    #[test]
+    fn reports_are_checked_before_they_are_stored() {
+        let progress = |f: f64| Event::Progress(JobProgress { fraction: f, ..Default::default() });
+        for bad in [f64::NAN, f64::INFINITY, -0.1, 1.5] {
+            assert!(check_report(progress(bad), JobKind::Diagnostic).is_err(), "{bad}");
+        }
+        assert_eq!(check_report(progress(0.5), JobKind::Diagnostic), Ok(progress(0.5)));
+        let metric = |v: f64| {
+            Event::Progress(JobProgress {
+                fraction: 0.5,
+                metrics: [("loss".to_string(), v)].into(),
+                ..Default::default()
+            })
+        };
+        assert!(check_report(metric(f64::NAN), JobKind::Train).is_err());
+        assert!(check_report(metric(0.25), JobKind::Train).is_ok());
+        let many = (0..=MAX_METRICS).map(|i| (i.to_string(), 1.0)).collect();
+        assert!(
+            check_report(Event::Progress(JobProgress { metrics: many, ..Default::default() }), JobKind::Train).is_err()
+        );
+
+        let long = Event::Output(JobOutput { text: "é".repeat(MAX_OUTPUT_PER_REPORT) });
+        let Ok(Event::Output(cut)) = check_report(long, JobKind::Generate) else { panic!("output is kept") };
+        assert!(cut.text.len() <= MAX_OUTPUT_PER_REPORT && cut.text.len() > MAX_OUTPUT_PER_REPORT - 4);
+
+        let diagnostic = Event::Result(deephardway::v1::JobResult {
+            value: Some(job_result::Value::Diagnostic(Default::default())),
+        });
+        assert_eq!(check_report(diagnostic.clone(), JobKind::Diagnostic), Ok(diagnostic.clone()));
+        let Ok(Event::Failed(failure)) = check_report(diagnostic, JobKind::Generate) else { panic!("fails the job") };
+        assert_eq!(failure.code, Code::Internal as i32);
+        assert_eq!(failure.message, "the worker reported a diagnostic result for a generate job");
     }
 }

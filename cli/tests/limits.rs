@@ -1,0 +1,80 @@
+//! Bounds and availability over real gRPC: requests bounded by count as well as bytes,
+//! and queues that accept work while their workers are away.
+
+mod support;
+
+use std::time::Duration;
+
+use deephardway::v1::{
+    ChatMessage, GenerateInput, JobSpec, JobState, chat_message::Role, job_event::Event, job_spec::Input,
+};
+use support::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_fields_are_bounded_by_count() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let mut client = server.client().await;
+    // 100,000 empty messages: a few hundred KB on the wire, far more once decoded.
+    let messages = vec![ChatMessage { role: Role::User as i32, content: String::new() }; 100_000];
+    let spec = JobSpec {
+        input: Some(Input::Generate(GenerateInput { messages, ..Default::default() })),
+        ..Default::default()
+    };
+    let status = client.create_job(create_request(spec)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("generate.messages:"), "{}", status.message());
+    let fields: Vec<String> = deephardway::errors::violations(&status).into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["generate.messages"]);
+    server.shutdown().await;
+}
+
+/// Waits until no worker is connected.
+async fn wait_for_no_workers(server: &TestServer) {
+    for _ in 0..200 {
+        if server.store.range(deephardway_service::keys::WORKERS, 0).await.unwrap().kvs.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the worker did not disconnect within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_queue_while_workers_are_away() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let mut client = server.client().await;
+
+    // A model never served is refused, as before.
+    let never = JobSpec { model: "nosuchmodel".into(), ..diagnostic(1, 1) };
+    assert_eq!(client.create_job(create_request(never.clone())).await.unwrap_err().code(), Code::FailedPrecondition);
+
+    // A worker serves `diagnostic`, then goes away (a rolling restart, say).
+    let worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+    worker.stop().await;
+    wait_for_no_workers(&server).await;
+
+    // Jobs for it are accepted and wait in line, with their positions.
+    let first = create(&mut client, diagnostic(2, 1)).await;
+    let second = create(&mut client, diagnostic(2, 1)).await;
+    assert_eq!(first.state, JobState::Queued as i32);
+    let mut events = watch(&mut client, &second.id, 0).await.unwrap();
+    let queued = events.message().await.unwrap().unwrap().into_event();
+    let Some(Event::Queued(queued)) = queued.event else { panic!("{queued:?}") };
+    assert_eq!(queued.position, 1, "one job ahead");
+    // Still nothing for a model no worker ever served.
+    assert_eq!(client.create_job(create_request(never)).await.unwrap_err().code(), Code::FailedPrecondition);
+
+    // The next worker runs them.
+    let _worker = TestWorker::start(&server.url, "w2", 1);
+    for job in [&first, &second] {
+        let stream = watch(&mut client, &job.id, 0).await.unwrap();
+        let events = collect_events(stream, Duration::from_secs(20)).await.expect("the job's events");
+        let last = events.last().and_then(|e| e.event.as_ref());
+        assert!(matches!(last, Some(Event::Result(_))), "{events:?}");
+    }
+    server.shutdown().await;
+}

@@ -1,0 +1,245 @@
+//! No peer can stall the service: a worker that stops reading, a worker process that
+//! hangs, and a worker that reports nonsense each lose (or are refused) what they hold,
+//! within a few heartbeat intervals, while the healthy workers carry on.
+
+mod support;
+
+use std::time::Duration;
+
+use deephardway::{
+    v1::{
+        DiagnosticResult, GenerateResult, GetJobRequest, Job, JobEvent, JobKind, JobProgress, JobResult, JobSpec,
+        JobState, job_event::Event, job_result,
+    },
+    worker::v1::{
+        ConnectRequest, ConnectResponse, Heartbeat, Hello, Report, ServedModel, connect_request, connect_response,
+        worker_service_client::WorkerServiceClient,
+    },
+};
+use deephardway_service::ServiceConfig;
+use support::*;
+use tokio::sync::mpsc;
+
+/// Heartbeats this often, so that a silent or stuck worker is found in about a second.
+const HEARTBEAT: Duration = Duration::from_millis(400);
+
+fn config() -> ServiceConfig {
+    ServiceConfig { worker_heartbeat: HEARTBEAT, ..test_config() }
+}
+
+/// A worker speaking the protocol by hand: what it sends goes through `requests`; what
+/// the service sends arrives on `responses`, if it is read at all.
+struct RawWorker {
+    requests: mpsc::Sender<ConnectRequest>,
+    responses: tonic::Streaming<ConnectResponse>,
+}
+
+impl RawWorker {
+    /// Connects announcing `model` (a diagnostic model) with `slots`. `window` is the
+    /// HTTP/2 receive window the worker grants: 0 means nothing sent to it can arrive.
+    async fn connect(url: &str, model: &str, slots: u32, window: Option<u32>) -> RawWorker {
+        let channel = match window {
+            None => deephardway::connect(url).await.expect("connect"),
+            Some(window) => tonic::transport::Endpoint::from_shared(url.to_string())
+                .unwrap()
+                .initial_stream_window_size(window)
+                .initial_connection_window_size(window.max(65_535))
+                .connect()
+                .await
+                .expect("connect"),
+        };
+        let (requests, rx) = mpsc::channel(64);
+        let hello = Hello {
+            name: model.into(),
+            device: "cpu".into(),
+            models: vec![ServedModel { name: model.into(), kind: JobKind::Diagnostic as i32, ..Default::default() }],
+            slots,
+            version: "test".into(),
+        };
+        requests.send(ConnectRequest { message: Some(connect_request::Message::Hello(hello)) }).await.unwrap();
+        let responses =
+            WorkerServiceClient::new(channel).connect(receiver_stream(rx)).await.expect("Connect").into_inner();
+        RawWorker { requests, responses }
+    }
+
+    /// Sends heartbeats until the stream ends, as a live worker does.
+    fn keep_beating(&self) {
+        let requests = self.requests.clone();
+        tokio::spawn(async move {
+            let beat = || ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat::default())) };
+            while requests.send(beat()).await.is_ok() {
+                tokio::time::sleep(HEARTBEAT / 4).await;
+            }
+        });
+    }
+
+    async fn report(&self, job_id: &str, fence: u64, event: Event) {
+        let event = JobEvent { job_id: job_id.into(), event: Some(event), ..Default::default() };
+        let report = Report { job_id: job_id.into(), fence, event: Some(event) };
+        self.requests.send(ConnectRequest { message: Some(connect_request::Message::Report(report)) }).await.unwrap();
+    }
+
+    /// The next assignment, skipping the welcome.
+    async fn assignment(&mut self) -> deephardway::worker::v1::Assignment {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.responses.message())
+                .await
+                .expect("an assignment within 10 s")
+                .expect("the stream holds")
+                .expect("the stream is open");
+            if let Some(connect_response::Message::Assignment(assignment)) = message.message {
+                return assignment;
+            }
+        }
+    }
+}
+
+fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
+async fn get(client: &mut JobsClient, job_id: &str) -> Job {
+    let request = GetJobRequest { job_id: job_id.to_string(), view: 0 };
+    client.get_job(request).await.expect("GetJob").into_inner().job.expect("a job")
+}
+
+/// Polls until every job has ended, or panics after `within`.
+async fn wait_all_ended(client: &mut JobsClient, ids: &[String], within: Duration) -> Vec<Job> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut jobs = Vec::new();
+        for id in ids {
+            jobs.push(get(client, id).await);
+        }
+        if jobs.iter().all(|j| j.end_time.is_some()) {
+            return jobs;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let states: Vec<_> = jobs.iter().map(|j| (j.state, j.worker_name.clone())).collect();
+            panic!("not every job ended within {within:?}: {states:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_reading_does_not_stall_the_others() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start_with(backend.open().await, config()).await;
+    // It grants no receive window, so nothing the service sends it arrives, yet it sends
+    // heartbeats: only its unread queue gives it away.
+    let stuck = RawWorker::connect(&server.url, "diagnostic", 64, Some(0)).await;
+    stuck.keep_beating();
+    wait_for_workers(&server.url, 1).await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(create(&mut client, diagnostic(2, 10)).await.id);
+    }
+    // The stuck worker, alone, has claimed them; a healthy one arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let healthy = TestWorker::start(&server.url, "healthy", 4);
+    let jobs = wait_all_ended(&mut client, &ids, Duration::from_secs(15)).await;
+    for job in &jobs {
+        assert_eq!(job.state, JobState::Succeeded as i32, "{job:?}");
+        assert_eq!(job.worker_name, "healthy");
+    }
+    healthy.stop().await;
+    drop(stuck);
+}
+
+fn started_names(events: &[JobEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Started(s)) => Some(s.worker_name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_process_loses_its_job_within_a_few_heartbeats() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start_with(backend.open().await, config()).await;
+    let frozen = WorkerProcess::start(&server.url, "frozen", 1);
+    wait_for_workers(&server.url, 1).await;
+    let mut client = server.client().await;
+    let job = create(&mut client, diagnostic(30, 100)).await;
+    let mut stream = watch(&mut client, &job.id, 0).await.unwrap();
+    let mut seen = Vec::new();
+    while !matches!(seen.last(), Some(JobEvent { event: Some(Event::Progress(_)), .. })) {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("progress");
+        seen.push(message.unwrap().unwrap().into_event());
+    }
+    let pid = frozen.child.id().expect("running");
+    signal(pid, "-STOP");
+    let stopped_at = tokio::time::Instant::now();
+    let thawed = TestWorker::start(&server.url, "thawed", 1);
+
+    let events = collect_events(stream, Duration::from_secs(20)).await.expect("the job's events");
+    signal(pid, "-CONT");
+    let all: Vec<JobEvent> = seen.into_iter().chain(events).collect();
+    assert_contiguous(&all, 1);
+    assert_eq!(started_names(&all), ["frozen", "thawed"], "{all:?}");
+    let results = all.iter().filter(|e| matches!(e.event, Some(Event::Result(_)))).count();
+    assert_eq!(results, 1, "finished exactly once: {all:?}");
+    let job = get(&mut client, &job.id).await;
+    assert_eq!((job.state, job.attempts, job.worker_name.as_str()), (JobState::Succeeded as i32, 2, "thawed"));
+    // Found within a few heartbeats (3 s of running included), far below the 1 h job timeout.
+    assert!(stopped_at.elapsed() < Duration::from_secs(12), "took {:?}", stopped_at.elapsed());
+    thawed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_checked_before_they_are_stored() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start_with(backend.open().await, config()).await;
+    let mut worker = RawWorker::connect(&server.url, "nan-reporter", 1, None).await;
+    worker.keep_beating();
+    let mut client = server.client().await;
+    let spec = JobSpec { model: "nan-reporter".into(), ..diagnostic(1, 1) };
+
+    // NaN progress is dropped; the job's record and events never hold it.
+    let job = create(&mut client, spec.clone()).await;
+    let assignment = worker.assignment().await;
+    assert_eq!(assignment.job_id, job.id);
+    let progress = |fraction: f64| Event::Progress(JobProgress { fraction, ..Default::default() });
+    worker.report(&job.id, assignment.fence, progress(f64::NAN)).await;
+    worker.report(&job.id, assignment.fence, progress(f64::INFINITY)).await;
+    worker.report(&job.id, assignment.fence, progress(0.5)).await;
+    let result =
+        JobResult { value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps: 1, echo: String::new() })) };
+    worker.report(&job.id, assignment.fence, Event::Result(result)).await;
+    let stream = watch(&mut client, &job.id, 0).await.unwrap();
+    let events = collect_events(stream, Duration::from_secs(10)).await.unwrap();
+    let fractions: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Progress(p)) => Some(p.fraction),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fractions, [0.5], "only the valid progress is stored: {events:?}");
+    let stored = get(&mut client, &job.id).await;
+    assert!(stored.progress.is_finite(), "{stored:?}");
+    assert_eq!(stored.state, JobState::Succeeded as i32);
+
+    // A result of another kind fails the job.
+    let job = create(&mut client, spec).await;
+    let assignment = worker.assignment().await;
+    let wrong = JobResult { value: Some(job_result::Value::Generate(GenerateResult::default())) };
+    worker.report(&job.id, assignment.fence, Event::Result(wrong)).await;
+    let stream = watch(&mut client, &job.id, 0).await.unwrap();
+    collect_events(stream, Duration::from_secs(10)).await.unwrap();
+    let failed = get(&mut client, &job.id).await;
+    assert_eq!(failed.state, JobState::Failed as i32, "{failed:?}");
+    let error = failed.error.expect("an error");
+    assert_eq!(error.code, tonic::Code::Internal as i32);
+    assert_eq!(error.message, "the worker reported a generate result for a diagnostic job");
+}

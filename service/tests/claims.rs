@@ -1,0 +1,118 @@
+//! A claim whose outcome is unknown: the store committed the claim's transaction but its
+//! answer was lost. The dispatcher must read the outcome back and hand the job over, not
+//! leave it running on a worker that never got it.
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use deephardway::v1::JobState;
+use deephardway_service::{
+    dispatch::Dispatcher,
+    hub::Hub,
+    jobs::{JobLifecycle, ServedModel, WorkerRecord},
+    keys,
+    store::{LeaseId, Op, RangeResult, SharedStore, Store, StoreError, Txn, TxnOutcome, WatchStream},
+};
+use support::*;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A real store whose first claim transaction commits and then answers UNAVAILABLE, as
+/// etcd does when the connection breaks after the commit.
+struct LosesFirstClaimReply {
+    inner: SharedStore,
+    lost: AtomicBool,
+}
+
+#[async_trait]
+impl Store for LosesFirstClaimReply {
+    async fn get(&self, key: &str) -> Result<Option<deephardway_service::store::KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, prefix: &str, limit: usize) -> Result<RangeResult, StoreError> {
+        self.inner.range(prefix, limit).await
+    }
+    async fn range_rev(&self, prefix: &str, before: Option<&str>, limit: usize) -> Result<RangeResult, StoreError> {
+        self.inner.range_rev(prefix, before, limit).await
+    }
+    async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
+        self.inner.count(prefix).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let claims = txn.ops.iter().any(|op| matches!(op, Op::Put { key, .. } if key.starts_with(keys::CLAIMS)));
+        let outcome = self.inner.txn(txn).await?;
+        if claims && outcome.succeeded && !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("transport error: the reply was lost".into()));
+        }
+        Ok(outcome)
+    }
+    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix, start_revision).await
+    }
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.lease_keep_alive(lease).await
+    }
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.lease_revoke(lease).await
+    }
+    async fn revision(&self) -> Result<i64, StoreError> {
+        self.inner.revision().await
+    }
+    fn name(&self) -> &'static str {
+        "loses-first-claim-reply"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_committed_without_an_answer_is_handed_over() {
+    let backend = Backend::embedded().await;
+    let wrapper = Arc::new(LosesFirstClaimReply { inner: backend.open().await, lost: AtomicBool::new(false) });
+    let store: SharedStore = wrapper.clone();
+    let shutdown = CancellationToken::new();
+    let hub = Hub::start(store.clone(), shutdown.clone()).await.unwrap();
+    let lifecycle = JobLifecycle::new(store.clone(), test_config());
+    let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, shutdown.clone());
+
+    let worker = WorkerRecord {
+        worker_id: "w".into(),
+        name: "w".into(),
+        device: "cpu".into(),
+        slots: 1,
+        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
+    };
+    let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+    let record = Op::put_with_lease(keys::worker(&worker.worker_id), serde_json::to_vec(&worker).unwrap(), lease);
+    store.txn(Txn::new().then(record)).await.unwrap();
+    let (job, _) = lifecycle.submit(diagnostic(1, 1), "").await.unwrap();
+    let (assignments, mut handed) = mpsc::channel(1);
+    dispatcher.register(worker.clone(), lease, assignments);
+
+    let claimed = tokio::time::timeout(Duration::from_secs(5), handed.recv())
+        .await
+        .expect("the job is handed over although the claim's answer was lost")
+        .expect("a claimed job");
+    assert!(wrapper.lost.load(Ordering::SeqCst), "the claim's answer was lost");
+    assert_eq!(claimed.job.id, job.id);
+    assert_eq!(claimed.job.state, JobState::Running as i32);
+    assert_eq!(claimed.job.attempts, 1);
+    let claim = store.get(&keys::claim(&job.id)).await.unwrap().expect("the claim committed");
+    assert_eq!(claimed.fence, claim.create_revision as u64, "the fence is the claim's");
+    // The fence works: the worker's report ends the job.
+    let result = deephardway::v1::job_event::Event::Result(deephardway::v1::JobResult {
+        value: Some(deephardway::v1::job_result::Value::Diagnostic(Default::default())),
+    });
+    let done = lifecycle.report(&job.id, claimed.fence, vec![result]).await.expect("the report is accepted");
+    assert_eq!(done.state, JobState::Succeeded as i32);
+    shutdown.cancel();
+}
