@@ -44,16 +44,6 @@ async fn get(client: &mut JobsClient, job_id: &str) -> Job {
     client.get_job(request).await.expect("GetJob").into_inner().job.expect("a job")
 }
 
-fn started_names(events: &[JobEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::Started(s)) => Some(s.worker_name.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_job_completes_on_another_worker() {
     let backend = Backend::embedded().await;

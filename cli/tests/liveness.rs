@@ -148,16 +148,6 @@ async fn a_worker_that_stops_reading_does_not_stall_the_others() {
     drop(stuck);
 }
 
-fn started_names(events: &[JobEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::Started(s)) => Some(s.worker_name.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().expect("run kill");
     assert!(status.success(), "kill {signal} {pid}");

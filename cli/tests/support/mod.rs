@@ -329,3 +329,14 @@ pub fn tool(name: &str, env_override: &str) -> PathBuf {
     }
     panic!("{name} is not installed: run scripts/setup");
 }
+
+/// The names of the workers that started a job, in order, from its events.
+pub fn started_names(events: &[JobEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(deephardway::v1::job_event::Event::Started(s)) => Some(s.worker_name.clone()),
+            _ => None,
+        })
+        .collect()
+}
