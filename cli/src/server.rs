@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use deephardway_service::{
     artifacts::ArtifactStore,
     config::{ServiceConfig, defaults, limits},
+    connections::ConnectionLimits,
     server,
     store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
     web::{Cors, DEFAULT_CLIENT_DIR, Web},
@@ -57,6 +58,16 @@ pub struct ServiceFlags {
     #[arg(long, default_value_t = defaults::WORKER_HEARTBEAT_MS,
           value_parser = clap::value_parser!(u64).range(limits::WORKER_HEARTBEAT_MS))]
     worker_heartbeat_ms: u64,
+    /// Open connections at most; a new one beyond it is closed at once. Keep it below the
+    /// process's file limit (`ulimit -n`).
+    #[arg(long, env = "DEEPHARDWAY_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u64).range(limits::MAX_CONNECTIONS).map(|v| v as usize))]
+    max_connections: usize,
+    /// How soon a new connection must send its first bytes, in milliseconds; one that
+    /// says nothing is closed.
+    #[arg(long, default_value_t = defaults::CONNECTION_START_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(limits::CONNECTION_START_TIMEOUT_MS))]
+    connection_start_timeout_ms: u64,
     /// Where dataset archives and trained models are stored: a directory, or
     /// `s3://bucket/prefix` (with the `s3` build feature; every replica of a cluster must
     /// use the same one). Default: `artifacts` in the data directory.
@@ -84,6 +95,10 @@ impl ServiceFlags {
             worker_heartbeat: Duration::from_millis(self.worker_heartbeat_ms),
             artifacts,
             max_upload_bytes: self.max_upload_mb << 20,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                start_timeout: Duration::from_millis(self.connection_start_timeout_ms),
+            },
             ..ServiceConfig::default()
         })
     }

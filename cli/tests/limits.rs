@@ -1,15 +1,52 @@
-//! Bounds and availability over real gRPC: requests bounded by count as well as bytes,
-//! and queues that accept work while their workers are away.
+//! Bounds and availability over real gRPC: connections bounded in number and in how
+//! long they may stay silent, requests bounded by count as well as bytes, and queues
+//! that accept work while their workers are away.
 
 mod support;
 
 use std::time::Duration;
 
 use deephardway::v1::{
-    ChatMessage, GenerateInput, JobSpec, JobState, chat_message::Role, job_event::Event, job_spec::Input,
+    ChatMessage, GenerateInput, JobSpec, JobState, ListJobsRequest, chat_message::Role, job_event::Event,
+    job_spec::Input,
 };
+use deephardway_service::{ServiceConfig, connections::ConnectionLimits};
 use support::*;
+use tokio::{io::AsyncReadExt, net::TcpStream};
 use tonic::Code;
+
+/// Whether the server closes `stream` within `within` (a read returns end of file or an
+/// error), without it sending anything.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(within, stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_their_number_is_bounded() {
+    let backend = Backend::embedded().await;
+    let limits = ConnectionLimits { max_connections: 20, start_timeout: Duration::from_millis(800) };
+    let server =
+        TestServer::start_with(backend.open().await, ServiceConfig { connections: limits, ..test_config() }).await;
+
+    // Twenty peers connect and say nothing: they fill the limit...
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so one more is closed at once, while the twenty still wait.
+    let mut over = TcpStream::connect(server.addr).await.expect("connect");
+    assert!(closed_within(&mut over, Duration::from_millis(500)).await, "a connection over the limit is closed");
+    // Having sent nothing within the start timeout, the twenty are closed too.
+    for stream in &mut silent {
+        assert!(closed_within(stream, Duration::from_secs(3)).await, "a silent connection is closed");
+    }
+    // And real clients are served again.
+    let mut client = server.client().await;
+    client.list_jobs(ListJobsRequest::default()).await.expect("ListJobs after the silent peers are gone");
+    server.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_fields_are_bounded_by_count() {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::artifacts::ArtifactStore;
+use crate::{artifacts::ArtifactStore, connections::ConnectionLimits};
 
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -29,8 +29,11 @@ pub struct ServiceConfig {
     pub cancel_grace: Duration,
     /// Where dataset archives and trained models are kept (in memory unless told).
     pub artifacts: ArtifactStore,
-    /// The largest dataset archive `Datasets.Upload` accepts.
+    /// The largest dataset archive `CreateDataset` accepts.
     pub max_upload_bytes: usize,
+    /// Open connections at most (set it below the process's file limit, `ulimit -n`),
+    /// and how soon a new connection must send its first bytes.
+    pub connections: ConnectionLimits,
 }
 
 /// The default of each tunable, in the units its flag takes.
@@ -42,6 +45,8 @@ pub mod defaults {
     pub const WORKER_LEASE_SECONDS: u64 = 10;
     pub const WORKER_HEARTBEAT_MS: u64 = 2000;
     pub const MAX_UPLOAD_MB: usize = 64;
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const CONNECTION_START_TIMEOUT_MS: u64 = 10_000;
 }
 
 /// The range each flag accepts; a value outside is refused at start, not clamped.
@@ -57,6 +62,8 @@ pub mod limits {
     pub const WORKER_LEASE_SECONDS: RangeInclusive<u64> = 1..=3600;
     pub const WORKER_HEARTBEAT_MS: RangeInclusive<u64> = 50..=600_000;
     pub const MAX_UPLOAD_MB: RangeInclusive<u64> = 1..=1024;
+    pub const MAX_CONNECTIONS: RangeInclusive<u64> = 1..=1_000_000;
+    pub const CONNECTION_START_TIMEOUT_MS: RangeInclusive<u64> = 100..=600_000;
 }
 
 impl Default for ServiceConfig {
@@ -72,6 +79,10 @@ impl Default for ServiceConfig {
             cancel_grace: Duration::from_secs(10),
             artifacts: ArtifactStore::in_memory(),
             max_upload_bytes: defaults::MAX_UPLOAD_MB << 20,
+            connections: ConnectionLimits {
+                max_connections: defaults::MAX_CONNECTIONS,
+                start_timeout: Duration::from_millis(defaults::CONNECTION_START_TIMEOUT_MS),
+            },
         }
     }
 }

@@ -20,11 +20,13 @@
 //!   worker protocol's `WorkerService`).
 //! - [`health`]: `grpc.health.v1`, following the store's health.
 //! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
-//! - [`server`]: everything above on one port, with grpc-web, reflection and health.
+//! - [`server`]: everything above on one port, with grpc-web, reflection and health;
+//!   [`connections`]: how many connections it keeps, and how soon each must speak.
 //! - [`local_etcd`]: a throwaway etcd process, for the benchmark and the tests.
 
 pub mod artifacts;
 pub mod config;
+pub mod connections;
 pub mod datasets;
 pub mod dispatch;
 pub mod health;

@@ -16,10 +16,10 @@ use deephardway::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{
     config::ServiceConfig,
+    connections,
     dispatch::Dispatcher,
     health,
     hub::Hub,
@@ -43,15 +43,6 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// worker, its session. Workers also prove themselves with heartbeats (`rpc::workers`).
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TCP keepalive, for connections whose peer vanished without a word.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
-/// Accepted connections, with Nagle's algorithm off (streamed events are small writes,
-/// and Nagle plus delayed ACKs would hold each one back by ~40 ms) and TCP keepalive on.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(TCP_KEEPALIVE))
-}
-
 /// Serves until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -66,6 +57,7 @@ pub async fn serve(
     // handler can refuse an archive too large with INVALID_ARGUMENT and the limit; beyond
     // that tonic refuses it (OUT_OF_RANGE) before reading it.
     let max_upload_message = 2 * config.max_upload_bytes + (1 << 20);
+    let connection_limits = config.connections;
     let lifecycle = JobLifecycle::new(store.clone(), config);
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
     reaper::start(lifecycle.clone(), &hub, token.clone());
@@ -114,7 +106,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(web::cors_layer(&web.cors)?)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
+        .serve_with_incoming_shutdown(connections::accept(listener, connection_limits, token.clone()), async move {
             shutdown.await;
             tracing::info!("shutting down: ending streams");
             stop.cancel();
