@@ -105,8 +105,8 @@ impl Source {
         Source::from_files(files)
     }
 
-    /// Checks an archive as [`Source::from_archive`] and [`Source::check`] would, but
-    /// streaming: each file passes through a bounded reader that counts its bytes against
+    /// Checks an archive as reading it with [`Source::from_archive`] and checking each
+    /// image's header would, but streaming: each file passes through a bounded reader that counts its bytes against
     /// [`MAX_FILE_BYTES`] and the archive's [`unpacked_limit`] as they are unpacked, and
     /// only the first [`HEADER_BYTES`] of each are buffered, so memory stays O(that)
     /// however large the archive unpacks. Every image's header is checked (format, size,
@@ -145,14 +145,6 @@ impl Source {
             train: layout.train.into_iter().map(file).collect(),
             test: layout.test.into_iter().map(file).collect(),
         })
-    }
-
-    /// Checks every image's header (format, dimensions) without decoding its pixels.
-    pub fn check(&self) -> anyhow::Result<()> {
-        for file in self.train.iter().chain(&self.test) {
-            dimensions(&file.bytes, &file.name)?;
-        }
-        Ok(())
     }
 }
 
@@ -595,8 +587,6 @@ mod tests {
         let tar = tar_folder(dir.path()).unwrap();
         let source = Source::from_archive(&tar).unwrap();
         assert_eq!((source.classes.len(), source.train.len()), (2, 3));
-        let error = source.check().unwrap_err().to_string();
-        assert!(error.starts_with("b/2.png"), "{error}");
         let error = Source::check_archive(&tar).unwrap_err().to_string();
         assert!(error.starts_with("b/2.png: not a PNG or JPEG image"), "{error}");
 
@@ -611,7 +601,6 @@ mod tests {
         }
         let zip = zip.finish().unwrap().into_inner();
         let source = Source::from_archive(&zip).unwrap();
-        source.check().unwrap();
         assert_eq!(source.train.len(), 2);
         let summary = Source::check_archive(&zip).unwrap();
         assert_eq!((summary.classes.len(), summary.train_images, summary.test_images), (2, 2, 0));
@@ -704,7 +693,9 @@ mod tests {
         let files: Vec<_> = ["a/1.png", "b/1.png"].iter().map(|n| (n.to_string(), padded.clone())).collect();
         let tar = tar_of(&files);
         // A header-only check passes them...
-        Source::from_archive(&tar).unwrap().check().unwrap();
+        for file in Source::from_archive(&tar).unwrap().train {
+            dimensions(&file.bytes, &file.name).unwrap();
+        }
         // ...the streamed check does not.
         let error = format!("{:#}", Source::check_archive(&tar).unwrap_err());
         assert!(error.starts_with("a/1.png: the PNG has more than 65536 bytes after its end"), "{error}");
