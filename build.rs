@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/deephardway/v1/inputs.proto",
         "proto/deephardway/v1/models.proto",
         "proto/deephardway/v1/datasets.proto",
+        "proto/deephardway/v1/access.proto",
         "proto/deephardway/worker/v1/worker.proto",
     ];
     let descriptor = PathBuf::from(env::var("OUT_DIR")?).join("deephardway_descriptor.bin");

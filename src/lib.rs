@@ -11,11 +11,18 @@
 //! - [`train`]: a train job's options, defaults filled in and checked.
 //! - [`kind_of`], [`is_final`]: small facts about specs and events both sides need.
 //! - [`TRAINER_MODEL`], [`CLASSIFIER_MODEL`]: the names of the vision capabilities.
-//! - [`connect`]: a channel to a service, for any of the generated clients.
+//! - [`connect`]: a channel to a service, for any of the generated clients;
+//!   [`remote`]: the same over `https://`, with a CA and a client certificate;
+//!   [`bearer`]: the API key every call carries.
 
+pub mod bearer;
 pub mod datasets;
 pub mod errors;
+pub mod remote;
 pub mod train;
+
+pub use bearer::{ApiKey, Authorized};
+pub use remote::{ClientTls, Remote};
 
 /// Generated code for package `deephardway.v1`, the client API.
 pub mod v1 {
@@ -64,14 +71,11 @@ pub fn is_final(event: &job_event::Event) -> bool {
     matches!(event, job_event::Event::Result(_) | job_event::Event::Failed(_) | job_event::Event::Cancelled(_))
 }
 
-/// Opens a channel to a service at `url` (e.g. `http://127.0.0.1:50051`), for any of the
-/// generated clients: `JobServiceClient::new(deephardway::connect(url).await?)`.
+/// Opens a channel to a service at `url` (e.g. `http://127.0.0.1:50051`, or `https://…`
+/// checked against the system's roots; see [`Remote`] for a CA or a client certificate),
+/// for any of the generated clients: `JobServiceClient::new(deephardway::connect(url).await?)`.
 pub async fn connect(url: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
+    Remote::new(url).connect().await
 }
 
 /// The served model that runs a job of `kind` on `model`, and whose queue it waits in:

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{bench, client, logging, server, worker};
+use crate::{access, bench, client, logging, server, worker};
 
 #[derive(Parser)]
 #[command(name = "deephardway", version, about = "Run deep-learning jobs and watch them live over gRPC")]
@@ -35,6 +35,10 @@ enum Command {
     Models(client::ServerArg),
     /// Upload, list and delete datasets for train jobs.
     Datasets(client::DatasetsArgs),
+    /// Create, list and revoke API keys (admin keys only).
+    Keys(access::KeysArgs),
+    /// What each API key's jobs used: jobs, tokens, texts, images, worker time.
+    Usage(access::UsageArgs),
     /// Measure job throughput and latency on each store against raw etcd puts.
     Bench(bench::BenchArgs),
 }
@@ -78,6 +82,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Jobs(args) => client::jobs(args).await,
         Command::Models(args) => client::models(args).await,
         Command::Datasets(args) => client::datasets(args).await,
+        Command::Keys(args) => access::keys(args).await,
+        Command::Usage(args) => access::usage(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -11,19 +11,27 @@ use deephardway::v1::{
     WatchJobRequest, chat_message::Role, dataset_service_client::DatasetServiceClient, job_event::Event, job_result,
     job_service_client::JobServiceClient, job_spec::Input, model_service_client::ModelServiceClient,
 };
+use deephardway::{ApiKey, Authorized};
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::transport::Channel;
 
 #[derive(Args)]
 pub struct ServerArg {
     /// The service's URL.
     #[arg(long, env = "DEEPHARDWAY_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
     server: String,
+    /// The API key to call with (sent as `authorization: Bearer <key>`); not needed by a
+    /// service with auth off.
+    #[arg(long, env = "DEEPHARDWAY_KEY", global = true, hide_env_values = true)]
+    key: Option<String>,
+    #[command(flatten)]
+    tls: crate::tls::ClientTlsArgs,
 }
 
 impl ServerArg {
-    async fn channel(&self) -> anyhow::Result<Channel> {
-        deephardway::connect(&self.server).await.with_context(|| format!("cannot reach {}", self.server))
+    pub async fn channel(&self) -> anyhow::Result<Authorized> {
+        let channel =
+            self.tls.remote(&self.server)?.connect().await.with_context(|| format!("cannot reach {}", self.server))?;
+        Ok(ApiKey::new(self.key.as_deref())?.attach(channel))
     }
 }
 
@@ -132,7 +140,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Streams a job's events with a progress bar, resuming after a dropped connection.
-async fn follow(client: &mut JobServiceClient<Channel>, job_id: &str, after_seq: u64) -> anyhow::Result<ExitCode> {
+async fn follow(client: &mut JobServiceClient<Authorized>, job_id: &str, after_seq: u64) -> anyhow::Result<ExitCode> {
     let bar = ProgressBar::new(1000);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")

@@ -8,14 +8,17 @@
 //! - [`client`]: `submit`, `watch`, `cancel`, `jobs`, `models`, `datasets`: a client of
 //!   the gRPC API like any other;
 //! - [`bench`]: job throughput on each store, and model speed;
+//! - [`tls`]: the client side's TLS flags (`--ca-cert`, `--client-cert`, `--client-key`);
 //! - [`signal`], [`logging`]: process plumbing shared by the roles.
 
+mod access;
 mod bench;
 mod cli;
 mod client;
 mod logging;
 mod server;
 mod signal;
+mod tls;
 mod worker;
 
 fn main() -> std::process::ExitCode {

@@ -9,14 +9,20 @@ use tokio_util::sync::CancellationToken;
 
 use deephardway_service::{
     artifacts::ArtifactStore,
+    auth::{AuthConfig, DEFAULT_TENANT, FixedKey, Role, secret},
     config::{ServiceConfig, defaults, limits},
     connections::ConnectionLimits,
     server,
-    store::{SharedStore, embedded::EmbeddedStore, etcd::EtcdStore},
+    store::{
+        SharedStore,
+        embedded::EmbeddedStore,
+        etcd::{EtcdAccess, EtcdStore},
+    },
+    tls::{ServerTls, TlsFiles},
     web::{Cors, DEFAULT_CLIENT_DIR, Web},
 };
 
-use crate::{signal::shutdown_signal, worker};
+use crate::{signal::shutdown_signal, tls::ClientIdentityArgs, worker};
 
 #[derive(Args, Clone)]
 pub struct ServiceFlags {
@@ -30,9 +36,23 @@ pub struct ServiceFlags {
     /// exists under the current directory).
     #[arg(long, env = "DEEPHARDWAY_WEB_DIR")]
     web_dir: Option<PathBuf>,
-    /// Origins allowed to call through grpc-web, comma-separated; `*` allows any.
-    #[arg(long, env = "DEEPHARDWAY_CORS_ORIGINS", default_value = "*")]
+    /// Other origins allowed to call through grpc-web, comma-separated (e.g. a dev server,
+    /// `http://localhost:5173`); `*` allows any, and is refused with --auth on. Default:
+    /// none, so only pages served from this port can call it.
+    #[arg(long, env = "DEEPHARDWAY_CORS_ORIGINS", default_value = "")]
     cors_origins: String,
+    /// Whether callers need an API key (`authorization: Bearer <key>`): `on` or `off`.
+    /// Off is for development on a loopback address; elsewhere it needs --insecure.
+    #[arg(long, env = "DEEPHARDWAY_AUTH", value_enum, default_value = "off")]
+    auth: AuthMode,
+    /// A file holding the secret of the bootstrap admin key (else the environment's
+    /// DEEPHARDWAY_ADMIN_KEY): with it, scripts create the other keys.
+    #[arg(long, env = "DEEPHARDWAY_ADMIN_KEY_FILE")]
+    admin_key_file: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or without auth. Anyone who reaches the
+    /// port can then connect as a worker, read every job and forge results.
+    #[arg(long)]
+    insecure: bool,
     /// Most jobs waiting in line; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = defaults::MAX_QUEUE_DEPTH,
           value_parser = clap::value_parser!(u64).range(limits::MAX_QUEUE_DEPTH).map(|v| v as usize))]
@@ -77,9 +97,100 @@ pub struct ServiceFlags {
     #[arg(long, env = "DEEPHARDWAY_MAX_UPLOAD_MB", default_value_t = defaults::MAX_UPLOAD_MB,
           value_parser = clap::value_parser!(u64).range(limits::MAX_UPLOAD_MB).map(|v| v as usize))]
     max_upload_mb: usize,
+    /// Serve TLS with this certificate chain (PEM, the server's certificate first), on the
+    /// same port for gRPC, grpc-web and the web client. Needs --tls-key.
+    #[arg(long, env = "DEEPHARDWAY_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "DEEPHARDWAY_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: every connection must present a client certificate signed by this CA
+    /// (PEM). Needs --tls-cert.
+    #[arg(long, env = "DEEPHARDWAY_TLS_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthMode {
+    On,
+    Off,
+}
+
+/// The environment variable holding the bootstrap admin key's secret.
+const ADMIN_KEY_ENV: &str = "DEEPHARDWAY_ADMIN_KEY";
+
 impl ServiceFlags {
+    /// Whether and how callers authenticate: the stored keys plus the bootstrap admin key.
+    fn auth(&self) -> anyhow::Result<AuthConfig> {
+        let from_file = match &self.admin_key_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the admin key file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let admin = from_file.or_else(|| std::env::var(ADMIN_KEY_ENV).ok().map(|k| k.trim().to_string()));
+        let mut fixed_keys = Vec::new();
+        if let Some(secret) = admin.filter(|s| !s.is_empty()) {
+            anyhow::ensure!(
+                secret.len() >= secret::MIN_OPERATOR_SECRET,
+                "the bootstrap admin key is {} characters; use at least {} random ones (e.g. `openssl rand -hex 32`)",
+                secret.len(),
+                secret::MIN_OPERATOR_SECRET
+            );
+            anyhow::ensure!(self.auth == AuthMode::On, "an admin key is given but auth is off: add --auth on");
+            fixed_keys.push(FixedKey {
+                name: "bootstrap".into(),
+                role: Role::Admin,
+                tenant: DEFAULT_TENANT.into(),
+                secret,
+            });
+        }
+        if self.auth == AuthMode::On && matches!(self.cors(), Cors::Any) {
+            anyhow::bail!(
+                "--cors-origins '*' lets any web page call the service with its visitors' keys: name the origins"
+            );
+        }
+        Ok(AuthConfig { enabled: self.auth == AuthMode::On, fixed_keys })
+    }
+
+    /// Refuses to expose the service beyond this machine without TLS and auth, unless the
+    /// operator said --insecure.
+    fn check_exposure(&self, listener: &TcpListener, config: &ServiceConfig) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        if addr.ip().is_loopback() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if config.tls.is_none() {
+            missing.push("TLS (--tls-cert, --tls-key)");
+        }
+        if !config.auth.enabled {
+            missing.push("auth (--auth on)");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let missing = missing.join(" and ");
+        anyhow::ensure!(
+            self.insecure,
+            "refusing to serve {addr} without {missing}: anyone who reaches it could run jobs, read every \
+             prompt and result, and connect as a worker. Listen on 127.0.0.1 for development, add {missing}, \
+             or pass --insecure to accept the risk."
+        );
+        tracing::warn!(%addr, "serving without {missing} (--insecure): anyone who reaches this port controls the service");
+        Ok(())
+    }
+
+    /// TLS on the port, if asked for; the files are read and checked now.
+    fn tls(&self) -> anyhow::Result<Option<ServerTls>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let files = TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.tls_client_ca.clone() };
+        Ok(Some(ServerTls::load(files).context("cannot set up TLS")?))
+    }
+
     fn config(&self) -> anyhow::Result<ServiceConfig> {
         let artifacts = match &self.artifacts {
             Some(location) => ArtifactStore::open(location)?,
@@ -99,6 +210,8 @@ impl ServiceFlags {
                 max_connections: self.max_connections,
                 start_timeout: Duration::from_millis(self.connection_start_timeout_ms),
             },
+            auth: self.auth()?,
+            tls: self.tls()?,
             ..ServiceConfig::default()
         })
     }
@@ -117,6 +230,7 @@ impl ServiceFlags {
     }
 
     fn cors(&self) -> Cors {
+        // Pages served from this port are same-origin and need no CORS at all.
         if self.cors_origins.trim() == "*" {
             Cors::Any
         } else {
@@ -142,6 +256,58 @@ pub struct ServeArgs {
     /// The job store: `embedded` (on this machine, in --data-dir) or `etcd:URL[,URL…]`.
     #[arg(long, env = "DEEPHARDWAY_STORE", default_value = "embedded")]
     store: String,
+    #[command(flatten)]
+    etcd: EtcdFlags,
+}
+
+/// How to get into etcd (`--store etcd:https://…`).
+#[derive(Args)]
+struct EtcdFlags {
+    /// The CA certificate (PEM) that signed etcd's certificate, for https:// endpoints
+    /// (default: the system's roots).
+    #[arg(long, env = "DEEPHARDWAY_ETCD_CA_CERT", value_name = "FILE")]
+    etcd_ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd run with --client-cert-auth.
+    #[arg(long, env = "DEEPHARDWAY_ETCD_CLIENT_CERT", value_name = "FILE", requires = "etcd_client_key")]
+    etcd_client_cert: Option<PathBuf>,
+    /// The private key of --etcd-client-cert (PEM).
+    #[arg(long, env = "DEEPHARDWAY_ETCD_CLIENT_KEY", value_name = "FILE", requires = "etcd_client_cert")]
+    etcd_client_key: Option<PathBuf>,
+    /// The etcd user, for etcd with auth enabled; its password is read from the
+    /// environment variable DEEPHARDWAY_ETCD_PASSWORD (never from a flag, which `ps` shows).
+    #[arg(long, env = "DEEPHARDWAY_ETCD_USER")]
+    etcd_user: Option<String>,
+}
+
+/// The environment variable holding the etcd user's password.
+const ETCD_PASSWORD_ENV: &str = "DEEPHARDWAY_ETCD_PASSWORD";
+
+impl EtcdFlags {
+    fn none() -> EtcdFlags {
+        EtcdFlags { etcd_ca_cert: None, etcd_client_cert: None, etcd_client_key: None, etcd_user: None }
+    }
+
+    fn given(&self) -> bool {
+        self.etcd_ca_cert.is_some() || self.etcd_client_cert.is_some() || self.etcd_user.is_some()
+    }
+
+    fn access(&self) -> anyhow::Result<EtcdAccess> {
+        let tls = deephardway::ClientTls::load(
+            self.etcd_ca_cert.as_deref(),
+            self.etcd_client_cert.as_deref(),
+            self.etcd_client_key.as_deref(),
+        )
+        .context("etcd TLS")?;
+        let user = match &self.etcd_user {
+            None => None,
+            Some(user) => {
+                let password = std::env::var(ETCD_PASSWORD_ENV)
+                    .with_context(|| format!("--etcd-user {user} needs its password in {ETCD_PASSWORD_ENV}"))?;
+                Some((user.clone(), password))
+            }
+        };
+        Ok(EtcdAccess { tls, user })
+    }
 }
 
 #[derive(Args)]
@@ -150,10 +316,36 @@ pub struct UpArgs {
     service: ServiceFlags,
     #[command(flatten)]
     pub worker: worker::LocalWorkerFlags,
+    /// The local worker's client certificate, when --tls-client-ca requires one.
+    #[command(flatten)]
+    client_identity: ClientIdentityArgs,
 }
 
-async fn open_store(spec: &str, data_dir: PathBuf) -> anyhow::Result<SharedStore> {
+/// How `up`'s in-process worker reaches its own service: over TLS it trusts exactly the
+/// certificate served (whoever signed it, whatever name it holds), and with mutual TLS it
+/// presents --client-cert.
+fn local_worker_remote(
+    url: &str,
+    config: &ServiceConfig,
+    identity: &ClientIdentityArgs,
+) -> anyhow::Result<deephardway::Remote> {
+    let Some(tls) = &config.tls else {
+        anyhow::ensure!(!identity.is_given(), "--client-cert and --client-key are for a service with --tls-client-ca");
+        return Ok(deephardway::Remote::new(url));
+    };
+    anyhow::ensure!(
+        !tls.requires_client_certificates() || identity.is_given(),
+        "--tls-client-ca requires a client certificate on every connection, the local worker's too: \
+         pass --client-cert and --client-key (signed by that CA)"
+    );
+    let served =
+        std::fs::read(&tls.files().cert).with_context(|| format!("cannot read {}", tls.files().cert.display()))?;
+    Ok(deephardway::Remote::new(url).with_tls(identity.load()?.pin(&served)?))
+}
+
+async fn open_store(spec: &str, data_dir: PathBuf, etcd: &EtcdFlags) -> anyhow::Result<SharedStore> {
     if spec == "embedded" {
+        anyhow::ensure!(!etcd.given(), "the --etcd-* flags are for --store etcd:URL");
         let store = EmbeddedStore::open(&data_dir)
             .await
             .with_context(|| format!("cannot open the embedded store in {}", data_dir.display()))?;
@@ -164,7 +356,19 @@ async fn open_store(spec: &str, data_dir: PathBuf) -> anyhow::Result<SharedStore
         let endpoints: Vec<String> =
             urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect();
         anyhow::ensure!(!endpoints.is_empty(), "--store etcd: needs at least one URL, e.g. etcd:http://127.0.0.1:2379");
-        let store = EtcdStore::connect(&endpoints).await.context("cannot connect to etcd")?;
+        let access = etcd.access()?;
+        anyhow::ensure!(
+            access.tls.is_default() || endpoints.iter().all(|e| e.starts_with("https://")),
+            "--etcd-ca-cert and --etcd-client-cert are for https:// endpoints; --store names {urls}"
+        );
+        let hint = if access.tls.has_identity() || !endpoints.iter().any(|e| e.starts_with("https://")) {
+            ""
+        } else {
+            " (if it requires client certificates, pass --etcd-client-cert and --etcd-client-key)"
+        };
+        let store = EtcdStore::connect_with(&endpoints, &access)
+            .await
+            .with_context(|| format!("cannot connect to etcd{hint}"))?;
         return Ok(Arc::new(store));
     }
     anyhow::bail!("--store {spec}: expected `embedded` or `etcd:URL[,URL…]`")
@@ -176,20 +380,42 @@ async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
-    let store = open_store(&args.store, args.service.data_dir()).await?;
+    let store = open_store(&args.store, args.service.data_dir(), &args.etcd).await?;
     let listener = bind(&args.service.listen).await?;
-    server::serve(listener, store, args.service.config()?, args.service.web(), shutdown_signal()).await?;
+    let config = args.service.config()?;
+    args.service.check_exposure(&listener, &config)?;
+    server::serve(listener, store, config, args.service.web(), shutdown_signal()).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
-    let store = open_store("embedded", args.service.data_dir()).await?;
+    let store = open_store("embedded", args.service.data_dir(), &EtcdFlags::none()).await?;
     let listener = bind(&args.service.listen).await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let worker_stop = stop.clone();
-    let url = format!("http://{addr}");
-    let worker_options = args.worker.options(url.clone())?;
+    let mut config = args.service.config()?;
+    let url = format!("{}://{addr}", if config.tls.is_some() { "https" } else { "http" });
+    args.service.check_exposure(&listener, &config)?;
+    // With auth on, the in-process worker gets a worker key of its own, known only to this
+    // process (never stored), so that it connects like any other worker.
+    let worker_key = match config.auth.enabled {
+        false => None,
+        true => {
+            let secret = secret::generate();
+            config.auth.fixed_keys.push(FixedKey {
+                name: "local-worker".into(),
+                role: Role::Worker,
+                tenant: DEFAULT_TENANT.into(),
+                secret: secret.clone(),
+            });
+            Some(secret)
+        }
+    };
+    let worker_options = args.worker.options(
+        local_worker_remote(&url, &config, &args.client_identity)?,
+        deephardway::ApiKey::new(worker_key.as_deref())?,
+    )?;
     eprintln!("deephardway is up on {url} (embedded store in {})", args.service.data_dir().display());
     use deephardway::v1::JobKind;
     let serves = |kind: JobKind| worker_options.runners.iter().flat_map(|r| r.models()).any(|m| m.kind == kind as i32);
@@ -198,7 +424,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
     } else {
         r#"{"diagnostic":{"steps":5,"step_ms":200}}"#
     };
-    eprintln!("  try: grpcurl -plaintext -d '{example}' {addr} deephardway.v1.Jobs/Run");
+    // Over TLS, CA.pem stands for the CA that signed --tls-cert.
+    let grpcurl_tls = match &config.tls {
+        None => "-plaintext",
+        Some(tls) if tls.requires_client_certificates() => "-cacert CA.pem -cert CLIENT.pem -key CLIENT.key",
+        Some(_) => "-cacert CA.pem",
+    };
+    eprintln!("  try: grpcurl {grpcurl_tls} -d '{{\"spec\":{example}}}' {addr} deephardway.v1.JobService/RunJob");
     let web = args.service.web();
     match &web.client_dir {
         Some(_) => eprintln!("  or open {url}/ in a browser"),
@@ -208,7 +440,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let worker = tokio::spawn(async move { deephardway_worker::run(worker_options, worker_stop).await });
     let signal = stop.clone();
-    let config = args.service.config()?;
     let served = server::serve(listener, store, config, web, async move {
         shutdown_signal().await;
         signal.cancel();

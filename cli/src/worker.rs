@@ -74,7 +74,7 @@ impl LocalWorkerFlags {
         found
     }
 
-    pub fn options(&self, server: String) -> anyhow::Result<WorkerOptions> {
+    pub fn options(&self, server: deephardway::Remote, key: deephardway::ApiKey) -> anyhow::Result<WorkerOptions> {
         let device = device::select(&self.device)?;
         // Every worker trains and classifies: those need no files of their own, only what
         // the service hands out (datasets, trained models), cached here.
@@ -104,7 +104,7 @@ impl LocalWorkerFlags {
         let name = self.name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into())
         });
-        Ok(WorkerOptions { server, name, slots: self.slots, device: device::name(&device), runners })
+        Ok(WorkerOptions { server, key, name, slots: self.slots, device: device::name(&device), runners })
     }
 }
 
@@ -113,12 +113,18 @@ pub struct WorkerArgs {
     /// The service to pull jobs from.
     #[arg(long, env = "DEEPHARDWAY_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// The worker key to connect with (`deephardway keys create --role worker`); a
+    /// service with auth off needs none.
+    #[arg(long, env = "DEEPHARDWAY_KEY", hide_env_values = true)]
+    key: Option<String>,
+    #[command(flatten)]
+    tls: crate::tls::ClientTlsArgs,
     #[command(flatten)]
     pub flags: LocalWorkerFlags,
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {
-    let options = args.flags.options(args.server)?;
+    let options = args.flags.options(args.tls.remote(&args.server)?, deephardway::ApiKey::new(args.key.as_deref())?)?;
     let stop = CancellationToken::new();
     let signal = stop.clone();
     tokio::spawn(async move {

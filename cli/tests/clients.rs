@@ -204,7 +204,12 @@ async fn grpc_web_over_http1_with_cors() {
     use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
     let backend = Backend::embedded().await;
-    let server = TestServer::start(backend.open().await).await;
+    // A development page on another origin is allowed by name; other origins are not.
+    let web = deephardway_service::Web {
+        cors: deephardway_service::Cors::Origins(vec!["http://localhost:5173".into()]),
+        client_dir: None,
+    };
+    let server = TestServer::start_full(backend.open().await, Default::default(), web).await;
     let _worker = TestWorker::start(&server.url, "w1", 1);
     wait_for_workers(&server.url, 1).await;
 
@@ -223,21 +228,27 @@ async fn grpc_web_over_http1_with_cors() {
     assert_invalid_field(&status, "diagnostic.steps");
 
     // CORS preflight, as a browser on another origin sends it.
-    let preflight = http::Request::builder()
-        .method("OPTIONS")
-        .uri(format!("{}/deephardway.v1.JobService/RunJob", server.url))
-        .header("origin", "http://localhost:5173")
-        .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "content-type,x-grpc-web,x-user-agent")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let preflight = |origin: &str| {
+        http::Request::builder()
+            .method("OPTIONS")
+            .uri(format!("{}/deephardway.v1.JobService/RunJob", server.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type,x-grpc-web,x-user-agent")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
     let plain = Client::builder(TokioExecutor::new()).build_http();
-    let response = plain.request(preflight).await.expect("preflight");
+    let response = plain.request(preflight("http://localhost:5173")).await.expect("preflight");
     assert!(response.status().is_success(), "{:?}", response.status());
     let headers = response.headers();
-    assert_eq!(headers.get("access-control-allow-origin").unwrap(), "*");
+    assert_eq!(headers.get("access-control-allow-origin").unwrap(), "http://localhost:5173");
     let allowed = headers.get("access-control-allow-headers").unwrap().to_str().unwrap().to_lowercase();
-    assert!(allowed.contains("x-grpc-web") || allowed == "*", "{allowed}");
+    // Listed by name: a browser never lets `*` cover `authorization`.
+    assert!(allowed.contains("x-grpc-web") && allowed.contains("authorization"), "{allowed}");
+    // Any other page gets no permission to read the answer.
+    let response = plain.request(preflight("https://evil.example")).await.expect("preflight");
+    assert!(response.headers().get("access-control-allow-origin").is_none(), "{:?}", response.headers());
     server.shutdown().await;
 }
 

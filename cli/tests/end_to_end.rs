@@ -362,6 +362,14 @@ async fn bad_input_is_rejected_and_changes_nothing(backend: Backend) {
     let server = TestServer::start(backend.open().await).await;
     let _worker = TestWorker::start(&server.url, "w1", 1);
     wait_for_workers(&server.url, 1).await;
+    // The session records the served models just after the worker itself: wait for both
+    // writes, so that the snapshot below is of a store nothing else is changing.
+    for _ in 0..200 {
+        if !server.store.range("/dhw/served/", 0).await.unwrap().kvs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut client = server.client().await;
     let before = server.store.range("/dhw/", 0).await.unwrap();
 

@@ -6,96 +6,18 @@ mod support;
 
 use std::time::Duration;
 
-use deephardway::{
-    v1::{
-        DiagnosticResult, GenerateResult, GetJobRequest, Job, JobEvent, JobKind, JobProgress, JobResult, JobSpec,
-        JobState, job_event::Event, job_result,
-    },
-    worker::v1::{
-        ConnectRequest, ConnectResponse, Heartbeat, Hello, Report, ServedModel, connect_request, connect_response,
-        worker_service_client::WorkerServiceClient,
-    },
+use deephardway::v1::{
+    DiagnosticResult, GenerateResult, GetJobRequest, Job, JobEvent, JobProgress, JobResult, JobSpec, JobState,
+    job_event::Event, job_result,
 };
 use deephardway_service::ServiceConfig;
-use support::*;
-use tokio::sync::mpsc;
+use support::{raw_worker::RawWorker, *};
 
 /// Heartbeats this often, so that a silent or stuck worker is found in about a second.
 const HEARTBEAT: Duration = Duration::from_millis(400);
 
 fn config() -> ServiceConfig {
     ServiceConfig { worker_heartbeat: HEARTBEAT, ..test_config() }
-}
-
-/// A worker speaking the protocol by hand: what it sends goes through `requests`; what
-/// the service sends arrives on `responses`, if it is read at all.
-struct RawWorker {
-    requests: mpsc::Sender<ConnectRequest>,
-    responses: tonic::Streaming<ConnectResponse>,
-}
-
-impl RawWorker {
-    /// Connects announcing `model` (a diagnostic model) with `slots`. `window` is the
-    /// HTTP/2 receive window the worker grants: 0 means nothing sent to it can arrive.
-    async fn connect(url: &str, model: &str, slots: u32, window: Option<u32>) -> RawWorker {
-        let channel = match window {
-            None => deephardway::connect(url).await.expect("connect"),
-            Some(window) => tonic::transport::Endpoint::from_shared(url.to_string())
-                .unwrap()
-                .initial_stream_window_size(window)
-                .initial_connection_window_size(window.max(65_535))
-                .connect()
-                .await
-                .expect("connect"),
-        };
-        let (requests, rx) = mpsc::channel(64);
-        let hello = Hello {
-            name: model.into(),
-            device: "cpu".into(),
-            models: vec![ServedModel { name: model.into(), kind: JobKind::Diagnostic as i32, ..Default::default() }],
-            slots,
-            version: "test".into(),
-        };
-        requests.send(ConnectRequest { message: Some(connect_request::Message::Hello(hello)) }).await.unwrap();
-        let responses =
-            WorkerServiceClient::new(channel).connect(receiver_stream(rx)).await.expect("Connect").into_inner();
-        RawWorker { requests, responses }
-    }
-
-    /// Sends heartbeats until the stream ends, as a live worker does.
-    fn keep_beating(&self) {
-        let requests = self.requests.clone();
-        tokio::spawn(async move {
-            let beat = || ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat::default())) };
-            while requests.send(beat()).await.is_ok() {
-                tokio::time::sleep(HEARTBEAT / 4).await;
-            }
-        });
-    }
-
-    async fn report(&self, job_id: &str, fence: u64, event: Event) {
-        let event = JobEvent { job_id: job_id.into(), event: Some(event), ..Default::default() };
-        let report = Report { job_id: job_id.into(), fence, event: Some(event) };
-        self.requests.send(ConnectRequest { message: Some(connect_request::Message::Report(report)) }).await.unwrap();
-    }
-
-    /// The next assignment, skipping the welcome.
-    async fn assignment(&mut self) -> deephardway::worker::v1::Assignment {
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.responses.message())
-                .await
-                .expect("an assignment within 10 s")
-                .expect("the stream holds")
-                .expect("the stream is open");
-            if let Some(connect_response::Message::Assignment(assignment)) = message.message {
-                return assignment;
-            }
-        }
-    }
-}
-
-fn receiver_stream<T: Send + 'static>(rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 async fn get(client: &mut JobsClient, job_id: &str) -> Job {
@@ -129,7 +51,7 @@ async fn a_worker_that_stops_reading_does_not_stall_the_others() {
     // It grants no receive window, so nothing the service sends it arrives, yet it sends
     // heartbeats: only its unread queue gives it away.
     let stuck = RawWorker::connect(&server.url, "diagnostic", 64, Some(0)).await;
-    stuck.keep_beating();
+    stuck.keep_beating(HEARTBEAT / 4);
     wait_for_workers(&server.url, 1).await;
     let mut client = server.client().await;
     let mut ids = Vec::new();
@@ -191,7 +113,7 @@ async fn reports_are_checked_before_they_are_stored() {
     let backend = Backend::embedded().await;
     let server = TestServer::start_with(backend.open().await, config()).await;
     let mut worker = RawWorker::connect(&server.url, "nan-reporter", 1, None).await;
-    worker.keep_beating();
+    worker.keep_beating(HEARTBEAT / 4);
     let mut client = server.client().await;
     let spec = JobSpec { model: "nan-reporter".into(), ..diagnostic(1, 1) };
 

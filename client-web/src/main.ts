@@ -1,8 +1,11 @@
 // The app shell: tabs with hash routes (#/diagnostic, #/generate, #/embed, #/train,
-// #/classify[/model], #/jobs[/id]). Each page is its own module; adding one means adding
-// a factory to PAGES.
+// #/classify[/model], #/jobs[/id], #/keys), and the header's sign-in. Each page is its
+// own module; adding one means adding a factory to PAGES.
 import "./style.css";
+import { Code } from "@connectrpc/connect";
 import { createApi } from "./api.js";
+import { authInterceptor, KeyStore, REFUSED_TEXT, SIGN_IN_TEXT, type StorageLike } from "./lib/auth.js";
+import { SignIn } from "./signin.js";
 import { ConnectionBanner } from "./connection.js";
 import { ModelsStore } from "./models.js";
 import type { AppContext, Page, PageFactory } from "./page.js";
@@ -13,18 +16,40 @@ import { embedPage } from "./pages/embed.js";
 import { trainPage } from "./pages/train/index.js";
 import { classifyPage } from "./pages/classify/index.js";
 import { jobsPage } from "./pages/jobs/index.js";
+import { keysPage } from "./pages/keys/index.js";
 
-const PAGES: PageFactory[] = [diagnosticPage, generatePage, embedPage, trainPage, classifyPage, jobsPage];
+const PAGES: PageFactory[] = [diagnosticPage, generatePage, embedPage, trainPage, classifyPage, jobsPage, keysPage];
+
+/** The tab's sessionStorage (the API key must not outlive the tab), if the browser lets us use it. */
+function tabStorage(): StorageLike | undefined {
+  try {
+    return window.sessionStorage;
+  } catch {
+    return undefined;
+  }
+}
 
 function start() {
-  const api = createApi();
+  const keys = new KeyStore(tabStorage());
+  const signIn = new SignIn(keys);
+  const api = createApi({
+    interceptors: [
+      authInterceptor({
+        key: () => keys.get(),
+        onAuthError(err, key) {
+          // Not for a call made with a key the user has since replaced.
+          if (err.code === Code.Unauthenticated && key === keys.get()) signIn.prompt(key ? REFUSED_TEXT : SIGN_IN_TEXT);
+        },
+      }),
+    ],
+  });
   const bannerEl = h("div", { class: "banner", role: "alert", "data-testid": "connection" });
   const ctx: AppContext = { api, models: new ModelsStore(api.models), banner: new ConnectionBanner(bannerEl) };
   const pages: Page[] = PAGES.map((make) => make(ctx));
   const tabs = pages.map((p) => h("a", { href: `#/${p.id}`, class: "tab", "data-page": p.id }, p.title));
   const main = h("main", null, pages.map((p) => p.el));
   document.body.replaceChildren(
-    h("header", null, h("h1", null, "deephardway"), h("nav", null, tabs)),
+    h("header", null, h("h1", null, "deephardway"), h("nav", null, tabs), signIn.el),
     bannerEl,
     main,
   );
@@ -42,6 +67,15 @@ function start() {
   }
   window.addEventListener("hashchange", route);
   route();
+
+  // Another key sees other jobs, models and datasets: show the current page afresh
+  // (its streams restart with the new key).
+  keys.subscribe(() => {
+    ctx.models.reset();
+    current?.hide?.();
+    current = undefined;
+    route();
+  });
 }
 
 start();

@@ -23,6 +23,11 @@ export class ModelsStore {
     return this.pending;
   }
 
+  /** Forgets the cached list (another API key may see other models). */
+  reset() {
+    this.pending = undefined;
+  }
+
   async ofKind(kind: JobKind, refresh = false): Promise<Model[]> {
     return (await this.list(refresh)).filter((m) => m.kind === kind);
   }

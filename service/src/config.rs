@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::{artifacts::ArtifactStore, connections::ConnectionLimits};
+use crate::{artifacts::ArtifactStore, auth::AuthConfig, connections::ConnectionLimits, tls::ServerTls};
 
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -34,6 +34,11 @@ pub struct ServiceConfig {
     /// Open connections at most (set it below the process's file limit, `ulimit -n`),
     /// and how soon a new connection must send its first bytes.
     pub connections: ConnectionLimits,
+    /// TLS on the port (and mutual TLS if it names a client CA); none: plain HTTP/2 and
+    /// HTTP/1.1.
+    pub tls: Option<ServerTls>,
+    /// Whether callers need an API key, and the keys given to the process (see `auth`).
+    pub auth: AuthConfig,
 }
 
 /// The default of each tunable, in the units its flag takes.
@@ -83,6 +88,8 @@ impl Default for ServiceConfig {
                 max_connections: defaults::MAX_CONNECTIONS,
                 start_timeout: Duration::from_millis(defaults::CONNECTION_START_TIMEOUT_MS),
             },
+            tls: None,
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -7,11 +7,17 @@
 //!   (a peer that connects and says nothing — never starting HTTP/2 — is closed), and
 //!   until it does it holds its place under the limit.
 //!
+//! With TLS ([`accept_tls`]), the handshake happens here, before the server sees the
+//! connection, and must be done within the same start timeout; a failed handshake (no
+//! client certificate where one is required, a client that does not trust the
+//! certificate, plain HTTP on a TLS port) closes the connection and is logged at debug.
+//!
 //! Every accepted connection gets TCP keepalive (a peer that vanished without a word is
 //! found) and no Nagle delay (streamed events are small writes that Nagle and delayed
 //! ACKs would hold back by ~40 ms).
 
 use std::{
+    future::Future,
     io,
     pin::Pin,
     sync::Arc,
@@ -25,9 +31,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
 };
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// TCP keepalive, for connections whose peer vanished without a word.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -41,27 +48,29 @@ pub struct ConnectionLimits {
     pub start_timeout: Duration,
 }
 
-/// A connection that counts against the limit until it is dropped.
-pub struct Counted {
-    stream: TcpStream,
+/// A connection that counts against the limit until it is dropped: a [`TcpStream`], or
+/// a [`TlsStream`] over one (whose connect info carries the client's certificates, for
+/// `tonic::Request::peer_certs`).
+pub struct Counted<S = TcpStream> {
+    stream: S,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Connected for Counted {
-    type ConnectInfo = TcpConnectInfo;
+impl<S: Connected> Connected for Counted<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
     }
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
@@ -93,6 +102,40 @@ pub fn accept(
     limits: ConnectionLimits,
     stop: CancellationToken,
 ) -> impl Stream<Item = io::Result<Counted>> {
+    accept_with(listener, limits, stop, |stream: TcpStream| async move {
+        // Wait for the first bytes without reading them (the server reads them).
+        let mut first = [0u8; 1];
+        match stream.peek(&mut first).await? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()), // closed before speaking
+            _ => Ok(stream),
+        }
+    })
+}
+
+/// The connections accepted on `listener` within `limits`, each after a TLS handshake
+/// done within the start timeout, until `stop` is cancelled.
+pub fn accept_tls(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: TlsAcceptor,
+    stop: CancellationToken,
+) -> impl Stream<Item = io::Result<Counted<TlsStream<TcpStream>>>> {
+    accept_with(listener, limits, stop, move |stream: TcpStream| tls.accept(stream))
+}
+
+/// Accepts connections, and hands over those that `start` made ready within the start
+/// timeout.
+fn accept_with<S, F, Fut>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+    start: F,
+) -> impl Stream<Item = io::Result<Counted<S>>>
+where
+    S: Send + 'static,
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = io::Result<S>> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(HANDOVER);
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::spawn(async move {
@@ -118,14 +161,13 @@ pub fn accept(
                 tracing::debug!(%peer, error = %e, "cannot set socket options");
             }
             let tx = tx.clone();
+            let started = start(stream);
             tokio::spawn(async move {
-                // Wait for the first bytes without reading them (the server reads them).
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(limits.start_timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => {
+                match tokio::time::timeout(limits.start_timeout, started).await {
+                    Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(Counted { stream, _permit: permit })).await;
                     }
-                    Ok(_) => {} // closed before speaking
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "closing a connection that did not start"),
                     Err(_) => tracing::debug!(%peer, "closing a connection that sent nothing"),
                 }
             });

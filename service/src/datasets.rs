@@ -16,9 +16,9 @@ use crate::{
     validate,
 };
 
-/// The dataset named `name`, or NOT_FOUND.
-pub async fn find(store: &SharedStore, name: &str) -> Result<Dataset, Status> {
-    let kv = store.get(&keys::dataset(name)).await?;
+/// The dataset of `tenant` named `name`, or NOT_FOUND.
+pub async fn find(store: &SharedStore, tenant: &str, name: &str) -> Result<Dataset, Status> {
+    let kv = store.get(&keys::dataset(tenant, name)).await?;
     let kv = kv.ok_or_else(|| {
         Status::not_found(format!(
             "no dataset named {name:?}; upload it with DatasetService.CreateDataset (ListDatasets shows them)"
@@ -27,9 +27,9 @@ pub async fn find(store: &SharedStore, name: &str) -> Result<Dataset, Status> {
     Dataset::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("dataset record {name}: {e}")))
 }
 
-/// Every dataset, by name.
-pub async fn list(store: &SharedStore) -> Result<Vec<Dataset>, Status> {
-    let range = store.range(keys::DATASETS, 0).await?;
+/// Every dataset of `tenant`, by name.
+pub async fn list(store: &SharedStore, tenant: &str) -> Result<Vec<Dataset>, Status> {
+    let range = store.range(&keys::datasets(tenant), 0).await?;
     Ok(range.kvs.iter().filter_map(|kv| Dataset::decode(kv.value.as_slice()).ok()).collect())
 }
 
@@ -37,6 +37,7 @@ pub async fn list(store: &SharedStore) -> Result<Vec<Dataset>, Status> {
 pub async fn upload(
     store: &SharedStore,
     artifacts: &ArtifactStore,
+    tenant: &str,
     name: &str,
     archive: Bytes,
     max_bytes: usize,
@@ -52,7 +53,7 @@ pub async fn upload(
         ));
     }
     let sha256 = format!("{:x}", Sha256::digest(&archive));
-    if let Some(existing) = store.get(&keys::dataset(name)).await? {
+    if let Some(existing) = store.get(&keys::dataset(tenant, name)).await? {
         return same_or_taken(name, &existing.value, &sha256);
     }
     let checked = archive.clone();
@@ -63,7 +64,7 @@ pub async fn upload(
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| invalid_field("archive", format!("{e:#}")))?;
 
-    let artifact = format!("datasets/{name}/{sha256}");
+    let artifact = format!("datasets/{tenant}/{name}/{sha256}");
     let dataset = Dataset {
         name: name.to_string(),
         classes: summary.classes,
@@ -75,7 +76,7 @@ pub async fn upload(
         artifact: artifact.clone(),
     };
     artifacts.put(&artifact, archive).await?;
-    let key = keys::dataset(name);
+    let key = keys::dataset(tenant, name);
     let txn = Txn::new().when(Compare::absent(&key)).then(Op::put(&key, dataset.encode_to_vec()));
     if !store.txn(txn).await?.succeeded {
         // Another upload of this name won the race.
@@ -103,10 +104,15 @@ fn same_or_taken(name: &str, record: &[u8], sha256: &str) -> Result<Dataset, Sta
 }
 
 /// Removes a dataset's description, then its archive.
-pub async fn delete(store: &SharedStore, artifacts: &ArtifactStore, name: &str) -> Result<Dataset, Status> {
+pub async fn delete(
+    store: &SharedStore,
+    artifacts: &ArtifactStore,
+    tenant: &str,
+    name: &str,
+) -> Result<Dataset, Status> {
     validate::artifact_name("name", name)?;
-    let dataset = find(store, name).await?;
-    crate::store::delete(store.as_ref(), &keys::dataset(name)).await?;
+    let dataset = find(store, tenant, name).await?;
+    crate::store::delete(store.as_ref(), &keys::dataset(tenant, name)).await?;
     artifacts.delete(&dataset.artifact).await?;
     Ok(dataset)
 }

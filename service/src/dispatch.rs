@@ -14,8 +14,15 @@
 //! lease, vanishes with it, so the reaper puts the job back in line. A claim whose outcome
 //! is unknown (the store failed to answer) is read back, never dropped: see
 //! [`JobLifecycle::resolve_claim`].
+//!
+//! A claim that takes nothing (another replica was first, or the job's key already runs
+//! as many jobs as its quota allows) leaves the entry to be skipped for the rest of the
+//! wake-up, so that the jobs behind a key at its limit still start.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use tokio::sync::{
     broadcast::error::RecvError,
@@ -101,9 +108,10 @@ async fn run(
         if wake && workers.values().any(|w| w.free_slots > 0) {
             // Changes that arrived during this round are covered by it.
             while changes.try_recv().is_ok() {}
-            // A few more passes when claims were lost to other replicas; then wait.
+            // A few more passes when claims were lost to other replicas or skipped; then wait.
+            let mut skip = HashSet::new();
             for _ in 0..8 {
-                match round(&lifecycle, &mut workers).await {
+                match round(&lifecycle, &mut workers, &mut skip).await {
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(e) => {
@@ -133,6 +141,9 @@ fn apply(workers: &mut HashMap<String, LocalWorker>, command: Command) {
     }
 }
 
+/// The most queue entries skipped in one wake-up (jobs of keys at their running limit).
+const MAX_LOOKAHEAD: usize = 1024;
+
 /// The part of a queue key after the model, which orders jobs across models.
 fn order_key(kv: &KeyValue) -> &str {
     let rest = &kv.key[keys::QUEUE.len()..];
@@ -141,7 +152,11 @@ fn order_key(kv: &KeyValue) -> &str {
 
 /// One pass over the local workers. Returns true if another pass may find more to do
 /// (some claims were lost to another replica while slots are still free).
-async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWorker>) -> Result<bool, tonic::Status> {
+async fn round(
+    lifecycle: &JobLifecycle,
+    workers: &mut HashMap<String, LocalWorker>,
+    skip: &mut HashSet<String>,
+) -> Result<bool, tonic::Status> {
     let store = lifecycle.store();
     let mut more = false;
     let mut dropped: Vec<(String, &'static str)> = Vec::new();
@@ -153,9 +168,10 @@ async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWork
         let mut models: Vec<&str> = worker.record.models.iter().map(|m| m.name.as_str()).collect();
         models.dedup();
         for model in models {
-            let limit = worker.free_slots as usize;
+            // Read past the entries skipped this wake-up (a bounded look-ahead).
+            let limit = worker.free_slots as usize + skip.len().min(MAX_LOOKAHEAD);
             let range = store.range(&keys::queue(model), limit).await?;
-            candidates.extend(range.kvs);
+            candidates.extend(range.kvs.into_iter().filter(|kv| !skip.contains(&kv.key)));
         }
         candidates.sort_by(|a, b| order_key(a).cmp(order_key(b)));
         // Claim as many as there are free slots, concurrently, so that the store commits
@@ -184,7 +200,12 @@ async fn round(lifecycle: &JobLifecycle, workers: &mut HashMap<String, LocalWork
                     }
                 }
             };
-            let Some(claimed) = claimed else { continue };
+            let Some(claimed) = claimed else {
+                if skip.len() < MAX_LOOKAHEAD {
+                    skip.insert(entry.key.clone());
+                }
+                continue;
+            };
             worker.free_slots -= 1;
             match worker.assignments.try_send(claimed) {
                 Ok(()) => {}

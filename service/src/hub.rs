@@ -53,6 +53,8 @@ pub enum Change {
     QueueChanged { served_model: String },
     /// The claim on a running job vanished (its worker's lease ended, or the job ended).
     ClaimReleased { job_id: String },
+    /// An API key was created or revoked.
+    KeysChanged,
 }
 
 /// The change a store event means, if it is one that consumers act on.
@@ -73,6 +75,9 @@ fn change_of(event: &WatchEvent) -> Option<Change> {
     if let Some(rest) = key.strip_prefix(keys::QUEUE) {
         let served_model = rest.split('/').next().unwrap_or_default().to_string();
         return Some(Change::QueueChanged { served_model });
+    }
+    if key.starts_with(keys::API_KEYS) {
+        return Some(Change::KeysChanged);
     }
     if event.kind == EventKind::Delete && key.starts_with(keys::CLAIMS) {
         return Some(Change::ClaimReleased { job_id: keys::last_segment(key).to_string() });

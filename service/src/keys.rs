@@ -8,16 +8,27 @@
 //! /dhw/claims/<id>                            the worker running the job, on its lease
 //! /dhw/running/<id>                           index of running jobs (not on a lease)
 //! /dhw/workers/<worker-id>                    a connected worker (JSON), on its lease
-//! /dhw/requests/<request-id>                  idempotency key → job id
 //! /dhw/done/<finished:020>/<id>               finished jobs by time, for retention
-//! /dhw/datasets/<name>                        an uploaded dataset (protobuf Dataset)
-//! /dhw/models/<name>/<version:010>            a trained model version (protobuf TrainedModel)
+//! /dhw/keys/<name>                            an API key (JSON, with its secret's hash)
+//! /dhw/counted/<id>                           the job's usage was counted (see `usage`)
+//! /dhw/tenants/<tenant>/requests/<request-id> idempotency key → job id
+//! /dhw/tenants/<tenant>/datasets/<name>       an uploaded dataset (protobuf Dataset)
+//! /dhw/tenants/<tenant>/models/<name>/<version:010>  a trained model version (protobuf TrainedModel)
+//! /dhw/tenants/<tenant>/active/<key>/<id>     a queued or running job of an API key (quotas)
+//! /dhw/tenants/<tenant>/running/<key>/<id>    a running job of an API key (quotas)
+//! /dhw/usage/<tenant>/<key>                   what an API key used (protobuf Usage)
 //! /dhw/served/<kind>/<model>                  a model a worker served lately (JSON), kept
 //!                                             so jobs for it queue while no worker is connected
 //! ```
 //!
 //! Dataset archives and model weights are not in the store but in the artifact store
 //! (see `artifacts`), at the paths their records name.
+//!
+//! What a tenant names (request ids, datasets, trained models) lives under the tenant's
+//! prefix, so names never collide across tenants and a lookup cannot reach another
+//! tenant's. Jobs are found by id (a UUIDv7 with 74 random bits, made by the service)
+//! and carry their tenant in the record, which every read checks
+//! (`JobLifecycle::get_for`).
 //!
 //! `rank` is `100 - priority`, so higher priorities sort first; `created` is the job's
 //! submission time in microseconds, so equal priorities run first-come first-served,
@@ -30,10 +41,11 @@ pub const QUEUE: &str = "/dhw/queue/";
 pub const CLAIMS: &str = "/dhw/claims/";
 pub const RUNNING: &str = "/dhw/running/";
 pub const WORKERS: &str = "/dhw/workers/";
-pub const REQUESTS: &str = "/dhw/requests/";
 pub const DONE: &str = "/dhw/done/";
-pub const DATASETS: &str = "/dhw/datasets/";
-pub const MODELS: &str = "/dhw/models/";
+pub const API_KEYS: &str = "/dhw/keys/";
+pub const COUNTED: &str = "/dhw/counted/";
+pub const TENANTS: &str = "/dhw/tenants/";
+pub const USAGE: &str = "/dhw/usage/";
 pub const SERVED: &str = "/dhw/served/";
 
 pub fn job(id: &str) -> String {
@@ -70,8 +82,45 @@ pub fn worker(worker_id: &str) -> String {
     format!("{WORKERS}{worker_id}")
 }
 
-pub fn request(request_id: &str) -> String {
-    format!("{REQUESTS}{request_id}")
+pub fn request(tenant: &str, request_id: &str) -> String {
+    format!("{TENANTS}{tenant}/requests/{request_id}")
+}
+
+pub fn api_key(name: &str) -> String {
+    format!("{API_KEYS}{name}")
+}
+
+/// Marks a finished job whose usage was added to its key's counters.
+pub fn counted(id: &str) -> String {
+    format!("{COUNTED}{id}")
+}
+
+/// A queued or running job of an API key, for its quota.
+pub fn active(tenant: &str, key: &str, id: &str) -> String {
+    format!("{TENANTS}{tenant}/active/{key}/{id}")
+}
+
+pub fn active_jobs(tenant: &str, key: &str) -> String {
+    format!("{TENANTS}{tenant}/active/{key}/")
+}
+
+/// Usage is kept apart from the tenants' own prefixes so that an admin reads every
+/// tenant's in one range.
+/// A running job of an API key, for its quota.
+pub fn running_of(tenant: &str, key: &str, id: &str) -> String {
+    format!("{TENANTS}{tenant}/running/{key}/{id}")
+}
+
+pub fn running_jobs_of(tenant: &str, key: &str) -> String {
+    format!("{TENANTS}{tenant}/running/{key}/")
+}
+
+pub fn usage(tenant: &str, key: &str) -> String {
+    format!("{USAGE}{tenant}/{key}")
+}
+
+pub fn tenant_usage(tenant: &str) -> String {
+    format!("{USAGE}{tenant}/")
 }
 
 pub fn done(finished_micros: i64, id: &str) -> String {
@@ -83,17 +132,26 @@ pub fn served(kind: i32, model: &str) -> String {
     format!("{SERVED}{kind}/{model}")
 }
 
-pub fn dataset(name: &str) -> String {
-    format!("{DATASETS}{name}")
+pub fn datasets(tenant: &str) -> String {
+    format!("{TENANTS}{tenant}/datasets/")
+}
+
+pub fn dataset(tenant: &str, name: &str) -> String {
+    format!("{TENANTS}{tenant}/datasets/{name}")
+}
+
+/// Every trained model of a tenant.
+pub fn models(tenant: &str) -> String {
+    format!("{TENANTS}{tenant}/models/")
 }
 
 /// Every version of a trained model.
-pub fn model_versions(name: &str) -> String {
-    format!("{MODELS}{name}/")
+pub fn model_versions(tenant: &str, name: &str) -> String {
+    format!("{TENANTS}{tenant}/models/{name}/")
 }
 
-pub fn model_version(name: &str, version: u32) -> String {
-    format!("{MODELS}{name}/{version:010}")
+pub fn model_version(tenant: &str, name: &str, version: u32) -> String {
+    format!("{TENANTS}{tenant}/models/{name}/{version:010}")
 }
 
 /// The job id at the end of a queue entry, claim or done key.

@@ -12,19 +12,23 @@
 //! - [`jobs`]: the job state machine (submit, claim, report, cancel, requeue, retention),
 //!   written once on top of the store trait; [`validate`]: the checks every request
 //!   passes before anything is written; [`time`]: timestamps as records and keys hold them.
+//! - [`auth`]: API keys (roles, tenants), checked in front of every call; [`quota`]: the
+//!   per-key limits on submitting; [`usage`]: what each key's jobs used.
 //! - [`hub`]: the replica's single store watch, fanned out to job watchers and to the
 //!   background tasks below.
 //! - [`dispatch`]: hands queued jobs to this replica's connected workers.
 //! - [`reaper`]: puts jobs of lost workers back in line; removes expired jobs.
-//! - [`rpc`]: the gRPC handlers (`JobService`, `ModelService`, `DatasetService`, and the
-//!   worker protocol's `WorkerService`).
+//! - [`rpc`]: the gRPC handlers (`JobService`, `ModelService`, `DatasetService`,
+//!   `KeyService`, `UsageService`, and the worker protocol's `WorkerService`).
 //! - [`health`]: `grpc.health.v1`, following the store's health.
 //! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
 //! - [`server`]: everything above on one port, with grpc-web, reflection and health;
-//!   [`connections`]: how many connections it keeps, and how soon each must speak.
+//!   [`connections`]: how many connections it keeps, and how soon each must speak;
+//!   [`tls`]: TLS and mutual TLS on that port (rustls).
 //! - [`local_etcd`]: a throwaway etcd process, for the benchmark and the tests.
 
 pub mod artifacts;
+pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod datasets;
@@ -34,12 +38,15 @@ pub mod hub;
 pub mod jobs;
 pub mod keys;
 pub mod local_etcd;
+pub mod quota;
 pub mod reaper;
 pub mod rpc;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod trained_models;
+pub mod usage;
 pub mod validate;
 pub mod web;
 

@@ -10,7 +10,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 use deephardway::{
     v1::{
         dataset_service_server::DatasetServiceServer, job_service_server::JobServiceServer,
-        model_service_server::ModelServiceServer,
+        key_service_server::KeyServiceServer, model_service_server::ModelServiceServer,
+        usage_service_server::UsageServiceServer,
     },
     worker::v1::worker_service_server::WorkerServiceServer,
 };
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::{KeyRing, layer::Auth},
     config::ServiceConfig,
     connections,
     dispatch::Dispatcher,
@@ -25,8 +27,16 @@ use crate::{
     hub::Hub,
     jobs::JobLifecycle,
     reaper,
-    rpc::{Context, datasets::DatasetsRpc, jobs::JobsRpc, models::ModelsRpc, workers::WorkersRpc},
+    rpc::{
+        Context,
+        access::{KeysRpc, UsageRpc},
+        datasets::DatasetsRpc,
+        jobs::JobsRpc,
+        models::ModelsRpc,
+        workers::WorkersRpc,
+    },
     store::SharedStore,
+    usage,
     web::{self, Web},
 };
 
@@ -58,7 +68,13 @@ pub async fn serve(
     // that tonic refuses it (OUT_OF_RANGE) before reading it.
     let max_upload_message = 2 * config.max_upload_bytes + (1 << 20);
     let connection_limits = config.connections;
+    let tls = config.tls.clone();
+    let auth = match config.auth.enabled {
+        false => Auth::off(),
+        true => Auth::with(KeyRing::start(store.clone(), &hub, &config.auth.fixed_keys, token.clone()).await?),
+    };
     let lifecycle = JobLifecycle::new(store.clone(), config);
+    usage::start(store.clone(), &hub, token.clone());
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
     reaper::start(lifecycle.clone(), &hub, token.clone());
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -79,11 +95,21 @@ pub async fn serve(
 
     let ctx = Arc::new(Context { lifecycle, hub, dispatcher, shutdown: token.clone() });
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, store = store.name(), "serving gRPC, grpc-web, reflection and health");
+    match &tls {
+        None => tracing::info!(%addr, store = store.name(), "serving gRPC, grpc-web, reflection and health"),
+        Some(tls) => tracing::info!(
+            %addr,
+            store = store.name(),
+            client_certificates = if tls.requires_client_certificates() { "required" } else { "not asked" },
+            "serving gRPC, grpc-web, reflection and health over TLS"
+        ),
+    }
     let stop = token.clone();
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(JobServiceServer::new(JobsRpc::new(ctx.clone())).max_decoding_message_size(MAX_MESSAGE))
         .add_service(ModelServiceServer::new(ModelsRpc::new(ctx.clone())))
+        .add_service(KeyServiceServer::new(KeysRpc::new(ctx.clone())))
+        .add_service(UsageServiceServer::new(UsageRpc::new(ctx.clone())))
         .add_service(
             DatasetServiceServer::new(DatasetsRpc::new(ctx.clone())).max_decoding_message_size(max_upload_message),
         )
@@ -97,21 +123,40 @@ pub async fn serve(
         .add_service(reflection_v1alpha);
     // grpc-web translation wraps the gRPC routes only: it refuses other HTTP/1 requests,
     // and the web client's files are plain HTTP/1 GETs.
-    let grpc = grpc.routes().into_axum_router().layer(tonic_web::GrpcWebLayer::new());
+    // Authentication wraps the gRPC routes inside grpc-web's translation, so both reach it
+    // as gRPC.
+    let grpc = grpc
+        .routes()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(auth, crate::auth::layer::authenticate))
+        .layer(tonic_web::GrpcWebLayer::new());
     let routes = tonic::service::Routes::from(web::with_client(grpc, &web));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(web::cors_layer(&web.cors)?)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(connections::accept(listener, connection_limits, token.clone()), async move {
-            shutdown.await;
-            tracing::info!("shutting down: ending streams");
-            stop.cancel();
-        })
-        .await?;
+        .add_routes(routes);
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending streams");
+        stop.cancel();
+    };
+    // TLS is done in `connections` (not by tonic's `tls_config`), so that the handshake
+    // counts against the connection limits and the start timeout, and ALPN offers
+    // HTTP/1.1 beside h2.
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(connections::accept(listener, connection_limits, token.clone()), signal)
+                .await?
+        }
+        Some(tls) => {
+            let incoming = connections::accept_tls(listener, connection_limits, tls.acceptor(), token.clone());
+            router.serve_with_incoming_shutdown(incoming, signal).await?
+        }
+    }
     token.cancel();
     Ok(())
 }

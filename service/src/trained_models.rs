@@ -2,17 +2,23 @@
 //! version; a classify job names the model (`cats`, its latest version when submitted)
 //! or one version (`cats@2`), and the version is pinned in the job when it is accepted.
 //! Descriptions live in the job store, files (config and weights) in the artifact store.
+//! A model's files are checked before they are stored ([`check`]).
+
+pub mod check;
 
 use bytes::Bytes;
 use deephardway::{
     errors::invalid_field,
-    v1::{Job, TrainedModel, job_spec::Input},
+    v1::{Job, TrainInput, TrainedModel, job_spec::Input},
 };
 use prost::Message;
 use tonic::Status;
 
 use crate::{
     artifacts::ArtifactStore,
+    auth::tenant_of,
+    datasets,
+    jobs::Fence,
     keys,
     store::{Compare, Op, SharedStore, Txn},
     time::now,
@@ -34,8 +40,8 @@ fn decode(value: &[u8]) -> Result<TrainedModel, Status> {
     TrainedModel::decode(value).map_err(|e| Status::internal(format!("trained model record: {e}")))
 }
 
-/// The version `model` names (`name` → the latest), or NOT_FOUND.
-pub async fn resolve(store: &SharedStore, model: &str) -> Result<TrainedModel, Status> {
+/// The version `model` names (`name` → the latest) among `tenant`'s models, or NOT_FOUND.
+pub async fn resolve(store: &SharedStore, tenant: &str, model: &str) -> Result<TrainedModel, Status> {
     let (name, version) = parse(model)?;
     let missing = || {
         Status::not_found(format!(
@@ -43,15 +49,15 @@ pub async fn resolve(store: &SharedStore, model: &str) -> Result<TrainedModel, S
         ))
     };
     let kv = match version {
-        Some(v) => store.get(&keys::model_version(name, v)).await?,
-        None => store.range_rev(&keys::model_versions(name), None, 1).await?.kvs.pop(),
+        Some(v) => store.get(&keys::model_version(tenant, name, v)).await?,
+        None => store.range_rev(&keys::model_versions(tenant, name), None, 1).await?.kvs.pop(),
     };
     decode(&kv.ok_or_else(missing)?.value)
 }
 
-/// The latest version of every trained model, by name.
-pub async fn latest(store: &SharedStore) -> Result<Vec<TrainedModel>, Status> {
-    let range = store.range(keys::MODELS, 0).await?;
+/// The latest version of every trained model of `tenant`, by name.
+pub async fn latest(store: &SharedStore, tenant: &str) -> Result<Vec<TrainedModel>, Status> {
+    let range = store.range(&keys::models(tenant), 0).await?;
     let mut out: Vec<TrainedModel> = Vec::new();
     for kv in &range.kvs {
         let model = decode(&kv.value)?;
@@ -65,13 +71,16 @@ pub async fn latest(store: &SharedStore) -> Result<Vec<TrainedModel>, Status> {
 }
 
 /// Stores a trained model's files and registers it as the next version of the name the
-/// train job asked for. `description` comes from the worker; the rest is filled here.
+/// train job asked for, if the files pass [`check::model_files`] and the job's claim is
+/// still the one `fence` names when the version is written (else nothing is registered
+/// and the files are removed). `description` comes from the worker; the rest is filled
+/// here.
 pub async fn publish(
     store: &SharedStore,
     artifacts: &ArtifactStore,
     job: &Job,
-    fence: u64,
-    mut description: TrainedModel,
+    fence: &Fence,
+    description: TrainedModel,
     config: Vec<u8>,
     weights: Vec<u8>,
 ) -> Result<TrainedModel, Status> {
@@ -83,27 +92,73 @@ pub async fn publish(
     if description.labels.len() < 2 || config.is_empty() || weights.is_empty() {
         return Err(invalid_field("model", "a trained model needs its labels, config and weights"));
     }
-    // The files' place is this assignment's own (the fence is unique), so nothing a
-    // concurrent or earlier attempt wrote is ever overwritten.
-    let artifact = format!("models/{name}/{}-{fence}", job.id);
-    artifacts.put(&format!("{artifact}/config.json"), Bytes::from(config)).await?;
-    artifacts.put(&format!("{artifact}/model.safetensors"), Bytes::from(weights)).await?;
+    // An uploaded dataset's classes are known here; a worker's local folder's are not
+    // (then the labels are checked against the weights only). A dataset deleted since is
+    // no longer known either.
+    let dataset_classes = match train.dataset_path.is_empty() {
+        true => datasets::find(store, tenant_of(&job.tenant), &train.dataset).await.ok().map(|d| d.classes),
+        false => None,
+    };
+    check::model_files(&description, &config, &weights, dataset_classes.as_deref())?;
+    // The files' place is this assignment's own (a claim's revision is unique), so
+    // nothing a concurrent or earlier attempt wrote is ever overwritten. Not the fence's
+    // secret: the path is shown to every client.
+    let artifact = format!("models/{}/{name}/{}-{}", tenant_of(&job.tenant), job.id, fence.revision);
+    let config_path = format!("{artifact}/config.json");
+    let weights_path = format!("{artifact}/model.safetensors");
+    let stored = async {
+        artifacts.put(&config_path, Bytes::from(config)).await?;
+        artifacts.put(&weights_path, Bytes::from(weights)).await?;
+        register(store, job, fence, train, description, &artifact).await
+    }
+    .await;
+    if stored.is_err() {
+        // Nothing registered: leave nothing behind.
+        let _ = artifacts.delete(&config_path).await;
+        let _ = artifacts.delete(&weights_path).await;
+    }
+    stored
+}
+
+/// Writes the next version of the train job's output model, while the job's claim is the
+/// one `fence` names.
+async fn register(
+    store: &SharedStore,
+    job: &Job,
+    fence: &Fence,
+    train: &TrainInput,
+    mut description: TrainedModel,
+    artifact: &str,
+) -> Result<TrainedModel, Status> {
+    let name = train.output_model.as_str();
+    let tenant = tenant_of(&job.tenant);
+    let (dataset, dataset_path) = (&train.dataset, &train.dataset_path);
+    let claim_holds = Compare::CreateRevision(keys::claim(&job.id), fence.revision);
     // A few tries: two jobs finishing under one name at once each get their own version.
     for _ in 0..16 {
-        let latest = store.range_rev(&keys::model_versions(&name), None, 1).await?;
+        let latest = store.range_rev(&keys::model_versions(tenant, name), None, 1).await?;
         let version = latest.kvs.first().map_or(Ok(0), |kv| decode(&kv.value).map(|m| m.version))? + 1;
-        description.name = name.clone();
+        description.name = name.to_string();
         description.version = version;
-        description.dataset =
-            if train.dataset_path.is_empty() { train.dataset.clone() } else { train.dataset_path.clone() };
+        description.dataset = if dataset_path.is_empty() { dataset.to_string() } else { dataset_path.to_string() };
         description.job_id = job.id.clone();
         description.create_time = Some(now());
-        description.artifact = artifact.clone();
-        let key = keys::model_version(&name, version);
-        let txn = Txn::new().when(Compare::absent(&key)).then(Op::put(&key, description.encode_to_vec()));
+        description.artifact = artifact.to_string();
+        let key = keys::model_version(tenant, name, version);
+        let txn = Txn::new()
+            .when(Compare::absent(&key))
+            .when(claim_holds.clone())
+            .then(Op::put(&key, description.encode_to_vec()));
         if store.txn(txn).await?.succeeded {
             tracing::info!(model = %name, version, job = %job.id, "trained model registered");
             return Ok(description);
+        }
+        let claim = store.get(&keys::claim(&job.id)).await?;
+        if claim.is_none_or(|kv| kv.create_revision != fence.revision) {
+            return Err(Status::permission_denied(format!(
+                "job {}: the assignment ended before the model was registered",
+                job.id
+            )));
         }
     }
     Err(Status::aborted(format!("could not register {name}: too many concurrent versions")))

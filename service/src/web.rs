@@ -13,14 +13,22 @@ use tower_http::{
     services::{ServeDir, ServeFile},
 };
 
-/// Which browser origins may call the service through grpc-web.
-#[derive(Debug, Clone, Default)]
+/// Which other browser origins may call the service through grpc-web. Pages served from
+/// this port are same-origin and need none.
+#[derive(Debug, Clone)]
 pub enum Cors {
-    /// Any origin (the default: the API carries no cookies or ambient credentials).
-    #[default]
+    /// Any origin: any web page a user opens could drive the service (with auth off, as
+    /// that user). Only when the operator asks for it (`--cors-origins '*'`), never with auth.
     Any,
-    /// Only these origins, e.g. `https://app.example.com`.
+    /// Only these origins, e.g. `https://app.example.com`; none (the default) means same
+    /// origin only.
     Origins(Vec<String>),
+}
+
+impl Default for Cors {
+    fn default() -> Cors {
+        Cors::Origins(Vec::new())
+    }
 }
 
 /// How the service faces browsers.
@@ -51,7 +59,11 @@ pub fn cors_layer(cors: &Cors) -> anyhow::Result<CorsLayer> {
     let exposed = ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static);
     Ok(CorsLayer::new()
         .allow_origin(origin)
-        .allow_headers(tower_http::cors::Any)
+        // Listed, not `*`: browsers never let a wildcard cover `authorization`.
+        .allow_headers(
+            ["content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "authorization", "traceparent"]
+                .map(HeaderName::from_static),
+        )
         .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
         .expose_headers(exposed)
         .max_age(std::time::Duration::from_secs(24 * 3600)))

@@ -90,11 +90,13 @@ async fn a_claim_that_committed_without_an_answer_is_handed_over() {
         device: "cpu".into(),
         slots: 1,
         models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
+        key: String::new(),
     };
     let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
     let record = Op::put_with_lease(keys::worker(&worker.worker_id), serde_json::to_vec(&worker).unwrap(), lease);
     store.txn(Txn::new().then(record)).await.unwrap();
-    let (job, _) = lifecycle.submit(diagnostic(1, 1), "").await.unwrap();
+    let (job, _) =
+        lifecycle.submit(diagnostic(1, 1), "", &deephardway_service::auth::Caller::anonymous()).await.unwrap();
     let (assignments, mut handed) = mpsc::channel(1);
     dispatcher.register(worker.clone(), lease, assignments);
 
@@ -107,12 +109,70 @@ async fn a_claim_that_committed_without_an_answer_is_handed_over() {
     assert_eq!(claimed.job.state, JobState::Running as i32);
     assert_eq!(claimed.job.attempts, 1);
     let claim = store.get(&keys::claim(&job.id)).await.unwrap().expect("the claim committed");
-    assert_eq!(claimed.fence, claim.create_revision as u64, "the fence is the claim's");
+    assert_eq!(claimed.fence.revision, claim.create_revision, "the fence is the claim's");
+    let record: serde_json::Value = serde_json::from_slice(&claim.value).unwrap();
+    assert_eq!(record["secret"].as_u64(), Some(claimed.fence.secret), "with the claim's secret");
     // The fence works: the worker's report ends the job.
     let result = deephardway::v1::job_event::Event::Result(deephardway::v1::JobResult {
         value: Some(deephardway::v1::job_result::Value::Diagnostic(Default::default())),
     });
-    let done = lifecycle.report(&job.id, claimed.fence, vec![result]).await.expect("the report is accepted");
+    let done = lifecycle.report(&job.id, &claimed.fence, vec![result]).await.expect("the report is accepted");
     assert_eq!(done.state, JobState::Succeeded as i32);
     shutdown.cancel();
+}
+
+/// A claim's fence is a secret that proves the claim only while it is current: guesses
+/// (small numbers, the claim's store revision) prove nothing, and neither does the right
+/// secret once the holder's session (its lease) is gone or the job was claimed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_current_claims_secret_proves_it() {
+    let backend = Backend::embedded().await;
+    let store = backend.open().await;
+    let lifecycle = JobLifecycle::new(store.clone(), test_config());
+    let worker = |id: &str| WorkerRecord {
+        worker_id: id.into(),
+        name: id.into(),
+        device: "cpu".into(),
+        slots: 1,
+        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
+        key: String::new(),
+    };
+    let connect = async |record: &WorkerRecord| {
+        let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+        let put = Op::put_with_lease(keys::worker(&record.worker_id), serde_json::to_vec(record).unwrap(), lease);
+        store.txn(Txn::new().then(put)).await.unwrap();
+        lease
+    };
+    let queue_head = async || store.range(&keys::queue("diagnostic"), 1).await.unwrap().kvs.pop().expect("queued");
+    let (a, b) = (worker("a"), worker("b"));
+    let lease_a = connect(&a).await;
+    let anonymous = deephardway_service::auth::Caller::anonymous();
+    let (job, _) = lifecycle.submit(diagnostic(1, 1), "", &anonymous).await.unwrap();
+    let first = lifecycle.claim(&queue_head().await, &a, lease_a).await.unwrap().expect("claimed by a");
+
+    let (held, fence) = lifecycle.held(&job.id, first.fence.secret, "").await.expect("the secret proves the claim");
+    assert_eq!((held.id.as_str(), fence), (job.id.as_str(), first.fence));
+    let revision = first.fence.revision as u64;
+    for guess in (0..=1000).chain([revision]).filter(|&g| g != first.fence.secret) {
+        let refused = lifecycle.held(&job.id, guess, "").await.expect_err("a guess proves nothing");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{guess}");
+    }
+    assert_eq!(
+        lifecycle.held("not-a-job", first.fence.secret, "").await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+
+    // a's session ends: its claim goes with its lease, and the job is claimed by b.
+    store.lease_revoke(lease_a).await.unwrap();
+    let refused = lifecycle.held(&job.id, first.fence.secret, "").await.expect_err("the session is gone");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    lifecycle.recover_orphan(&job.id).await.unwrap();
+    let lease_b = connect(&b).await;
+    let second = lifecycle.claim(&queue_head().await, &b, lease_b).await.unwrap().expect("claimed by b");
+    assert_ne!(first.fence.secret, second.fence.secret);
+    assert_eq!(
+        lifecycle.held(&job.id, first.fence.secret, "").await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    lifecycle.held(&job.id, second.fence.secret, "").await.expect("b's secret proves b's claim");
 }

@@ -20,6 +20,7 @@ fn worker(id: &str) -> WorkerRecord {
         device: "cpu".into(),
         slots: 1,
         models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
+        key: String::new(),
     }
 }
 
@@ -54,7 +55,8 @@ async fn a_stale_worker_cannot_overwrite_a_rerun() {
         let (a, b) = (worker("a"), worker("b"));
         let lease_a = connect(&store, &a).await;
         let lease_b = connect(&store, &b).await;
-        let (job, _) = lifecycle.submit(diagnostic(1, 1), "").await.unwrap();
+        let (job, _) =
+            lifecycle.submit(diagnostic(1, 1), "", &deephardway_service::auth::Caller::anonymous()).await.unwrap();
 
         let first = lifecycle.claim(&queue_head(&store).await, &a, lease_a).await.unwrap().expect("claimed by a");
         // a is presumed dead: its lease goes, the job goes back in line, b takes it.
@@ -66,15 +68,15 @@ async fn a_stale_worker_cannot_overwrite_a_rerun() {
 
         // a comes back from the dead with progress and a result: both are refused.
         let progress = Event::Progress(JobProgress { fraction: 0.9, ..Default::default() });
-        assert!(matches!(lifecycle.report(&job.id, first.fence, vec![progress]).await, Err(Rejected::StaleFence)));
-        assert!(matches!(lifecycle.report(&job.id, first.fence, vec![result()]).await, Err(Rejected::StaleFence)));
+        assert!(matches!(lifecycle.report(&job.id, &first.fence, vec![progress]).await, Err(Rejected::StaleFence)));
+        assert!(matches!(lifecycle.report(&job.id, &first.fence, vec![result()]).await, Err(Rejected::StaleFence)));
         let current = lifecycle.get(&job.id).await.unwrap();
         assert_eq!((current.state, current.worker_id.as_str(), current.attempts), (JobState::Running as i32, "b", 2));
 
         // b's result is accepted, once.
-        let done = lifecycle.report(&job.id, second.fence, vec![result()]).await.unwrap();
+        let done = lifecycle.report(&job.id, &second.fence, vec![result()]).await.unwrap();
         assert_eq!(done.state, JobState::Succeeded as i32);
-        assert!(matches!(lifecycle.report(&job.id, second.fence, vec![result()]).await, Err(Rejected::Finished)));
+        assert!(matches!(lifecycle.report(&job.id, &second.fence, vec![result()]).await, Err(Rejected::Finished)));
         let (events, _) = lifecycle.events(&job.id).await.unwrap();
         assert_eq!(events.iter().filter(|e| matches!(e.event, Some(Event::Result(_)))).count(), 1);
         assert_contiguous(&events, 1);
@@ -91,7 +93,7 @@ async fn a_job_fails_after_its_last_attempt() {
         connect(&store, &worker("registry")).await;
         let mut request = diagnostic(1, 1);
         request.max_attempts = 2;
-        let (job, _) = lifecycle.submit(request, "").await.unwrap();
+        let (job, _) = lifecycle.submit(request, "", &deephardway_service::auth::Caller::anonymous()).await.unwrap();
         for attempt in 1..=2 {
             let lease = connect(&store, &w).await;
             let claimed = lifecycle.claim(&queue_head(&store).await, &w, lease).await.unwrap().expect("claimed");

@@ -1,5 +1,7 @@
 //! Files the service keeps for jobs (dataset archives, trained models), fetched through
-//! `WorkerService.FetchArtifact` and cached on the worker's disk.
+//! `WorkerService.FetchArtifact` and cached on the worker's disk. A fetch names the job
+//! whose assignment names the file, with the assignment's fence: the service serves a
+//! worker only the files of the jobs it is running.
 //!
 //! Artifact paths never change meaning (a dataset's path holds its SHA-256, a trained
 //! model's its version), so a cached file is valid forever. A download goes to a
@@ -9,9 +11,11 @@
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
+use deephardway::Authorized;
 use deephardway::worker::v1::{FetchArtifactRequest, worker_service_client::WorkerServiceClient};
 use tokio::io::AsyncWriteExt;
-use tonic::transport::Channel;
+
+use crate::runner::JobContext;
 
 /// deephardway's cache on this machine, for artifacts and model weights alike:
 /// `$DEEPHARDWAY_CACHE`, else `~/.cache/deephardway`.
@@ -37,9 +41,9 @@ impl ArtifactCache {
         cache_dir().join("artifacts")
     }
 
-    /// The local file holding the artifact at `path`, fetched from the service if it is
-    /// not cached yet.
-    pub async fn get(&self, service: &WorkerServiceClient<Channel>, path: &str) -> anyhow::Result<PathBuf> {
+    /// The local file holding the artifact at `path`, which `job`'s assignment names,
+    /// fetched from the service for that job if it is not cached yet.
+    pub async fn get(&self, job: &JobContext, path: &str) -> anyhow::Result<PathBuf> {
         let local = self.local_path(path)?;
         if local.is_file() {
             return Ok(local);
@@ -47,7 +51,12 @@ impl ArtifactCache {
         let parent = local.parent().expect("artifact paths have a parent");
         tokio::fs::create_dir_all(parent).await.with_context(|| format!("cannot create {}", parent.display()))?;
         let partial = parent.join(format!(".{}.{}.partial", std::process::id(), rand::random::<u64>()));
-        let fetched = fetch_into(service.clone(), path, &partial).await;
+        let request = FetchArtifactRequest {
+            path: path.to_string(),
+            job_id: job.assignment.job_id.clone(),
+            fence: job.assignment.fence,
+        };
+        let fetched = fetch_into(job.service.clone(), request, &partial).await;
         if let Err(e) = fetched {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(e);
@@ -66,9 +75,14 @@ impl ArtifactCache {
     }
 }
 
-async fn fetch_into(mut service: WorkerServiceClient<Channel>, path: &str, file: &Path) -> anyhow::Result<()> {
+async fn fetch_into(
+    mut service: WorkerServiceClient<Authorized>,
+    request: FetchArtifactRequest,
+    file: &Path,
+) -> anyhow::Result<()> {
+    let path = request.path.clone();
     let mut chunks = service
-        .fetch_artifact(FetchArtifactRequest { path: path.to_string() })
+        .fetch_artifact(request)
         .await
         .map_err(|s| anyhow::anyhow!("cannot fetch {path}: {} ({:?})", s.message(), s.code()))?
         .into_inner();

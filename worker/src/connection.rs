@@ -16,6 +16,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::{Context, bail};
+use deephardway::Authorized;
 use deephardway::{
     errors::to_rpc_status,
     v1::{JobCancelled, JobEvent, JobKind, job_event::Event},
@@ -37,8 +38,11 @@ type Routes = HashMap<(JobKind, String), Arc<dyn Runner>>;
 
 /// How a worker connects and what it serves.
 pub struct WorkerOptions {
-    /// The service's URL, e.g. `http://127.0.0.1:50051`.
-    pub server: String,
+    /// The service: its URL, e.g. `http://127.0.0.1:50051` or `https://…`, and for
+    /// `https://` the CA to check it with and the client certificate to present.
+    pub server: deephardway::Remote,
+    /// The worker key it authenticates with (a service with auth off needs none).
+    pub key: deephardway::ApiKey,
     /// A name for logs and the `started` event.
     pub name: String,
     /// Jobs run at once.
@@ -57,10 +61,9 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connection to the service, with keepalive on.
-async fn connect(server: &str) -> anyhow::Result<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(server.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
+async fn connect(server: &deephardway::Remote) -> anyhow::Result<Channel> {
+    let channel = server
+        .endpoint()?
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -105,7 +108,7 @@ struct RunningJob {
 async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let (routes, models) = routes(&options.runners);
     let channel = connect(&options.server).await.with_context(|| format!("cannot reach {}", options.server))?;
-    let service = WorkerServiceClient::new(channel)
+    let service = WorkerServiceClient::new(options.key.clone().attach(channel))
         .max_decoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE)
         .max_encoding_message_size(deephardway::MAX_ARTIFACT_MESSAGE);
     let mut client = service.clone();
@@ -209,7 +212,7 @@ async fn run_job(
     cancel: CancellationToken,
     outbound: mpsc::Sender<ConnectRequest>,
     finished: mpsc::UnboundedSender<String>,
-    service: WorkerServiceClient<Channel>,
+    service: WorkerServiceClient<Authorized>,
 ) {
     let job_id = assignment.job_id.clone();
     let fence = assignment.fence;

@@ -10,6 +10,7 @@
 //! input names the field (`classify.images[3]`) in a `google.rpc.BadRequest`, as the
 //! service's own request checks do. [`FailJob`] turns any other error into a status.
 
+use deephardway::Authorized;
 use deephardway::{
     errors::FieldViolation,
     v1::{JobResult, job_event::Event, job_spec::Input},
@@ -17,7 +18,7 @@ use deephardway::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 
 /// Why a job did not produce a result.
 #[derive(Debug, Clone)]
@@ -73,7 +74,7 @@ pub struct JobContext {
     events: mpsc::UnboundedSender<Event>,
     pub cancel: CancellationToken,
     /// The service the job came from: for fetching artifacts and publishing models.
-    pub service: WorkerServiceClient<Channel>,
+    pub service: WorkerServiceClient<Authorized>,
 }
 
 impl JobContext {
@@ -81,7 +82,7 @@ impl JobContext {
         assignment: Assignment,
         events: mpsc::UnboundedSender<Event>,
         cancel: CancellationToken,
-        service: WorkerServiceClient<Channel>,
+        service: WorkerServiceClient<Authorized>,
     ) -> Self {
         Self { assignment, events, cancel, service }
     }

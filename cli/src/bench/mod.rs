@@ -195,7 +195,8 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<(f64, L
     }));
     let worker = tokio::spawn(deephardway_worker::run(
         WorkerOptions {
-            server: url.clone(),
+            server: url.clone().into(),
+            key: Default::default(),
             name: "bench".into(),
             slots: u32::try_from(args.clients).unwrap_or(256).clamp(1, 256),
             device: "cpu".into(),

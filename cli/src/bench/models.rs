@@ -42,7 +42,8 @@ impl Bench {
                 server_stop.cancelled().await
             }));
         let options = WorkerOptions {
-            server: url.clone(),
+            server: url.clone().into(),
+            key: Default::default(),
             name: "bench".into(),
             slots,
             device: "cpu".into(),

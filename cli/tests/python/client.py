@@ -1,12 +1,14 @@
 """A deephardway client in Python, generated from proto/ with grpcio-tools at run time.
 
-Usage: client.py PROTO_DIR HOST:PORT STEPS
+Usage: client.py PROTO_DIR HOST:PORT STEPS [--ca-cert FILE]
+With --ca-cert, it connects over TLS and checks the service's certificate against that CA.
 First sends a job with a bad field and prints the error as one JSON line (code, message,
 and the type of each detail of its google.rpc.Status); then creates a diagnostic job,
 watches it, and prints each event as one JSON line.
 This is what a user of another language does: generate from proto/, call the service.
 """
 
+import argparse
 import importlib
 import json
 import sys
@@ -35,7 +37,13 @@ def generate(proto_dir: str, out_dir: str) -> None:
 
 
 def main() -> None:
-    proto_dir, target, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("proto_dir")
+    parser.add_argument("target")
+    parser.add_argument("steps", type=int)
+    parser.add_argument("--ca-cert", help="connect over TLS, trusting this CA (PEM)")
+    args = parser.parse_args()
+    proto_dir, target, steps = args.proto_dir, args.target, args.steps
     out_dir = tempfile.mkdtemp()
     generate(proto_dir, out_dir)
     sys.path.insert(0, out_dir)
@@ -44,7 +52,12 @@ def main() -> None:
     jobs_pb2_grpc = importlib.import_module("deephardway.v1.jobs_pb2_grpc")
     status_pb2 = importlib.import_module("google.rpc.status_pb2")
 
-    with grpc.insecure_channel(target) as channel:
+    if args.ca_cert:
+        with open(args.ca_cert, "rb") as ca:
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca.read()))
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
 
         # A bad field: INVALID_ARGUMENT, with a google.rpc.Status in the trailers.

@@ -4,10 +4,12 @@
 //!   [`diagnostic`], [`assert_contiguous`]), included from service/tests/support;
 //! - [`TestServer`]: the service on a free loopback port, in this process;
 //! - [`TestWorker`]: a worker in this process; [`WorkerProcess`]: the real binary, to kill;
+//!   [`raw_worker::RawWorker`]: the worker protocol by hand, for misbehaving workers;
 //! - [`ServiceProcess`], [`UpProcess`]: `deephardway serve` and `up`, to kill and restart;
 //! - client helpers: [`jobs_client`], [`create`], [`run`], [`watch`], [`collect_events`].
 #![allow(dead_code)]
 
+pub mod raw_worker;
 #[path = "../../../service/tests/support/mod.rs"]
 mod service_support;
 pub use service_support::*;
@@ -94,9 +96,26 @@ impl TestWorker {
 
     /// A worker with the given runners (and the models they announce).
     pub fn start_with(url: &str, name: &str, slots: u32, runners: Vec<Arc<dyn Runner>>) -> TestWorker {
+        Self::start_keyed(url, name, slots, runners, None)
+    }
+
+    /// A worker that authenticates with `key`.
+    pub fn start_keyed(
+        url: &str,
+        name: &str,
+        slots: u32,
+        runners: Vec<Arc<dyn Runner>>,
+        key: Option<&str>,
+    ) -> TestWorker {
         let stop = CancellationToken::new();
-        let options =
-            WorkerOptions { server: url.to_string(), name: name.to_string(), slots, device: "cpu".into(), runners };
+        let options = WorkerOptions {
+            server: url.into(),
+            key: deephardway::ApiKey::new(key).expect("a valid key"),
+            name: name.to_string(),
+            slots,
+            device: "cpu".into(),
+            runners,
+        };
         let task = tokio::spawn(deephardway_worker::run(options, stop.clone()));
         TestWorker { stop, task: Some(task) }
     }

@@ -2,6 +2,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { JobKind, JobState } from "../gen/deephardway/v1/jobs_pb.js";
+import { authErrorText } from "./auth.js";
 
 /** "InvalidArgument" -> "INVALID_ARGUMENT". */
 export function codeName(code: Code): string {
@@ -20,8 +21,15 @@ export function failureText(failure: { code: number; message: string }): string 
   return `${rpcCodeName(failure.code)}: ${failure.message}`;
 }
 
-/** A readable message for any error: "CODE_NAME: message" for ConnectErrors. */
+/**
+ * A readable message for any error: "CODE_NAME: message" for ConnectErrors, but the
+ * auth errors read "Sign in with an API key (UNAUTHENTICATED: …)", "The API key was
+ * refused (UNAUTHENTICATED: …)" and "Your key's role does not allow this
+ * (PERMISSION_DENIED: …)" (lib/auth.ts).
+ */
 export function errorText(err: unknown): string {
+  const auth = authErrorText(err);
+  if (auth) return auth;
   if (err instanceof ConnectError) {
     const msg = err.rawMessage || "(no message)";
     return `${codeName(err.code)}: ${msg}`;

@@ -9,21 +9,24 @@
 //!
 //! Every transition is one store transaction that checks the job record's revision,
 //! writes the new record, appends the transition's events (so the event log and the
-//! record never disagree) and moves the queue entry or claim. Workers' reports carry a
-//! *fence*, the revision that created their claim; a report is applied only while that
-//! same claim exists, so a worker presumed dead cannot overwrite a rerun.
+//! record never disagree) and moves the queue entry or claim. Workers' requests carry a
+//! *fence*, a random secret of their claim ([`fence`]); a report is applied only while
+//! that same claim exists, so a worker presumed dead cannot overwrite a rerun.
 //!
 //! - this file: submit, claim, report, cancel, reads;
+//! - [`fence`]: what proves that a worker holds a job;
 //! - [`recovery`]: jobs whose worker was lost; [`retention`]: removing old jobs;
 //! - [`served`]: models workers served lately, so their jobs queue while no worker is connected;
 //! - [`records`]: the JSON records of workers and claims; request checks are in
 //!   [`crate::validate`].
 
+mod fence;
 mod records;
 mod recovery;
 mod retention;
 mod served;
 
+pub use fence::Fence;
 use records::ClaimRecord;
 pub use records::{ServedModel, WorkerRecord};
 pub use served::{RememberedModel, SERVED_MEMORY};
@@ -40,8 +43,10 @@ use prost::Message;
 use tonic::Status;
 
 use crate::{
+    auth::{Caller, tenant_of},
     config::ServiceConfig,
     keys,
+    quota::Quotas,
     store::{Compare, KeyValue, Op, SharedStore, StoreError, Txn},
     time::{micros, now},
     validate,
@@ -93,8 +98,8 @@ pub struct JobPage {
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub job: Job,
-    /// The claim's create revision; the worker copies it into its reports.
-    pub fence: u64,
+    /// The claim's fence: its secret goes to the worker, which copies it into its reports.
+    pub fence: Fence,
 }
 
 /// Why a transition of a job did not happen.
@@ -136,6 +141,7 @@ impl From<Rejected> for Status {
 pub struct JobLifecycle {
     store: SharedStore,
     config: ServiceConfig,
+    quotas: std::sync::Arc<Quotas>,
 }
 
 /// What a transition writes besides the job record and its events.
@@ -172,6 +178,10 @@ fn finish(job: &mut Job, state: JobState, change: &mut Change) {
     job.state = state as i32;
     change.ops.push(Op::delete(keys::claim(&job.id)));
     change.ops.push(Op::delete(keys::running(&job.id)));
+    if !job.key.is_empty() {
+        change.ops.push(Op::delete(keys::active(tenant_of(&job.tenant), &job.key, &job.id)));
+        change.ops.push(Op::delete(keys::running_of(tenant_of(&job.tenant), &job.key, &job.id)));
+    }
     change.ops.push(Op::put(keys::done(micros(&Some(finished)), &job.id), job.id.clone()));
     job.end_time = Some(finished);
 }
@@ -188,7 +198,7 @@ impl JobExt for Job {
 
 impl JobLifecycle {
     pub fn new(store: SharedStore, config: ServiceConfig) -> Self {
-        Self { store, config }
+        Self { store, config, quotas: Default::default() }
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -199,25 +209,28 @@ impl JobLifecycle {
         &self.config
     }
 
-    /// Validates and queues a job. Returns the job and whether `request_id` matched an
-    /// earlier one (which is returned instead). Nothing is written unless it succeeds.
-    pub async fn submit(&self, mut spec: JobSpec, request_id: &str) -> Result<(Job, bool), Status> {
+    /// Validates and queues a job for `owner` (the job belongs to its tenant). Returns
+    /// the job and whether `request_id` matched an earlier one of the tenant (which is
+    /// returned instead). Nothing is written unless it succeeds.
+    pub async fn submit(&self, mut spec: JobSpec, request_id: &str, owner: &Caller) -> Result<(Job, bool), Status> {
         validate::spec(&spec)?;
         validate::request_id(request_id)?;
+        let tenant = owner.tenant();
         let input = spec.input.as_ref().expect("validated");
         let kind = kind_of(input);
         if spec.model.is_empty() {
             spec.model = default_model(kind).to_string();
         }
         if !request_id.is_empty()
-            && let Some(job) = self.by_request_id(request_id).await?
+            && let Some(job) = self.by_request_id(tenant, request_id).await?
         {
             return Ok((job, true));
         }
+        self.quotas.check_rate(owner)?;
         // Names of stored things are resolved now, so that the job records what it uses.
         match spec.input.as_mut() {
             Some(Input::Train(train)) if train.dataset_path.is_empty() => {
-                crate::datasets::find(&self.store, &train.dataset)
+                crate::datasets::find(&self.store, tenant, &train.dataset)
                     .await
                     .map_err(|s| Status::new(s.code(), format!("train.dataset: {}", s.message())))?;
                 if train.output_model.is_empty() {
@@ -232,7 +245,7 @@ impl JobLifecycle {
                 validate::artifact_name("train.output_model", &train.output_model)?;
             }
             Some(Input::Classify(_)) => {
-                let trained = crate::trained_models::resolve(&self.store, &spec.model).await?;
+                let trained = crate::trained_models::resolve(&self.store, tenant, &spec.model).await?;
                 spec.model = format!("{}@{}", trained.name, trained.version);
             }
             _ => {}
@@ -246,6 +259,7 @@ impl JobLifecycle {
                 self.config.max_queue_depth
             )));
         }
+        self.quotas.check_active(&self.store, owner).await?;
 
         let created = now();
         let id = uuid::Uuid::now_v7().to_string();
@@ -264,6 +278,8 @@ impl JobLifecycle {
             last_seq: 1,
             spec: Some(spec),
             request_id: request_id.to_string(),
+            tenant: tenant.to_string(),
+            key: owner.key().to_string(),
             ..Default::default()
         };
         let entry = queue_key(&job);
@@ -277,13 +293,16 @@ impl JobLifecycle {
             .then(Op::put(entry, id.clone()));
         if !request_id.is_empty() {
             txn = txn
-                .when(Compare::absent(keys::request(request_id)))
-                .then(Op::put(keys::request(request_id), id.clone()));
+                .when(Compare::absent(keys::request(tenant, request_id)))
+                .then(Op::put(keys::request(tenant, request_id), id.clone()));
+        }
+        if !job.key.is_empty() {
+            txn = txn.then(Op::put(keys::active(tenant, &job.key, &id), Vec::new()));
         }
         let outcome = self.store.txn(txn).await?;
         if !outcome.succeeded {
             // Another submit with the same request_id won the race: return its job.
-            return match self.by_request_id(request_id).await? {
+            return match self.by_request_id(tenant, request_id).await? {
                 Some(job) => Ok((job, true)),
                 None => Err(Status::aborted("concurrent submit conflict; retry")),
             };
@@ -292,8 +311,8 @@ impl JobLifecycle {
         Ok((job, false))
     }
 
-    async fn by_request_id(&self, request_id: &str) -> Result<Option<Job>, Status> {
-        let Some(kv) = self.store.get(&keys::request(request_id)).await? else {
+    async fn by_request_id(&self, tenant: &str, request_id: &str) -> Result<Option<Job>, Status> {
+        let Some(kv) = self.store.get(&keys::request(tenant, request_id)).await? else {
             return Ok(None);
         };
         let id = String::from_utf8_lossy(&kv.value).to_string();
@@ -370,6 +389,16 @@ impl JobLifecycle {
         }
     }
 
+    /// A job that `caller` may see, or NOT_FOUND: another tenant's job is answered
+    /// exactly like a missing one, so that its existence is not revealed.
+    pub async fn get_for(&self, caller: &Caller, id: &str) -> Result<Job, Status> {
+        let job = self.get(id).await?;
+        if !caller.sees(tenant_of(&job.tenant)) {
+            return Err(Status::not_found(format!("job {id} not found")));
+        }
+        Ok(job)
+    }
+
     /// Jobs matching the filters, most recent first, older than the job `after` (the
     /// last of the previous page) when given. Reads backwards a batch at a time (ids are
     /// UUIDv7, so key order is creation order) and stops at `limit` matches, or after
@@ -377,6 +406,7 @@ impl JobLifecycle {
     /// rare the matches are. `next` says where the following page starts.
     pub async fn list(
         &self,
+        tenant: Option<&str>,
         state: JobState,
         model: &str,
         limit: usize,
@@ -392,7 +422,8 @@ impl JobLifecycle {
                 scanned += 1;
                 let job = decode_job(kv)?;
                 let matches = (state == JobState::Unspecified || job.state == state as i32)
-                    && (model.is_empty() || job.model == model);
+                    && (model.is_empty() || job.model == model)
+                    && tenant.is_none_or(|t| tenant_of(&job.tenant) == t);
                 if matches {
                     jobs.push(job);
                 }
@@ -479,6 +510,23 @@ impl JobLifecycle {
             drop_stale_entry().await?;
             return Ok(None);
         }
+        // A key with a running limit is claimed for one job at a time on this replica, so
+        // that its count cannot be read twice before either claim is written.
+        let max_running = match job.key.is_empty() {
+            true => 0,
+            false => crate::auth::api_keys::max_running_jobs(&self.store, &job.key).await?,
+        };
+        let _one_at_a_time = match max_running {
+            0 => None,
+            _ => Some(self.quotas.claim_lock(&job.key).lock_owned().await),
+        };
+        if max_running > 0 {
+            let running = self.store.count(&keys::running_jobs_of(tenant_of(&job.tenant), &job.key)).await?;
+            if running >= max_running as usize {
+                // It stays in line; the dispatcher tries the jobs behind it.
+                return Ok(None);
+            }
+        }
         job.state = JobState::Running as i32;
         job.attempts += 1;
         job.worker_id = worker.worker_id.clone();
@@ -497,7 +545,9 @@ impl JobLifecycle {
                 attempt: job.attempts,
             }),
         );
-        let claim = ClaimRecord { worker_id: worker.worker_id.clone(), attempt: job.attempts };
+        let secret = fence::new_secret();
+        let claim =
+            ClaimRecord { worker_id: worker.worker_id.clone(), attempt: job.attempts, secret, key: worker.key.clone() };
         let txn = Txn::new()
             .when(Compare::ModRevision(entry.key.clone(), entry.mod_revision))
             .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
@@ -506,6 +556,10 @@ impl JobLifecycle {
             .then(Op::put(keys::running(&id), id.clone()))
             .then(Op::put(kv.key.clone(), job.encode_to_vec()))
             .then(Op::put(keys::event(&id, job.last_seq), started.encode_to_vec()));
+        let txn = match job.key.is_empty() {
+            true => txn,
+            false => txn.then(Op::put(keys::running_of(tenant_of(&job.tenant), &job.key, &id), Vec::new())),
+        };
         let outcome = match self.store.txn(txn).await {
             Ok(outcome) => outcome,
             Err(StoreError::LeaseNotFound(_)) => {
@@ -517,13 +571,15 @@ impl JobLifecycle {
             return Ok(None);
         }
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started");
-        Ok(Some(Claimed { job, fence: outcome.revision as u64 }))
+        Ok(Some(Claimed { job, fence: Fence { secret, revision: outcome.revision } }))
     }
 
-    /// Applies a worker's events (in order, as one write) if its claim is still current.
-    /// A final event ends the job and releases the claim.
-    pub async fn report(&self, id: &str, fence: u64, events: Vec<Event>) -> Result<Job, Rejected> {
-        let fence_holds = Compare::CreateRevision(keys::claim(id), fence as i64);
+    /// Applies a worker's events (in order, as one write) if its claim is still current:
+    /// the one created at `fence.revision` (the caller, the session holding the claim,
+    /// has checked the worker's secret against `fence.secret`). A final event ends the
+    /// job and releases the claim.
+    pub async fn report(&self, id: &str, fence: &Fence, events: Vec<Event>) -> Result<Job, Rejected> {
+        let fence_holds = Compare::CreateRevision(keys::claim(id), fence.revision);
         self.update(id, |job| {
             if job.state != JobState::Running as i32 {
                 return Err(if job.state == JobState::Queued as i32 {
@@ -595,7 +651,7 @@ impl JobLifecycle {
     /// Reads back the outcome of a claim whose transaction failed without a clear answer
     /// (the store may have committed it and lost the reply). The job was claimed if its
     /// claim names `worker` and the job is running there on that attempt: it is returned
-    /// with the claim's create revision as its fence, as [`JobLifecycle::claim`] would have.
+    /// with the claim's fence, as [`JobLifecycle::claim`] would have.
     /// Otherwise the claim did not commit (the queue entry is still there, and a later
     /// round may claim it), or it committed and has since been released (the reaper puts
     /// the job back). Reads that fail are retried a few times with backoff; the error is
@@ -631,6 +687,7 @@ impl JobLifecycle {
             return Ok(None);
         }
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started (claim read back)");
-        Ok(Some(Claimed { job, fence: claim.create_revision as u64 }))
+        let fence = Fence { secret: record.secret, revision: claim.create_revision };
+        Ok(Some(Claimed { job, fence }))
     }
 }

@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 
 use super::{Change, JobLifecycle, Rejected, finish, queue_key};
 use crate::{
+    auth::tenant_of,
     keys,
     store::{Compare, Op},
 };
@@ -49,6 +50,9 @@ impl JobLifecycle {
                     job.state = JobState::Queued as i32;
                     job.progress = 0.0;
                     change.ops.push(Op::delete(keys::running(id)));
+                    if !job.key.is_empty() {
+                        change.ops.push(Op::delete(keys::running_of(tenant_of(&job.tenant), &job.key, id)));
+                    }
                     change.ops.push(Op::put(entry.clone(), id.to_string()));
                     change.events.push(Event::Queued(JobQueued {
                         position,

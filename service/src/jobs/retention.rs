@@ -9,6 +9,7 @@ use tonic::Status;
 use super::JobLifecycle;
 use crate::time::micros;
 use crate::{
+    auth::tenant_of,
     keys,
     store::{KeyValue, Op, Txn},
 };
@@ -46,11 +47,12 @@ impl JobLifecycle {
             let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
             self.store.txn(txn).await?;
         }
-        let mut txn = Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key));
+        let mut txn =
+            Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key)).then(Op::delete(keys::counted(&id)));
         if let Some((job, _)) = self.find(&id).await?
             && !job.request_id.is_empty()
         {
-            txn = txn.then(Op::delete(keys::request(&job.request_id)));
+            txn = txn.then(Op::delete(keys::request(tenant_of(&job.tenant), &job.request_id)));
         }
         self.store.txn(txn).await?;
         Ok(())

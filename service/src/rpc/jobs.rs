@@ -23,7 +23,15 @@ use tonic::{Request, Response, Status};
 
 use super::SharedContext;
 use super::page_token;
-use crate::validate;
+use crate::{
+    auth::{self, Caller},
+    validate,
+};
+
+/// The tenant whose jobs a caller lists: its own, or every tenant's for an admin.
+fn tenant_filter(caller: &Caller) -> Option<&str> {
+    if caller.is_admin() { None } else { Some(caller.tenant()) }
+}
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 pub type RunJobStream = Pin<Box<dyn Stream<Item = Result<RunJobResponse, Status>> + Send>>;
@@ -61,46 +69,51 @@ fn view(value: i32, default: JobView) -> Result<JobView, Status> {
 #[tonic::async_trait]
 impl JobService for JobsRpc {
     async fn create_job(&self, request: Request<CreateJobRequest>) -> Result<Response<CreateJobResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let CreateJobRequest { spec, request_id } = request.into_inner();
         let spec = spec.ok_or_else(|| deephardway::errors::invalid_field("spec", "is required"))?;
-        let (job, deduplicated) = self.ctx.lifecycle.submit(spec, &request_id).await?;
+        let (job, deduplicated) = self.ctx.lifecycle.submit(spec, &request_id, &caller).await?;
         Ok(Response::new(CreateJobResponse { job: Some(job), deduplicated }))
     }
 
     type RunJobStream = RunJobStream;
 
     async fn run_job(&self, request: Request<RunJobRequest>) -> Result<Response<RunJobStream>, Status> {
+        let caller = Caller::of(&request)?;
         let RunJobRequest { spec, request_id } = request.into_inner();
         let spec = spec.ok_or_else(|| deephardway::errors::invalid_field("spec", "is required"))?;
-        let (job, _) = self.ctx.lifecycle.submit(spec, &request_id).await?;
-        let events = follow(self.ctx.clone(), job.id, 0);
+        let (job, _) = self.ctx.lifecycle.submit(spec, &request_id, &caller).await?;
+        let events = follow(self.ctx.clone(), caller, job.id, 0);
         Ok(Response::new(Box::pin(events.map(|e| e.map(|event| RunJobResponse { event: Some(event) })))))
     }
 
     type WatchJobStream = WatchJobStream;
 
     async fn watch_job(&self, request: Request<WatchJobRequest>) -> Result<Response<WatchJobStream>, Status> {
+        let caller = Caller::of(&request)?;
         let WatchJobRequest { job_id, after_seq } = request.into_inner();
         // Fail fast on an unknown job, with a status rather than an empty stream.
-        let job = self.ctx.lifecycle.get(&job_id).await?;
+        let job = self.ctx.lifecycle.get_for(&caller, &job_id).await?;
         if after_seq > job.last_seq && is_finished(&job) {
             return Err(deephardway::errors::invalid_field(
                 "after_seq",
                 format!("{after_seq} is past the job's last event ({})", job.last_seq),
             ));
         }
-        let events = follow(self.ctx.clone(), job_id, after_seq);
+        let events = follow(self.ctx.clone(), caller, job_id, after_seq);
         Ok(Response::new(Box::pin(events.map(|e| e.map(|event| WatchJobResponse { event: Some(event) })))))
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let GetJobRequest { job_id, view: asked } = request.into_inner();
         let view = view(asked, JobView::Full)?;
-        let job = self.ctx.lifecycle.get(&job_id).await?;
+        let job = self.ctx.lifecycle.get_for(&caller, &job_id).await?;
         Ok(Response::new(GetJobResponse { job: Some(in_view(job, view)) }))
     }
 
     async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         let state = validate::known_enum::<JobState>("state", req.state)?;
         if !req.model.is_empty() {
@@ -109,7 +122,8 @@ impl JobService for JobsRpc {
         let page_size = validate::page_size(req.page_size, 100)?;
         let view = view(req.view, JobView::Basic)?;
         let after = page_token::decode(&req.page_token)?;
-        let page = self.ctx.lifecycle.list(state, &req.model, page_size, after.as_deref()).await?;
+        let page =
+            self.ctx.lifecycle.list(tenant_filter(&caller), state, &req.model, page_size, after.as_deref()).await?;
         Ok(Response::new(ListJobsResponse {
             jobs: page.jobs.into_iter().map(|job| in_view(job, view)).collect(),
             next_page_token: page.next.as_deref().map(page_token::encode).unwrap_or_default(),
@@ -119,6 +133,7 @@ impl JobService for JobsRpc {
     type WatchJobsStream = Pin<Box<dyn Stream<Item = Result<WatchJobsResponse, Status>> + Send>>;
 
     async fn watch_jobs(&self, request: Request<WatchJobsRequest>) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let caller = Caller::of(&request)?;
         let WatchJobsRequest { snapshot_size, view: asked } = request.into_inner();
         if snapshot_size > 1000 {
             return Err(deephardway::errors::invalid_field(
@@ -131,7 +146,12 @@ impl JobService for JobsRpc {
         let (tx, rx) = mpsc::channel(256);
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            if let Err(status) = forward_job_updates(&ctx, snapshot_size, view, &tx).await {
+            let updates = forward_job_updates(&ctx, &caller, snapshot_size, view, &tx);
+            let ended = tokio::select! {
+                ended = updates => ended,
+                _ = caller.revoked() => Err(auth::revoked_status()),
+            };
+            if let Err(status) = ended {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -139,7 +159,12 @@ impl JobService for JobsRpc {
     }
 
     async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
+        // The request is checked first; then another tenant's job is NOT_FOUND before
+        // anything is changed.
+        validate::reason(&req.reason)?;
+        self.ctx.lifecycle.get_for(&caller, &req.job_id).await?;
         let job = self.ctx.lifecycle.cancel(&req.job_id, &req.reason).await?;
         Ok(Response::new(CancelJobResponse { job: Some(in_view(job, JobView::Basic)) }))
     }
@@ -149,11 +174,16 @@ fn is_finished(job: &Job) -> bool {
     matches!(JobState::try_from(job.state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
 }
 
-/// Streams a job's events after `after_seq` until its final one.
-fn follow(ctx: SharedContext, job_id: String, after_seq: u64) -> EventStream {
+/// Streams a job's events after `after_seq` until its final one, or until the caller's
+/// key is revoked.
+fn follow(ctx: SharedContext, caller: Caller, job_id: String, after_seq: u64) -> EventStream {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        if let Err(status) = forward(&ctx, &job_id, after_seq, &tx).await {
+        let ended = tokio::select! {
+            ended = forward(&ctx, &job_id, after_seq, &tx) => ended,
+            _ = caller.revoked() => Err(auth::revoked_status()),
+        };
+        if let Err(status) = ended {
             let _ = tx.send(Err(status)).await;
         }
     });
@@ -220,6 +250,7 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
 /// the snapshot means nothing is missed; a subscriber that lags gets a fresh snapshot.
 async fn forward_job_updates(
     ctx: &SharedContext,
+    caller: &Caller,
     snapshot_size: usize,
     view: JobView,
     tx: &mpsc::Sender<Result<WatchJobsResponse, Status>>,
@@ -230,9 +261,14 @@ async fn forward_job_updates(
 
     let mut changes = ctx.hub.changes();
     let mut send_snapshot = true;
+    // The ids this stream has shown, so that a removal is sent only for those: a removed
+    // job's record is gone, and with it the tenant it belonged to.
+    let mut shown = std::collections::HashSet::new();
+    let tenant = tenant_filter(caller);
     loop {
         if std::mem::take(&mut send_snapshot) {
-            for job in ctx.lifecycle.list(JobState::Unspecified, "", snapshot_size, None).await?.jobs {
+            for job in ctx.lifecycle.list(tenant, JobState::Unspecified, "", snapshot_size, None).await?.jobs {
+                shown.insert(job.id.clone());
                 let update = WatchJobsResponse { job: Some(in_view(job, view)), removed: false, snapshot: true };
                 if tx.send(Ok(update)).await.is_err() {
                     return Ok(());
@@ -246,9 +282,13 @@ async fn forward_job_updates(
         };
         let update = match change {
             Ok(Change::JobUpdated(job)) => {
+                if !caller.sees(auth::tenant_of(&job.tenant)) {
+                    continue;
+                }
+                shown.insert(job.id.clone());
                 WatchJobsResponse { job: Some(in_view(Job::clone(&job), view)), removed: false, snapshot: false }
             }
-            Ok(Change::JobRemoved { job_id }) => WatchJobsResponse {
+            Ok(Change::JobRemoved { job_id }) if shown.remove(&job_id) => WatchJobsResponse {
                 job: Some(Job { id: job_id, ..Default::default() }),
                 removed: true,
                 snapshot: false,

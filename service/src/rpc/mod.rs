@@ -1,6 +1,7 @@
 //! gRPC handlers, one file per service. They validate, translate and delegate: the
 //! job state machine lives in [`crate::jobs`], the store watch in [`crate::hub`].
 
+pub mod access;
 pub mod datasets;
 pub mod jobs;
 pub mod models;

@@ -1,5 +1,6 @@
 //! `deephardway.v1.ModelService`: what the connected workers serve, read from their records,
-//! and the trained models, which run wherever a worker announces the classifier.
+//! and the trained models of the caller's tenant, which run wherever a worker announces
+//! the classifier.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,7 @@ use deephardway::v1::{JobKind, ListModelsRequest, ListModelsResponse, Model, mod
 use tonic::{Request, Response, Status};
 
 use super::{SharedContext, page_token};
-use crate::{trained_models, validate};
+use crate::{auth::Caller, trained_models, validate};
 
 pub struct ModelsRpc {
     ctx: SharedContext,
@@ -22,6 +23,7 @@ impl ModelsRpc {
 #[tonic::async_trait]
 impl ModelService for ModelsRpc {
     async fn list_models(&self, request: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let ListModelsRequest { kind, page_size, page_token } = request.into_inner();
         validate::known_enum::<JobKind>("kind", kind)?;
         let page_size = validate::page_size(page_size, 100)?;
@@ -47,7 +49,7 @@ impl ModelService for ModelsRpc {
         let classifiers =
             models.remove(&(deephardway::CLASSIFIER_MODEL.to_string(), JobKind::Classify as i32)).unwrap_or_default();
         if kind == 0 || kind == JobKind::Classify as i32 {
-            for trained in trained_models::latest(self.ctx.lifecycle.store()).await? {
+            for trained in trained_models::latest(self.ctx.lifecycle.store(), caller.tenant()).await? {
                 let description = format!(
                     "{} trained on {} (version {}, validation accuracy {:.1}%)",
                     trained.architecture().as_str_name().trim_start_matches("ARCHITECTURE_").to_lowercase(),

@@ -14,7 +14,17 @@
 //! and its session ends. The worker proves it is alive itself (a heartbeat or a report
 //! at least every `worker_heartbeat`, the interval the welcome names); a session that
 //! hears nothing for five intervals ends. Reports are checked before they are stored
-//! (see [`check_report`]).
+//! (see [`reports`]).
+//!
+//! A worker touches only what its own session holds. Each assignment's fence is a random
+//! secret of the job's claim (see [`crate::jobs::Fence`]): the session accepts reports
+//! only for jobs it holds, with their fence; `FetchArtifact` serves only the files the
+//! caller's own assignment names ([`inputs`]); `PublishModel` needs the train job's
+//! fence, and checks the model's files before anything is stored
+//! ([`trained_models::check`]).
+
+mod inputs;
+mod reports;
 
 use std::{
     collections::HashMap,
@@ -25,7 +35,7 @@ use std::{
 use deephardway::{
     errors::{RpcStatus, invalid_field},
     is_final,
-    v1::{Job, JobCancelled, JobKind, JobState, TrainedModel, job_event::Event, job_result, job_spec::Input},
+    v1::{Job, JobCancelled, job_event::Event},
     worker::v1::{
         Assignment, Cancel, ConnectRequest, ConnectResponse, FetchArtifactRequest, FetchArtifactResponse, Hello,
         PublishModelRequest, PublishModelResponse, Report, Welcome, connect_request, connect_response,
@@ -42,13 +52,14 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::SharedContext;
 use crate::{
-    datasets,
+    auth::Caller,
     hub::Change,
-    jobs::{Claimed, Rejected, ServedModel, WorkerRecord},
+    jobs::{Claimed, Fence, Rejected, ServedModel, WorkerRecord},
     keys,
     store::{Op, Txn},
     trained_models, validate,
 };
+use reports::{Expected, check_report};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 256;
@@ -58,11 +69,6 @@ const MAX_SLOTS: u32 = 256;
 const OUTBOUND_SPARE: usize = 32;
 /// A worker silent (or not reading) for this many heartbeat intervals is presumed hung.
 const MISSED_HEARTBEATS: u32 = 5;
-/// Bounds on one report, checked before anything is stored.
-const MAX_OUTPUT_PER_REPORT: usize = 1 << 20;
-const MAX_METRICS: usize = 64;
-const MAX_METRIC_NAME: usize = 128;
-const MAX_PROGRESS_MESSAGE: usize = 4096;
 
 pub type ConnectResponses = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
 pub type ArtifactChunks = Pin<Box<dyn Stream<Item = Result<FetchArtifactResponse, Status>> + Send>>;
@@ -87,7 +93,9 @@ impl WorkerService for WorkersRpc {
     type FetchArtifactStream = ArtifactChunks;
 
     async fn fetch_artifact(&self, request: Request<FetchArtifactRequest>) -> Result<Response<ArtifactChunks>, Status> {
-        let path = request.into_inner().path;
+        let caller = Caller::of(&request)?;
+        let FetchArtifactRequest { path, job_id, fence } = request.into_inner();
+        inputs::check_fetch(&self.ctx.lifecycle, &caller, &job_id, fence, &path).await?;
         let (size, stream) = self.ctx.lifecycle.config().artifacts.get(&path).await?;
         if size == 0 {
             let empty = futures::stream::once(async { Ok(FetchArtifactResponse { data: Vec::new(), total_bytes: 0 }) });
@@ -117,28 +125,19 @@ impl WorkerService for WorkersRpc {
         &self,
         request: Request<PublishModelRequest>,
     ) -> Result<Response<PublishModelResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let PublishModelRequest { job_id, fence, model, config, weights } = request.into_inner();
-        validate::job_id(&job_id)?;
-        let store = self.ctx.lifecycle.store();
-        // Only the job's current assignment may publish: its claim must be the one that
-        // this fence names.
-        let claim = store.get(&keys::claim(&job_id)).await?;
-        if claim.is_none_or(|kv| kv.create_revision as u64 != fence) {
-            return Err(Status::failed_precondition(format!("job {job_id}: this assignment is no longer current")));
-        }
-        let Some((job, _)) = self.ctx.lifecycle.find(&job_id).await? else {
-            return Err(Status::not_found(format!("no job {job_id}")));
-        };
-        if job.state != JobState::Running as i32 {
-            return Err(Status::failed_precondition(format!("job {job_id} is not running")));
-        }
+        // Only the job's current assignment may publish: the caller must present the
+        // secret of the job's live claim, with the key its worker connected with.
+        let (job, fence) = self.ctx.lifecycle.held(&job_id, fence, caller.key()).await?;
         let description = model.ok_or_else(|| invalid_field("model", "is required"))?;
-        let artifacts = &self.ctx.lifecycle.config().artifacts;
-        let published = trained_models::publish(store, artifacts, &job, fence, description, config, weights).await?;
+        let (store, artifacts) = (self.ctx.lifecycle.store(), &self.ctx.lifecycle.config().artifacts);
+        let published = trained_models::publish(store, artifacts, &job, &fence, description, config, weights).await?;
         Ok(Response::new(PublishModelResponse { model: Some(published) }))
     }
 
     async fn connect(&self, request: Request<Streaming<ConnectRequest>>) -> Result<Response<ConnectResponses>, Status> {
+        let caller = Caller::of(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -146,7 +145,8 @@ impl WorkerService for WorkersRpc {
         let Some(ConnectRequest { message: Some(connect_request::Message::Hello(hello)) }) = first else {
             return Err(invalid_field("message", "the first message must be a hello"));
         };
-        let record = record_from_hello(hello)?;
+        let mut record = record_from_hello(hello)?;
+        record.key = caller.key().to_string();
 
         let store = self.ctx.lifecycle.store();
         let ttl = self.ctx.lifecycle.config().worker_lease_ttl;
@@ -179,7 +179,7 @@ impl WorkerService for WorkersRpc {
             running: HashMap::new(),
         };
         session.send(welcome);
-        tokio::spawn(session.run(inbound));
+        tokio::spawn(session.run(inbound, caller));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -209,14 +209,16 @@ fn record_from_hello(hello: Hello) -> Result<WorkerRecord, Status> {
                 context_length: m.context_length,
             })
             .collect(),
+        key: String::new(),
     })
 }
 
 /// A job this session's worker is running.
 struct Running {
-    fence: u64,
-    /// The job's kind, which its result must match.
-    kind: JobKind,
+    /// The claim's fence: its secret is what the worker must present.
+    fence: Fence,
+    /// What the job's reports must fit: its kind, and how many items its input has.
+    expected: Expected,
     deadline: Instant,
     timeout: Duration,
     /// When the worker was told to stop, if it was.
@@ -248,7 +250,7 @@ struct ReadWatch {
 }
 
 impl Session {
-    async fn run(mut self, mut inbound: Streaming<ConnectRequest>) {
+    async fn run(mut self, mut inbound: Streaming<ConnectRequest>, caller: Caller) {
         let worker_id = self.record.worker_id.clone();
         let config = self.ctx.lifecycle.config().clone();
         // The dispatcher hands over claimed jobs with `try_send`: a channel with room for
@@ -309,6 +311,8 @@ impl Session {
                     }
                 }
                 _ = self.ctx.shutdown.cancelled() => break "server shutting down".to_string(),
+                // A revoked worker key ends the session: its jobs go back in line.
+                _ = caller.revoked() => break "its API key was revoked".to_string(),
             }
         };
         tracing::info!(worker = %worker_id, reason = %end, running = self.running.len(), "worker disconnected");
@@ -356,17 +360,17 @@ impl Session {
         let timeout = job.timeout.and_then(|t| Duration::try_from(t).ok()).unwrap_or(Duration::MAX / 2);
         let running = Running {
             fence,
-            kind: job.kind(),
+            expected: Expected::of(&job),
             deadline: Instant::now() + timeout,
             timeout,
             cancel_sent: None,
             pending: Vec::new(),
         };
         self.running.insert(job.id.clone(), running);
-        let (dataset, trained_model) = self.stored_inputs(&job).await;
+        let (dataset, trained_model) = inputs::assignment_inputs(self.ctx.lifecycle.store(), &job).await;
         let assignment = Assignment {
             job_id: job.id.clone(),
-            fence,
+            fence: fence.secret,
             attempt: job.attempts,
             model: job.model.clone(),
             spec: job.spec.clone(),
@@ -378,35 +382,19 @@ impl Session {
         self.on_job_changed(&job).await;
     }
 
-    /// What a train job's dataset or a classify job's model is now. If it is gone (deleted
-    /// after the job was accepted), the worker fails the job, saying so.
-    async fn stored_inputs(&self, job: &Job) -> (Option<deephardway::v1::Dataset>, Option<TrainedModel>) {
-        let store = self.ctx.lifecycle.store();
-        match job.spec.as_ref().and_then(|r| r.input.as_ref()) {
-            Some(Input::Train(train)) if train.dataset_path.is_empty() => {
-                (datasets::find(store, &train.dataset).await.ok(), None)
-            }
-            Some(Input::Classify(_)) if job.kind == JobKind::Classify as i32 => {
-                (None, trained_models::resolve(store, &job.model).await.ok())
-            }
-            _ => (None, None),
-        }
-    }
-
     async fn on_report(&mut self, report: Report) {
         let Report { job_id, fence, event } = report;
         let Some(event) = event.and_then(|e| e.event) else { return };
-        if matches!(event, Event::Queued(_) | Event::Started(_)) {
-            tracing::warn!(job = %job_id, "workers may not report queued or started events");
-            return;
-        }
-        let Some(running) = self.running.get_mut(&job_id).filter(|r| r.fence == fence) else {
+        // Only this session's own jobs, with their fence: a job another session holds is
+        // not in `running`, whatever fence the report carries.
+        let Some(running) = self.running.get_mut(&job_id).filter(|r| r.fence.secret == fence) else {
+            tracing::warn!(job = %job_id, worker = %self.record.worker_id, "dropping a report for a job it does not hold");
             // Not (or no longer) this worker's job: make sure it stops.
             let cancel = Cancel { job_id, reason: "the job is not assigned to this worker".into() };
             self.send(connect_response::Message::Cancel(cancel));
             return;
         };
-        let event = match check_report(event, running.kind) {
+        let event = match check_report(event, running.expected) {
             Ok(event) => event,
             Err(why) => {
                 tracing::warn!(job = %job_id, worker = %self.record.worker_id, "dropping a report: {why}");
@@ -465,14 +453,14 @@ impl Session {
             return;
         }
         let (fence, events) = (running.fence, coalesce(std::mem::take(&mut running.pending)));
-        let outcome = self.ctx.lifecycle.report(id, fence, events.clone()).await;
+        let outcome = self.ctx.lifecycle.report(id, &fence, events.clone()).await;
         self.settle(id, events, outcome).await;
     }
 
     /// Writes every job's pending reports, one transaction per job, all at once: the
     /// store commits them together (one fsync for the embedded store).
     async fn flush_all(&mut self) {
-        let batch: Vec<(String, u64, Vec<Event>)> = self
+        let batch: Vec<(String, Fence, Vec<Event>)> = self
             .running
             .iter_mut()
             .filter(|(_, r)| !r.pending.is_empty())
@@ -483,7 +471,7 @@ impl Session {
         }
         let lifecycle = &self.ctx.lifecycle;
         let outcomes = futures::future::join_all(
-            batch.iter().map(|(id, fence, events)| lifecycle.report(id, *fence, events.clone())),
+            batch.iter().map(|(id, fence, events)| lifecycle.report(id, fence, events.clone())),
         )
         .await;
         for ((id, _, events), outcome) in batch.into_iter().zip(outcomes) {
@@ -543,75 +531,6 @@ impl Session {
     }
 }
 
-/// Checks one report before it is stored. Progress must be a finite fraction in 0..=1
-/// with finite metrics, at most [`MAX_METRICS`] of them, and a bounded message; a report
-/// that breaks these is dropped (`Err`, saying why) and the job's stored state is left as
-/// it was. Output longer than [`MAX_OUTPUT_PER_REPORT`] is cut there (at a character
-/// boundary). A result of another kind than the job's fails the job (INTERNAL), since the
-/// worker ran something other than what was asked and will not run it again.
-fn check_report(event: Event, kind: JobKind) -> Result<Event, String> {
-    match event {
-        Event::Progress(progress) => {
-            if !progress.fraction.is_finite() || !(0.0..=1.0).contains(&progress.fraction) {
-                return Err(format!("progress fraction {} is not within 0 to 1", progress.fraction));
-            }
-            if progress.metrics.len() > MAX_METRICS {
-                return Err(format!("{} metrics; at most {MAX_METRICS}", progress.metrics.len()));
-            }
-            if let Some((name, value)) =
-                progress.metrics.iter().find(|(name, value)| !value.is_finite() || name.len() > MAX_METRIC_NAME)
-            {
-                return Err(format!("metric {:?} = {value} is not a finite number with a short name", truncated(name)));
-            }
-            if progress.message.len() > MAX_PROGRESS_MESSAGE {
-                return Err(format!(
-                    "a progress message of {} bytes; at most {MAX_PROGRESS_MESSAGE}",
-                    progress.message.len()
-                ));
-            }
-            Ok(Event::Progress(progress))
-        }
-        Event::Output(mut output) => {
-            if output.text.len() > MAX_OUTPUT_PER_REPORT {
-                let cut = char_boundary(&output.text, MAX_OUTPUT_PER_REPORT);
-                tracing::warn!(bytes = output.text.len(), "cutting a report's output to {MAX_OUTPUT_PER_REPORT} bytes");
-                output.text.truncate(cut);
-            }
-            Ok(Event::Output(output))
-        }
-        Event::Result(result) => {
-            let reported = match &result.value {
-                Some(job_result::Value::Diagnostic(_)) => JobKind::Diagnostic,
-                Some(job_result::Value::Generate(_)) => JobKind::Generate,
-                Some(job_result::Value::Embed(_)) => JobKind::Embed,
-                Some(job_result::Value::Classify(_)) => JobKind::Classify,
-                Some(job_result::Value::Train(_)) => JobKind::Train,
-                None => JobKind::Unspecified,
-            };
-            if reported == kind {
-                return Ok(Event::Result(result));
-            }
-            let name = |k: JobKind| format!("{k:?}").to_lowercase();
-            Ok(Event::Failed(RpcStatus {
-                code: Code::Internal as i32,
-                message: format!("the worker reported a {} result for a {} job", name(reported), name(kind)),
-                details: Vec::new(),
-            }))
-        }
-        other => Ok(other),
-    }
-}
-
-/// The start of a name a peer sent, for a log line.
-fn truncated(name: &str) -> &str {
-    &name[..char_boundary(name, 64)]
-}
-
-/// The largest character boundary of `text` at or before `at`.
-fn char_boundary(text: &str, at: usize) -> usize {
-    (0..=at.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
-}
-
 /// Merges all output chunks of one flush into a single event, placed where the first
 /// chunk was; every other event keeps its order. Text order is preserved.
 fn coalesce(events: Vec<Event>) -> Vec<Event> {
@@ -645,39 +564,5 @@ mod tests {
         let progress = |f: f64| Event::Progress(JobProgress { fraction: f, ..Default::default() });
         let merged = coalesce(vec![progress(0.1), out("a"), out("b"), progress(0.5), out("c"), progress(0.9)]);
         assert_eq!(merged, vec![progress(0.1), out("abc"), progress(0.5), progress(0.9)]);
-    }
-
-    #[test]
-    fn reports_are_checked_before_they_are_stored() {
-        let progress = |f: f64| Event::Progress(JobProgress { fraction: f, ..Default::default() });
-        for bad in [f64::NAN, f64::INFINITY, -0.1, 1.5] {
-            assert!(check_report(progress(bad), JobKind::Diagnostic).is_err(), "{bad}");
-        }
-        assert_eq!(check_report(progress(0.5), JobKind::Diagnostic), Ok(progress(0.5)));
-        let metric = |v: f64| {
-            Event::Progress(JobProgress {
-                fraction: 0.5,
-                metrics: [("loss".to_string(), v)].into(),
-                ..Default::default()
-            })
-        };
-        assert!(check_report(metric(f64::NAN), JobKind::Train).is_err());
-        assert!(check_report(metric(0.25), JobKind::Train).is_ok());
-        let many = (0..=MAX_METRICS).map(|i| (i.to_string(), 1.0)).collect();
-        assert!(
-            check_report(Event::Progress(JobProgress { metrics: many, ..Default::default() }), JobKind::Train).is_err()
-        );
-
-        let long = Event::Output(JobOutput { text: "é".repeat(MAX_OUTPUT_PER_REPORT) });
-        let Ok(Event::Output(cut)) = check_report(long, JobKind::Generate) else { panic!("output is kept") };
-        assert!(cut.text.len() <= MAX_OUTPUT_PER_REPORT && cut.text.len() > MAX_OUTPUT_PER_REPORT - 4);
-
-        let diagnostic = Event::Result(deephardway::v1::JobResult {
-            value: Some(job_result::Value::Diagnostic(Default::default())),
-        });
-        assert_eq!(check_report(diagnostic.clone(), JobKind::Diagnostic), Ok(diagnostic.clone()));
-        let Ok(Event::Failed(failure)) = check_report(diagnostic, JobKind::Generate) else { panic!("fails the job") };
-        assert_eq!(failure.code, Code::Internal as i32);
-        assert_eq!(failure.message, "the worker reported a diagnostic result for a generate job");
     }
 }

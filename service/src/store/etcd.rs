@@ -63,21 +63,66 @@ struct Keeper {
     responses: LeaseKeepAliveStream,
 }
 
+/// How to get into etcd: TLS for `https://` endpoints (a CA, else the system's roots, and
+/// a client certificate where etcd runs with `--client-cert-auth`), and a user and
+/// password where etcd has auth enabled. Default: neither.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    pub tls: deephardway::ClientTls,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("EtcdAccess").field("tls", &self.tls).field("user", &self.user.as_ref().map(|u| &u.0)).finish()
+    }
+}
+
 impl EtcdStore {
     /// Connects to an etcd cluster, e.g. `["http://127.0.0.1:2379"]`, and checks that it
     /// answers.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore, StoreError> {
+        Self::connect_with(endpoints, &EtcdAccess::default()).await
+    }
+
+    /// Connects with TLS and credentials, and checks that etcd answers and lets this user
+    /// read under the store's prefix. A refused certificate, a wrong password or a missing
+    /// permission fails here, with what etcd said.
+    pub async fn connect_with(endpoints: &[String], access: &EtcdAccess) -> Result<EtcdStore, StoreError> {
         let names = endpoints.join(",");
         let unavailable = |why: String| StoreError::Unavailable(format!("cannot reach etcd at {names}: {why}"));
         if endpoints.is_empty() {
             return Err(StoreError::Unavailable("no etcd endpoints given".into()));
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if endpoints.iter().any(|e| e.starts_with("https://")) {
+            options = options.with_tls(access.tls.config());
+        }
+        if let Some((user, password)) = &access.user {
+            // etcd's tokens expire (5 minutes by default): get a new one when one does.
+            options = options.with_user(user, password).with_auto_token_refresh(true);
+        }
+        let refused = |e: etcd_client::Error| {
+            let user = access.user.as_ref().map(|(user, _)| format!(" as user {user}")).unwrap_or_default();
+            match &e {
+                etcd_client::Error::GRpcStatus(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    StoreError::Unavailable(format!("etcd at {names} refused access{user}: {}", status.message()))
+                }
+                _ => unavailable(format!("{}", ErrorChain(&e))),
+            }
+        };
         let client = match tokio::time::timeout(CONNECT_TIMEOUT, Client::connect(endpoints, Some(options))).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
+            Ok(Err(e)) => return Err(refused(e)),
             Err(_) => return Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         };
         let store = EtcdStore {
@@ -92,7 +137,7 @@ impl EtcdStore {
         match tokio::time::timeout(CONNECT_TIMEOUT, kv.get(PROBE_KEY, Some(GetOptions::new().with_count_only()))).await
         {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Ok(Err(e)) => Err(refused(e)),
             Err(_) => Err(unavailable(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         }
     }
@@ -178,8 +223,9 @@ impl EtcdStore {
     }
 }
 
-/// A key read only for its response header (the current revision).
-const PROBE_KEY: &str = "\0";
+/// A key read only for its response header (the current revision): under the store's
+/// prefix, which is all an etcd user for the service needs to be granted.
+const PROBE_KEY: &str = crate::keys::ROOT;
 
 #[async_trait]
 impl Store for EtcdStore {
@@ -468,5 +514,21 @@ fn store_error(error: etcd_client::Error, lease: LeaseId) -> StoreError {
             StoreError::Unavailable(format!("etcd: {e}"))
         }
         e => StoreError::Internal(format!("etcd: {e}")),
+    }
+}
+
+/// An error and its sources, one after another: a TLS failure is three levels down in
+/// etcd-client's transport error.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }

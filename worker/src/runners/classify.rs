@@ -49,9 +49,8 @@ impl ClassifyRunner {
             *used = tick();
             return Ok(classifier.clone());
         }
-        let config =
-            self.cache.get(&job.service, &format!("{artifact}/config.json")).await.fail_with(Code::Unavailable)?;
-        self.cache.get(&job.service, &format!("{artifact}/model.safetensors")).await.fail_with(Code::Unavailable)?;
+        let config = self.cache.get(job, &format!("{artifact}/config.json")).await.fail_with(Code::Unavailable)?;
+        self.cache.get(job, &format!("{artifact}/model.safetensors")).await.fail_with(Code::Unavailable)?;
         let dir = config.parent().expect("a file has a folder").to_path_buf();
         let device = self.device.clone();
         let classifier = tokio::task::spawn_blocking(move || Classifier::load(&dir, &device))

@@ -91,7 +91,7 @@ impl TrainRunner {
         };
         let archive = self
             .cache
-            .get(&job.service, &dataset.artifact)
+            .get(job, &dataset.artifact)
             .await
             .map_err(|e| Status::unavailable(format!("dataset {}: {e:#}", dataset.name)))?;
         Ok((dataset.name.clone(), Location::Archive(archive)))
@@ -176,6 +176,7 @@ impl Runner for TrainRunner {
             ..Default::default()
         }));
         let (train_set, test_set) = self.decode(location, &input, &options).await?;
+        let (decoded_images, separate_test_set) = (train_set.files.len(), test_set.is_some());
 
         let started = Instant::now();
         let epochs = options.epochs;
@@ -201,6 +202,12 @@ impl Runner for TrainRunner {
                 train_accuracy: last.train_accuracy,
                 validation_accuracy: last.validation_accuracy.unwrap_or(0.0),
                 validation_images: last.validation_images as u32,
+                // Without a test set, the held-out images came out of the decoded ones.
+                train_images: if separate_test_set {
+                    decoded_images
+                } else {
+                    decoded_images.saturating_sub(last.validation_images)
+                } as u32,
                 epoch_ms,
                 seed: trained.seed,
             })),

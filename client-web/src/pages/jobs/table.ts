@@ -148,6 +148,10 @@ export function jobsTableView(ctx: AppContext, opts: JobsTableOptions): JobsTabl
       if (controller) return;
       controller = new AbortController();
       table = emptyTable();
+      live.textContent = "connecting…";
+      live.className = "live";
+      // A restart (after signing in, say) begins clean: an old stream's error is stale.
+      error.clear();
       render();
       void watchLoop(controller.signal);
       // Running and queued jobs' durations grow: redraw every second while there are some.

@@ -1,0 +1,68 @@
+//! Which roles may call which method: one table, so that a method nobody listed is
+//! refused rather than open. Tenancy is not decided here but by the handlers, which see
+//! the caller's tenant (see [`super::Caller`]).
+
+use super::Role;
+
+/// Who may call a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a key: health checks, and reflection (it shows the API's shape,
+    /// which `proto/` publishes anyway, so grpcurl works before a key is at hand).
+    Public,
+    /// Callers with one of these roles.
+    Roles(&'static [Role]),
+    /// Nobody: a method this table does not know.
+    Unknown,
+}
+
+const READ: &[Role] = &[Role::Admin, Role::Submitter, Role::Viewer];
+const WRITE: &[Role] = &[Role::Admin, Role::Submitter];
+const ADMIN: &[Role] = &[Role::Admin];
+/// The worker protocol is for worker keys only: an admin key is a person's, and a
+/// client key must never receive other people's jobs.
+const WORKER: &[Role] = &[Role::Worker];
+
+/// The access rule for a gRPC path (`/package.Service/Method`).
+pub fn access(path: &str) -> Access {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+        return Access::Unknown;
+    };
+    match (service, method) {
+        ("grpc.health.v1.Health", _)
+        | ("grpc.reflection.v1.ServerReflection", _)
+        | ("grpc.reflection.v1alpha.ServerReflection", _) => Access::Public,
+        ("deephardway.v1.JobService", "CreateJob" | "RunJob" | "CancelJob") => Access::Roles(WRITE),
+        ("deephardway.v1.JobService", "GetJob" | "ListJobs" | "WatchJob" | "WatchJobs") => Access::Roles(READ),
+        ("deephardway.v1.ModelService", "ListModels") => Access::Roles(READ),
+        ("deephardway.v1.DatasetService", "CreateDataset" | "DeleteDataset") => Access::Roles(WRITE),
+        ("deephardway.v1.DatasetService", "ListDatasets" | "GetDataset") => Access::Roles(READ),
+        ("deephardway.v1.KeyService", "CreateKey" | "ListKeys" | "RevokeKey") => Access::Roles(ADMIN),
+        ("deephardway.v1.UsageService", "ListUsage") => Access::Roles(READ),
+        ("deephardway.worker.v1.WorkerService", "Connect" | "FetchArtifact" | "PublishModel") => Access::Roles(WORKER),
+        _ => Access::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_get_what_the_issue_says_and_unknown_methods_nothing() {
+        let allows = |path: &str, role: Role| matches!(access(path), Access::Roles(roles) if roles.contains(&role));
+        assert!(allows("/deephardway.v1.JobService/CreateJob", Role::Submitter));
+        assert!(!allows("/deephardway.v1.JobService/CreateJob", Role::Viewer));
+        assert!(!allows("/deephardway.v1.JobService/CreateJob", Role::Worker));
+        assert!(allows("/deephardway.v1.JobService/ListJobs", Role::Viewer));
+        assert!(!allows("/deephardway.v1.JobService/ListJobs", Role::Worker));
+        assert!(allows("/deephardway.worker.v1.WorkerService/Connect", Role::Worker));
+        assert!(!allows("/deephardway.worker.v1.WorkerService/Connect", Role::Submitter));
+        assert!(!allows("/deephardway.worker.v1.WorkerService/Connect", Role::Admin));
+        assert!(allows("/deephardway.v1.KeyService/CreateKey", Role::Admin));
+        assert!(!allows("/deephardway.v1.KeyService/CreateKey", Role::Submitter));
+        assert_eq!(access("/grpc.health.v1.Health/Check"), Access::Public);
+        assert_eq!(access("/deephardway.v1.JobService/DropTables"), Access::Unknown);
+        assert_eq!(access("/nonsense"), Access::Unknown);
+    }
+}
