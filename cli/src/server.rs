@@ -53,6 +53,10 @@ pub struct ServiceFlags {
     /// port can then connect as a worker, read every job and forge results.
     #[arg(long)]
     insecure: bool,
+    /// Serve `/metrics` without a key even with --auth on (for a Prometheus that cannot
+    /// send one; the numbers show queue sizes and model names).
+    #[arg(long, env = "DEEPHARDWAY_METRICS_PUBLIC")]
+    metrics_public: bool,
     /// Most jobs waiting in line; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = defaults::MAX_QUEUE_DEPTH,
           value_parser = clap::value_parser!(u64).range(limits::MAX_QUEUE_DEPTH).map(|v| v as usize))]
@@ -211,6 +215,7 @@ impl ServiceFlags {
                 start_timeout: Duration::from_millis(self.connection_start_timeout_ms),
             },
             auth: self.auth()?,
+            metrics_public: self.metrics_public,
             tls: self.tls()?,
             ..ServiceConfig::default()
         })

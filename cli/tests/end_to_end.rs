@@ -538,6 +538,8 @@ async fn finished_jobs_are_removed_after_retention(backend: Backend) {
             Err(status) if status.code() == Code::NotFound => {
                 let left = server.store.range(&format!("/dhw/events/{id}/"), 0).await.unwrap();
                 assert!(left.kvs.is_empty(), "events outlived their job");
+                let spec = server.store.get(&deephardway_service::keys::spec(&id)).await.unwrap();
+                assert!(spec.is_none(), "the request outlived its job");
                 server.shutdown().await;
                 return;
             }
@@ -866,4 +868,121 @@ async fn datasets_are_created_paged_got_and_deleted(backend: Backend) {
     let bad = CreateDatasetRequest { name: "bad".into(), archive: b"hello".to_vec() };
     assert_invalid_field(&datasets.create_dataset(bad).await.unwrap_err(), "archive");
     server.shutdown().await;
+}
+
+/// A request body that does not decode is INVALID_ARGUMENT (tonic alone answers INTERNAL),
+/// for unary and server-streaming calls, over gRPC (HTTP/2 frames made by hand: tonic's
+/// framing around bytes that are no protobuf message) and over grpc-web (HTTP/1.1, the
+/// body framed by hand); and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_requests_are_invalid_argument_and_change_nothing() {
+    use http_body_util::BodyExt;
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let before = server.store.range("/dhw/", 0).await.unwrap();
+    // Field 1 with wire type 7 (there is none); a length running past the end; a
+    // varint that never ends.
+    let bodies: [&[u8]; 3] = [&[0x0f, 0xff, 0xff], &[0x0a, 0x10, 0x01], &[0x08, 0xff, 0xff, 0xff]];
+    let unary = ["/deephardway.v1.JobService/CreateJob", "/deephardway.v1.JobService/GetJob"];
+    let streaming = ["/deephardway.v1.JobService/RunJob", "/deephardway.v1.JobService/WatchJobs"];
+    let check = |status: &tonic::Status, how: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{how}: {status:?}");
+        assert!(status.message().contains("did not decode"), "{how}: {}", status.message());
+    };
+
+    let channel = tonic::transport::Channel::from_shared(server.url.clone()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for body in bodies {
+        for path in unary {
+            grpc.ready().await.unwrap();
+            let path = http::uri::PathAndQuery::from_static(path);
+            let status = grpc.unary(tonic::Request::new(body.to_vec()), path.clone(), raw::Codec).await.unwrap_err();
+            check(&status, &format!("{path} {body:?}"));
+        }
+        for path in streaming {
+            grpc.ready().await.unwrap();
+            let path = http::uri::PathAndQuery::from_static(path);
+            let request = tonic::Request::new(body.to_vec());
+            let status = grpc.server_streaming(request, path.clone(), raw::Codec).await.unwrap_err();
+            check(&status, &format!("{path} {body:?}"));
+        }
+    }
+
+    // grpc-web: one frame (flag 0, big-endian length, bytes); the status comes in the
+    // headers of a trailers-only answer, or in the body's trailer frame.
+    let http1 = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<bytes::Bytes>>();
+    for path in unary.into_iter().chain(streaming) {
+        let body = bodies[0];
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(body);
+        let request = http::Request::post(format!("{}{path}", server.url))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+            .unwrap();
+        let response = http1.request(request).await.expect("grpc-web POST");
+        assert!(response.status().is_success(), "{path}: {:?}", response.status());
+        let mut headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        if let Some(trailers) = body.get(5..).filter(|_| body.first() == Some(&0x80)) {
+            for line in String::from_utf8_lossy(trailers).split("\r\n").filter(|l| !l.is_empty()) {
+                let (name, value) = line.split_once(':').expect("a trailer line");
+                headers.insert(
+                    http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                    value.trim().parse().unwrap(),
+                );
+            }
+        }
+        let status =
+            tonic::Status::from_header_map(&headers).unwrap_or_else(|| panic!("{path}: no status: {headers:?}"));
+        check(&status, &format!("grpc-web {path}"));
+    }
+
+    let after = server.store.range("/dhw/", 0).await.unwrap();
+    assert_eq!(before.kvs, after.kvs, "undecodable requests changed the store");
+    server.shutdown().await;
+}
+
+/// A codec that sends bytes as they are and reads answers as bytes: requests made by hand.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::{
+        Status,
+        codec::{DecodeBuf, Decoder, EncodeBuf, Encoder},
+    };
+
+    pub struct Codec;
+
+    impl tonic::codec::Codec for Codec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Codec;
+        type Decoder = Codec;
+        fn encoder(&mut self) -> Codec {
+            Codec
+        }
+        fn decoder(&mut self) -> Codec {
+            Codec
+        }
+    }
+
+    impl Encoder for Codec {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Codec {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+        }
+    }
 }

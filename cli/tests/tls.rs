@@ -526,6 +526,15 @@ async fn the_readme_secure_deployment_runs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ran = ran.expect("alice's job ran");
+    // The generated Python client, over TLS with alice's key as call metadata.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut python = Command::new(tool("python", "DEEPHARDWAY_PYTHON"));
+    python.arg(root.join("cli/tests/python/client.py")).arg(root.join("proto")).arg(format!("localhost:{port_b}"));
+    python.args(["2", "--ca-cert", &ca, "--key", &alice]).stdin(Stdio::null()).kill_on_drop(true);
+    let from_python = finish(python, Duration::from_secs(60)).await;
+    assert!(from_python.status.success(), "{}", text(&from_python));
+    let printed = String::from_utf8_lossy(&from_python.stdout).replace(": ", ":");
+    assert!(printed.contains(r#""tenant":"research""#), "{}", text(&from_python));
     let listed = cli(&["jobs", "--server", &url_a], &alice).await;
     assert!(
         listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("succeeded"),

@@ -39,6 +39,8 @@ pub struct ServiceConfig {
     pub tls: Option<ServerTls>,
     /// Whether callers need an API key, and the keys given to the process (see `auth`).
     pub auth: AuthConfig,
+    /// Serve `/metrics` without a key even with auth on.
+    pub metrics_public: bool,
 }
 
 /// The default of each tunable, in the units its flag takes.
@@ -90,6 +92,7 @@ impl Default for ServiceConfig {
             },
             tls: None,
             auth: AuthConfig::default(),
+            metrics_public: false,
         }
     }
 }

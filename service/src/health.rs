@@ -1,5 +1,10 @@
-//! `grpc.health.v1`: SERVING while the job store answers, NOT_SERVING while it does not.
-//! Load balancers and `grpc_health_probe` read it; the check is a cheap revision read.
+//! `grpc.health.v1`: SERVING while the job store can commit, NOT_SERVING while it cannot.
+//! Load balancers and `grpc_health_probe` read it. The check is [`Store::health`]: for
+//! etcd, what its background probes of every member last found (so one member of three
+//! down does not flap it, and a lost quorum shows within about 1.5 s); for the embedded
+//! store, a revision read.
+//!
+//! [`Store::health`]: crate::store::Store::health
 
 use std::time::Duration;
 
@@ -8,8 +13,9 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::store::SharedStore;
 
-const CHECK_EVERY: Duration = Duration::from_secs(2);
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Often, so that a change shows within a fraction of a second: the check is cheap.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The services whose status follows the store's ("" is the server as a whole).
 const SERVICES: &[&str] = &[
@@ -23,7 +29,7 @@ const SERVICES: &[&str] = &[
 /// Checks the store once (so the answer is right from the first request), then keeps
 /// checking in the background.
 pub async fn start(store: SharedStore, reporter: HealthReporter, shutdown: CancellationToken) {
-    let mut last = check(&store).await;
+    let mut last = check(&store, None).await;
     set_all(&reporter, last).await;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -35,7 +41,7 @@ pub async fn start(store: SharedStore, reporter: HealthReporter, shutdown: Cance
                     return;
                 }
             }
-            let status = check(&store).await;
+            let status = check(&store, Some(last)).await;
             if status != last {
                 set_all(&reporter, status).await;
                 last = status;
@@ -44,15 +50,24 @@ pub async fn start(store: SharedStore, reporter: HealthReporter, shutdown: Cance
     });
 }
 
-async fn check(store: &SharedStore) -> ServingStatus {
-    match tokio::time::timeout(CHECK_TIMEOUT, store.revision()).await {
-        Ok(Ok(_)) => ServingStatus::Serving,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "job store health check failed");
-            ServingStatus::NotServing
+/// The store's status; logged when it changes (the check runs four times a second).
+async fn check(store: &SharedStore, last: Option<ServingStatus>) -> ServingStatus {
+    let failure = match tokio::time::timeout(CHECK_TIMEOUT, store.health()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+    };
+    match failure {
+        None => {
+            if last == Some(ServingStatus::NotServing) {
+                tracing::info!("job store healthy again: SERVING");
+            }
+            ServingStatus::Serving
         }
-        Err(_) => {
-            tracing::warn!("job store health check timed out");
+        Some(why) => {
+            if last != Some(ServingStatus::NotServing) {
+                tracing::warn!(error = %why, "job store health check failed: NOT_SERVING");
+            }
             ServingStatus::NotServing
         }
     }

@@ -2,7 +2,9 @@
 //! watch on that prefix shows a replica every change.
 //!
 //! ```text
-//! /dhw/jobs/<id>                              Job record (protobuf)
+//! /dhw/jobs/<id>                              Job record (protobuf), without its input
+//! /dhw/specs/<id>                             the job's request (protobuf JobSpec, input
+//!                                             included), written once at submit
 //! /dhw/events/<id>/<seq:020>                  one event of the job (protobuf), append-only
 //! /dhw/queue/<model>/<rank:03><created:020>/<id>  a queued job; key order = dispatch order
 //! /dhw/claims/<id>                            the worker running the job, on its lease
@@ -30,12 +32,18 @@
 //! and carry their tenant in the record, which every read checks
 //! (`JobLifecycle::get_for`).
 //!
+//! A job's record is rewritten on every transition and progress report, so it holds
+//! only what changes and what lists need; its request, which can be megabytes of input,
+//! is written once under `/dhw/specs/` (see `jobs::specs`). Records written before that
+//! split hold their whole spec and have no spec key.
+//!
 //! `rank` is `100 - priority`, so higher priorities sort first; `created` is the job's
 //! submission time in microseconds, so equal priorities run first-come first-served,
 //! and a job put back in line after a worker was lost keeps its original place.
 
 pub const ROOT: &str = "/dhw/";
 pub const JOBS: &str = "/dhw/jobs/";
+pub const SPECS: &str = "/dhw/specs/";
 pub const EVENTS: &str = "/dhw/events/";
 pub const QUEUE: &str = "/dhw/queue/";
 pub const CLAIMS: &str = "/dhw/claims/";
@@ -50,6 +58,11 @@ pub const SERVED: &str = "/dhw/served/";
 
 pub fn job(id: &str) -> String {
     format!("{JOBS}{id}")
+}
+
+/// A job's request, apart from its often-rewritten record.
+pub fn spec(id: &str) -> String {
+    format!("{SPECS}{id}")
 }
 
 pub fn events(id: &str) -> String {

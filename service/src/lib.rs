@@ -14,6 +14,7 @@
 //!   passes before anything is written; [`time`]: timestamps as records and keys hold them.
 //! - [`auth`]: API keys (roles, tenants), checked in front of every call; [`quota`]: the
 //!   per-key limits on submitting; [`usage`]: what each key's jobs used.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`, recorded where each step happens.
 //! - [`hub`]: the replica's single store watch, fanned out to job watchers and to the
 //!   background tasks below.
 //! - [`dispatch`]: hands queued jobs to this replica's connected workers.
@@ -23,21 +24,25 @@
 //! - [`health`]: `grpc.health.v1`, following the store's health.
 //! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
 //! - [`server`]: everything above on one port, with grpc-web, reflection and health;
+//!   [`decode_errors`]: INVALID_ARGUMENT for a request that does not decode;
 //!   [`connections`]: how many connections it keeps, and how soon each must speak;
 //!   [`tls`]: TLS and mutual TLS on that port (rustls).
-//! - [`local_etcd`]: a throwaway etcd process, for the benchmark and the tests.
+//! - [`local_etcd`]: a throwaway etcd process (or a cluster of them, to fail members), for
+//!   the benchmark and the tests.
 
 pub mod artifacts;
 pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod datasets;
+pub mod decode_errors;
 pub mod dispatch;
 pub mod health;
 pub mod hub;
 pub mod jobs;
 pub mod keys;
 pub mod local_etcd;
+pub mod metrics;
 pub mod quota;
 pub mod reaper;
 pub mod rpc;

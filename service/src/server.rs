@@ -26,6 +26,7 @@ use crate::{
     health,
     hub::Hub,
     jobs::JobLifecycle,
+    metrics::{self, Metrics},
     reaper,
     rpc::{
         Context,
@@ -62,6 +63,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let store = metrics::store::metered(store, metrics.clone());
     let hub = Hub::start(store.clone(), token.clone()).await?;
     // An upload is one message. Up to twice the archive limit it is decoded, so that the
     // handler can refuse an archive too large with INVALID_ARGUMENT and the limit; beyond
@@ -73,7 +76,8 @@ pub async fn serve(
         false => Auth::off(),
         true => Auth::with(KeyRing::start(store.clone(), &hub, &config.auth.fixed_keys, token.clone()).await?),
     };
-    let lifecycle = JobLifecycle::new(store.clone(), config);
+    let metrics_public = config.metrics_public;
+    let lifecycle = JobLifecycle::new(store.clone(), config).with_metrics(metrics);
     usage::start(store.clone(), &hub, token.clone());
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
     reaper::start(lifecycle.clone(), &hub, token.clone());
@@ -124,12 +128,14 @@ pub async fn serve(
     // grpc-web translation wraps the gRPC routes only: it refuses other HTTP/1 requests,
     // and the web client's files are plain HTTP/1 GETs.
     // Authentication wraps the gRPC routes inside grpc-web's translation, so both reach it
-    // as gRPC.
+    // as gRPC; so does the answer to a request that does not decode (`decode_errors`).
     let grpc = grpc
         .routes()
         .into_axum_router()
-        .layer(axum::middleware::from_fn_with_state(auth, crate::auth::layer::authenticate))
+        .layer(axum::middleware::from_fn(crate::decode_errors::invalid_argument))
+        .layer(axum::middleware::from_fn_with_state(auth.clone(), crate::auth::layer::authenticate))
         .layer(tonic_web::GrpcWebLayer::new());
+    let grpc = metrics::endpoint::route(grpc, ctx.lifecycle.clone(), auth, metrics_public);
     let routes = tonic::service::Routes::from(web::with_client(grpc, &web));
     let router = tonic::transport::Server::builder()
         .accept_http1(true)

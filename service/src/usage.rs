@@ -35,7 +35,14 @@ pub fn start(store: SharedStore, hub: &Hub, shutdown: CancellationToken) {
             };
             match change {
                 Ok(Change::JobUpdated(job)) if is_finished(&job) => {
-                    if let Err(e) = record(&store, &job).await {
+                    let counted = async {
+                        let mut job = Job::clone(&job);
+                        if counts_input(&job) {
+                            crate::jobs::join_spec(store.as_ref(), &mut job).await?;
+                        }
+                        record(&store, &job).await
+                    };
+                    if let Err(e) = counted.await {
                         tracing::warn!(job = %job.id, error = %e, "could not count the job's usage");
                     }
                 }
@@ -57,7 +64,16 @@ fn name(kind: JobKind) -> String {
     kind.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase()
 }
 
-/// Adds what `job` used to `usage`.
+/// Whether [`add`] counts items of the job's input (texts, images, epochs), which the
+/// record the hub carries leaves out (see `jobs::specs`): only then is it read.
+fn counts_input(job: &Job) -> bool {
+    matches!(
+        job.result.as_ref().and_then(|r| r.value.as_ref()),
+        Some(job_result::Value::Embed(_) | job_result::Value::Classify(_) | job_result::Value::Train(_))
+    )
+}
+
+/// Adds what `job` used to `usage`; `job` must hold its whole request.
 pub fn add(usage: &mut Usage, job: &Job) {
     let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
     let outcome = state.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase();

@@ -121,3 +121,37 @@ async fn embedded_watch_from_a_compacted_revision_fails() {
     let first = recent.next().await.unwrap().unwrap();
     assert_eq!(first.kv.mod_revision, current - 5);
 }
+
+/// History is bounded in bytes too: overwriting one key with large values (data O(1),
+/// updates many) keeps the file at the live value plus the byte bound, however many
+/// writes there are; a watch from a compacted revision fails with `Compacted` (watchers
+/// re-list), one from the kept history still replays. With history bounded only in
+/// revisions, 200 writes of 1 MiB kept 200 MiB of old values (a 520 MiB file).
+#[tokio::test]
+async fn embedded_history_is_bounded_in_bytes() {
+    use deephardway_service::store::{Op, Store, StoreError, Txn, embedded::HistoryLimits};
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = HistoryLimits { revisions: 100_000, bytes: 8 << 20 };
+    let store = EmbeddedStore::open_with_limits(dir.path(), limits).await.unwrap();
+    let first = store.revision().await.unwrap() + 1;
+    for i in 0..200u32 {
+        let mut value = vec![0u8; 1 << 20];
+        value[..4].copy_from_slice(&i.to_le_bytes());
+        store.txn(Txn::new().then(Op::put("/big", value))).await.unwrap();
+    }
+    let size = std::fs::metadata(store.path()).unwrap().len();
+    assert!(size <= 64 << 20, "store.redb is {} MiB", size >> 20);
+    let current = store.revision().await.unwrap();
+    match store.watch("/big", first).await {
+        Err(StoreError::Compacted { oldest, .. }) => assert!(oldest > current - 8 && oldest <= current, "{oldest}"),
+        Err(other) => panic!("expected Compacted, got {other:?}"),
+        Ok(_) => panic!("expected Compacted, got a stream"),
+    }
+    let mut recent = store.watch("/big", current - 2).await.expect("recent history is kept");
+    for revision in current - 2..=current {
+        let event = recent.next().await.unwrap().unwrap();
+        assert_eq!(event.kv.mod_revision, revision);
+        assert_eq!(event.kv.value[..4], ((revision - first) as u32).to_le_bytes());
+    }
+}

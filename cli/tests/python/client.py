@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("target")
     parser.add_argument("steps", type=int)
     parser.add_argument("--ca-cert", help="connect over TLS, trusting this CA (PEM)")
+    parser.add_argument("--key", help="the API key to call with (authorization: Bearer KEY)")
     args = parser.parse_args()
     proto_dir, target, steps = args.proto_dir, args.target, args.steps
     out_dir = tempfile.mkdtemp()
@@ -57,13 +58,15 @@ def main() -> None:
             channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca.read()))
     else:
         channel = grpc.insecure_channel(target)
+    # The API key travels as call metadata, as in every gRPC library.
+    metadata = (("authorization", f"Bearer {args.key}"),) if args.key else ()
     with channel:
         stub = jobs_pb2_grpc.JobServiceStub(channel)
 
         # A bad field: INVALID_ARGUMENT, with a google.rpc.Status in the trailers.
         bad = jobs_pb2.JobSpec(diagnostic=inputs_pb2.DiagnosticInput(steps=0))
         try:
-            stub.CreateJob(jobs_pb2.CreateJobRequest(spec=bad))
+            stub.CreateJob(jobs_pb2.CreateJobRequest(spec=bad), metadata=metadata)
             raise SystemExit("a job with 0 steps was accepted")
         except grpc.RpcError as error:
             details = dict(error.trailing_metadata() or ()).get("grpc-status-details-bin")
@@ -83,10 +86,10 @@ def main() -> None:
 
         spec = jobs_pb2.JobSpec(diagnostic=inputs_pb2.DiagnosticInput(steps=steps, step_ms=10, echo="from python"))
         spec.timeout.FromSeconds(60)
-        job = stub.CreateJob(jobs_pb2.CreateJobRequest(spec=spec, request_id="python-1")).job
-        for response in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id, after_seq=0)):
+        job = stub.CreateJob(jobs_pb2.CreateJobRequest(spec=spec, request_id="python-1"), metadata=metadata).job
+        for response in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id, after_seq=0), metadata=metadata):
             print(json_format.MessageToJson(response.event, indent=None), flush=True)
-        final = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id)).job
+        final = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id), metadata=metadata).job
         print(json_format.MessageToJson(final, indent=None), flush=True)
 
 

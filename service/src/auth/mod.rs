@@ -12,7 +12,7 @@
 //! - [`api_keys`]: the stored keys (`/dhw/keys/<name>`): create, list, revoke;
 //! - [`keyring`]: the keys this replica accepts, kept fresh through the hub;
 //! - [`policy`]: which roles may call which method;
-//! - [`layer`]: the middleware in front of the gRPC routes.
+//! - [`layer`]: the middleware in front of the gRPC routes (and the check `/metrics` makes).
 
 pub mod api_keys;
 pub mod keyring;

@@ -19,12 +19,17 @@ pub enum Access {
 const READ: &[Role] = &[Role::Admin, Role::Submitter, Role::Viewer];
 const WRITE: &[Role] = &[Role::Admin, Role::Submitter];
 const ADMIN: &[Role] = &[Role::Admin];
+/// Prometheus's scrape: operators' keys (a viewer key is the usual choice for it).
+const METRICS: &[Role] = &[Role::Admin, Role::Viewer];
 /// The worker protocol is for worker keys only: an admin key is a person's, and a
 /// client key must never receive other people's jobs.
 const WORKER: &[Role] = &[Role::Worker];
 
 /// The access rule for a gRPC path (`/package.Service/Method`).
 pub fn access(path: &str) -> Access {
+    if path == "/metrics" {
+        return Access::Roles(METRICS);
+    }
     let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
         return Access::Unknown;
     };
@@ -64,5 +69,6 @@ mod tests {
         assert_eq!(access("/grpc.health.v1.Health/Check"), Access::Public);
         assert_eq!(access("/deephardway.v1.JobService/DropTables"), Access::Unknown);
         assert_eq!(access("/nonsense"), Access::Unknown);
+        assert!(allows("/metrics", Role::Viewer) && !allows("/metrics", Role::Submitter));
     }
 }

@@ -57,7 +57,7 @@ fn not_held() -> Status {
 }
 
 impl JobLifecycle {
-    /// The running job `id` and its fence, if `secret` is the fence of the job's current
+    /// The running job `id` (with its whole request) and its fence, if `secret` is the fence of the job's current
     /// claim. The claim exists only while the session holding it lives (it is stored under
     /// that session's lease), so this also proves that the holder is alive. Otherwise
     /// PERMISSION_DENIED.
@@ -77,6 +77,8 @@ impl JobLifecycle {
         if !current {
             return Err(not_held());
         }
+        // Its holder fetches the files its input names, or publishes what it trained.
+        let job = self.with_spec(job).await?;
         Ok((job, Fence { secret, revision: claim.create_revision }))
     }
 }

@@ -15,6 +15,7 @@
 //!
 //! - this file: submit, claim, report, cancel, reads;
 //! - [`fence`]: what proves that a worker holds a job;
+//! - [`specs`]: the job's request, written once apart from its often-rewritten record;
 //! - [`recovery`]: jobs whose worker was lost; [`retention`]: removing old jobs;
 //! - [`served`]: models workers served lately, so their jobs queue while no worker is connected;
 //! - [`records`]: the JSON records of workers and claims; request checks are in
@@ -25,11 +26,13 @@ mod records;
 mod recovery;
 mod retention;
 mod served;
+mod specs;
 
 pub use fence::Fence;
 use records::ClaimRecord;
 pub use records::{ServedModel, WorkerRecord};
 pub use served::{RememberedModel, SERVED_MEMORY};
+pub use specs::join as join_spec;
 
 use deephardway::{
     errors::invalid_field,
@@ -46,6 +49,7 @@ use crate::{
     auth::{Caller, tenant_of},
     config::ServiceConfig,
     keys,
+    metrics::Metrics,
     quota::Quotas,
     store::{Compare, KeyValue, Op, SharedStore, StoreError, Txn},
     time::{micros, now},
@@ -142,6 +146,7 @@ pub struct JobLifecycle {
     store: SharedStore,
     config: ServiceConfig,
     quotas: std::sync::Arc<Quotas>,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 /// What a transition writes besides the job record and its events.
@@ -173,6 +178,10 @@ fn folder_model_name(dataset_path: &str) -> String {
     }
 }
 
+fn is_finished_state(state: i32) -> bool {
+    matches!(JobState::try_from(state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
+}
+
 fn finish(job: &mut Job, state: JobState, change: &mut Change) {
     let finished = now();
     job.state = state as i32;
@@ -198,7 +207,16 @@ impl JobExt for Job {
 
 impl JobLifecycle {
     pub fn new(store: SharedStore, config: ServiceConfig) -> Self {
-        Self { store, config, quotas: Default::default() }
+        Self { store, config, quotas: Default::default(), metrics: Default::default() }
+    }
+
+    /// Records into `metrics` (the server's registry) instead of a private one.
+    pub fn with_metrics(self, metrics: std::sync::Arc<Metrics>) -> Self {
+        Self { metrics, ..self }
+    }
+
+    pub fn metrics(&self) -> &std::sync::Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -286,9 +304,13 @@ impl JobLifecycle {
         let position = self.position(deephardway::served_model(kind, &job.model), &entry).await?;
         let queued = self.event(&id, 1, Event::Queued(JobQueued { position, attempt: 1, reason: "submitted".into() }));
 
+        // The request is written once, under its own key; the record holds the rest.
+        let mut record = job.clone();
+        let spec = specs::split(&mut record).expect("a validated spec has an input");
         let mut txn = Txn::new()
             .when(Compare::absent(keys::job(&id)))
-            .then(Op::put(keys::job(&id), job.encode_to_vec()))
+            .then(spec)
+            .then(Op::put(keys::job(&id), record.encode_to_vec()))
             .then(Op::put(keys::event(&id, 1), queued.encode_to_vec()))
             .then(Op::put(entry, id.clone()));
         if !request_id.is_empty() {
@@ -308,6 +330,7 @@ impl JobLifecycle {
             };
         }
         tracing::info!(job = %id, model = %job.model, position, "job queued");
+        self.metrics.submitted(&job);
         Ok((job, false))
     }
 
@@ -316,7 +339,10 @@ impl JobLifecycle {
             return Ok(None);
         };
         let id = String::from_utf8_lossy(&kv.value).to_string();
-        Ok(self.find(&id).await?.map(|(job, _)| job))
+        match self.find(&id).await? {
+            Some((job, _)) => Ok(Some(self.with_spec(job).await?)),
+            None => Ok(None),
+        }
     }
 
     /// FAILED_PRECONDITION unless a connected worker serves `model` for this kind of job,
@@ -372,7 +398,8 @@ impl JobLifecycle {
         JobEvent { job_id: job_id.to_string(), seq, time: Some(now()), event: Some(event) }
     }
 
-    /// A job and its record's key-value, or `None`.
+    /// A job as its record holds it (see [`specs`]: for jobs submitted since the split,
+    /// without its input) and the record's key-value, or `None`.
     pub async fn find(&self, id: &str) -> Result<Option<(Job, KeyValue)>, Status> {
         let Some(kv) = self.store.get(&keys::job(id)).await? else {
             return Ok(None);
@@ -380,26 +407,37 @@ impl JobLifecycle {
         Ok(Some((decode_job(&kv)?, kv)))
     }
 
-    /// A job, or NOT_FOUND.
+    /// A job with its whole request, or NOT_FOUND.
     pub async fn get(&self, id: &str) -> Result<Job, Status> {
         validate::job_id(id)?;
         match self.find(id).await? {
-            Some((job, _)) => Ok(job),
+            Some((job, _)) => self.with_spec(job).await,
             None => Err(Status::not_found(format!("job {id} not found"))),
         }
     }
 
-    /// A job that `caller` may see, or NOT_FOUND: another tenant's job is answered
+    /// `job`, a record as stored, with its whole request (see [`specs`]).
+    pub async fn with_spec(&self, mut job: Job) -> Result<Job, Status> {
+        specs::join(self.store.as_ref(), &mut job).await?;
+        Ok(job)
+    }
+
+    /// The record of a job that `caller` may see (without its input: see
+    /// [`JobLifecycle::with_spec`]), or NOT_FOUND: another tenant's job is answered
     /// exactly like a missing one, so that its existence is not revealed.
     pub async fn get_for(&self, caller: &Caller, id: &str) -> Result<Job, Status> {
-        let job = self.get(id).await?;
+        validate::job_id(id)?;
+        let Some((job, _)) = self.find(id).await? else {
+            return Err(Status::not_found(format!("job {id} not found")));
+        };
         if !caller.sees(tenant_of(&job.tenant)) {
             return Err(Status::not_found(format!("job {id} not found")));
         }
         Ok(job)
     }
 
-    /// Jobs matching the filters, most recent first, older than the job `after` (the
+    /// Records of jobs (without their input: see [`JobLifecycle::with_spec`]) matching
+    /// the filters, most recent first, older than the job `after` (the
     /// last of the previous page) when given. Reads backwards a batch at a time (ids are
     /// UUIDv7, so key order is creation order) and stops at `limit` matches, or after
     /// reading [`MAX_SCANNED`] records, so that one call's work is bounded however
@@ -474,9 +512,14 @@ impl JobLifecycle {
                 let event = self.event(id, job.last_seq, event);
                 txn.ops.push(Op::put(keys::event(id, job.last_seq), event.encode_to_vec()));
             }
+            // A record from before the split moves its input out now (see `specs`).
+            txn.ops.extend(specs::split(&mut job));
             txn.ops.push(Op::put(kv.key.clone(), job.encode_to_vec()));
             txn.ops.extend(change.ops);
             if self.store.txn(txn).await?.succeeded {
+                if is_finished_state(job.state) && !is_finished_state(current.state) {
+                    self.metrics.finished(&job);
+                }
                 return Ok(job);
             }
             if has_extra_compares {
@@ -546,6 +589,7 @@ impl JobLifecycle {
             }),
         );
         let secret = fence::new_secret();
+        let move_spec = specs::split(&mut job);
         let claim =
             ClaimRecord { worker_id: worker.worker_id.clone(), attempt: job.attempts, secret, key: worker.key.clone() };
         let txn = Txn::new()
@@ -556,10 +600,11 @@ impl JobLifecycle {
             .then(Op::put(keys::running(&id), id.clone()))
             .then(Op::put(kv.key.clone(), job.encode_to_vec()))
             .then(Op::put(keys::event(&id, job.last_seq), started.encode_to_vec()));
-        let txn = match job.key.is_empty() {
+        let mut txn = match job.key.is_empty() {
             true => txn,
             false => txn.then(Op::put(keys::running_of(tenant_of(&job.tenant), &job.key, &id), Vec::new())),
         };
+        txn.ops.extend(move_spec);
         let outcome = match self.store.txn(txn).await {
             Ok(outcome) => outcome,
             Err(StoreError::LeaseNotFound(_)) => {
@@ -571,6 +616,9 @@ impl JobLifecycle {
             return Ok(None);
         }
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started");
+        self.metrics.started(&job);
+        // The worker's assignment carries the whole request.
+        let job = self.with_spec(job).await?;
         Ok(Some(Claimed { job, fence: Fence { secret, revision: outcome.revision } }))
     }
 
@@ -687,6 +735,7 @@ impl JobLifecycle {
             return Ok(None);
         }
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started (claim read back)");
+        let job = self.with_spec(job).await?;
         let fence = Fence { secret: record.secret, revision: claim.create_revision };
         Ok(Some(Claimed { job, fence }))
     }

@@ -1,5 +1,5 @@
-//! Removing finished jobs once their retention has passed: the record, its events, its
-//! idempotency key and its done-index entry, oldest first, a page at a time.
+//! Removing finished jobs once their retention has passed: the record, its request, its
+//! events, its idempotency key and its done-index entry, oldest first, a page at a time.
 
 use std::time::SystemTime;
 
@@ -47,8 +47,11 @@ impl JobLifecycle {
             let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
             self.store.txn(txn).await?;
         }
-        let mut txn =
-            Txn::new().then(Op::delete(keys::job(&id))).then(Op::delete(&kv.key)).then(Op::delete(keys::counted(&id)));
+        let mut txn = Txn::new()
+            .then(Op::delete(keys::job(&id)))
+            .then(Op::delete(keys::spec(&id)))
+            .then(Op::delete(&kv.key))
+            .then(Op::delete(keys::counted(&id)));
         if let Some((job, _)) = self.find(&id).await?
             && !job.request_id.is_empty()
         {

@@ -28,6 +28,7 @@ impl DatasetService for DatasetsRpc {
     ) -> Result<Response<CreateDatasetResponse>, Status> {
         let caller = Caller::of(&request)?;
         let CreateDatasetRequest { name, archive } = request.into_inner();
+        self.ctx.lifecycle.metrics().uploaded(archive.len());
         let config = self.ctx.lifecycle.config();
         let dataset = datasets::upload(
             self.ctx.lifecycle.store(),

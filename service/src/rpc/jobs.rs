@@ -48,6 +48,15 @@ impl JobsRpc {
 }
 
 /// A job as `view` asks: BASIC leaves out the input and the result, which can be large.
+/// FULL needs the whole request: records are stored without their input, which is
+/// joined here (one read of `/dhw/specs/<id>`; see `jobs::specs`).
+async fn viewed(ctx: &SharedContext, job: Job, view: JobView) -> Result<Job, Status> {
+    match view {
+        JobView::Full => ctx.lifecycle.with_spec(job).await,
+        _ => Ok(in_view(job, view)),
+    }
+}
+
 fn in_view(mut job: Job, view: JobView) -> Job {
     if view == JobView::Basic {
         if let Some(spec) = job.spec.as_mut() {
@@ -83,7 +92,7 @@ impl JobService for JobsRpc {
         let RunJobRequest { spec, request_id } = request.into_inner();
         let spec = spec.ok_or_else(|| deephardway::errors::invalid_field("spec", "is required"))?;
         let (job, _) = self.ctx.lifecycle.submit(spec, &request_id, &caller).await?;
-        let events = follow(self.ctx.clone(), caller, job.id, 0);
+        let events = follow(self.ctx.clone(), "run_job", caller, job.id, 0);
         Ok(Response::new(Box::pin(events.map(|e| e.map(|event| RunJobResponse { event: Some(event) })))))
     }
 
@@ -100,7 +109,7 @@ impl JobService for JobsRpc {
                 format!("{after_seq} is past the job's last event ({})", job.last_seq),
             ));
         }
-        let events = follow(self.ctx.clone(), caller, job_id, after_seq);
+        let events = follow(self.ctx.clone(), "watch_job", caller, job_id, after_seq);
         Ok(Response::new(Box::pin(events.map(|e| e.map(|event| WatchJobResponse { event: Some(event) })))))
     }
 
@@ -109,7 +118,7 @@ impl JobService for JobsRpc {
         let GetJobRequest { job_id, view: asked } = request.into_inner();
         let view = view(asked, JobView::Full)?;
         let job = self.ctx.lifecycle.get_for(&caller, &job_id).await?;
-        Ok(Response::new(GetJobResponse { job: Some(in_view(job, view)) }))
+        Ok(Response::new(GetJobResponse { job: Some(viewed(&self.ctx, job, view).await?) }))
     }
 
     async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
@@ -124,8 +133,12 @@ impl JobService for JobsRpc {
         let after = page_token::decode(&req.page_token)?;
         let page =
             self.ctx.lifecycle.list(tenant_filter(&caller), state, &req.model, page_size, after.as_deref()).await?;
+        let mut jobs = Vec::with_capacity(page.jobs.len());
+        for job in page.jobs {
+            jobs.push(viewed(&self.ctx, job, view).await?);
+        }
         Ok(Response::new(ListJobsResponse {
-            jobs: page.jobs.into_iter().map(|job| in_view(job, view)).collect(),
+            jobs,
             next_page_token: page.next.as_deref().map(page_token::encode).unwrap_or_default(),
         }))
     }
@@ -146,6 +159,7 @@ impl JobService for JobsRpc {
         let (tx, rx) = mpsc::channel(256);
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
+            let _open = ctx.lifecycle.metrics().stream("watch_jobs");
             let updates = forward_job_updates(&ctx, &caller, snapshot_size, view, &tx);
             let ended = tokio::select! {
                 ended = updates => ended,
@@ -176,9 +190,10 @@ fn is_finished(job: &Job) -> bool {
 
 /// Streams a job's events after `after_seq` until its final one, or until the caller's
 /// key is revoked.
-fn follow(ctx: SharedContext, caller: Caller, job_id: String, after_seq: u64) -> EventStream {
+fn follow(ctx: SharedContext, rpc: &'static str, caller: Caller, job_id: String, after_seq: u64) -> EventStream {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
+        let _open = ctx.lifecycle.metrics().stream(rpc);
         let ended = tokio::select! {
             ended = forward(&ctx, &job_id, after_seq, &tx) => ended,
             _ = caller.revoked() => Err(auth::revoked_status()),
@@ -269,7 +284,8 @@ async fn forward_job_updates(
         if std::mem::take(&mut send_snapshot) {
             for job in ctx.lifecycle.list(tenant, JobState::Unspecified, "", snapshot_size, None).await?.jobs {
                 shown.insert(job.id.clone());
-                let update = WatchJobsResponse { job: Some(in_view(job, view)), removed: false, snapshot: true };
+                let job = viewed(ctx, job, view).await?;
+                let update = WatchJobsResponse { job: Some(job), removed: false, snapshot: true };
                 if tx.send(Ok(update)).await.is_err() {
                     return Ok(());
                 }
@@ -286,7 +302,10 @@ async fn forward_job_updates(
                     continue;
                 }
                 shown.insert(job.id.clone());
-                WatchJobsResponse { job: Some(in_view(Job::clone(&job), view)), removed: false, snapshot: false }
+                // The change carries the record; FULL joins the request (a job removed
+                // meanwhile keeps the record's).
+                let job = viewed(ctx, Job::clone(&job), view).await?;
+                WatchJobsResponse { job: Some(job), removed: false, snapshot: false }
             }
             Ok(Change::JobRemoved { job_id }) if shown.remove(&job_id) => WatchJobsResponse {
                 job: Some(Job { id: job_id, ..Default::default() }),

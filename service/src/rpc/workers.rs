@@ -56,7 +56,7 @@ use crate::{
     hub::Change,
     jobs::{Claimed, Fence, Rejected, ServedModel, WorkerRecord},
     keys,
-    store::{Op, Txn},
+    store::{Op, StoreError, Txn},
     trained_models, validate,
 };
 use reports::{Expected, check_report};
@@ -257,6 +257,8 @@ impl Session {
         // every slot never fills unless this session is stuck, and then it drops the worker.
         let (assign_tx, mut assignments) = mpsc::channel(self.record.slots.max(1) as usize);
         self.ctx.dispatcher.register(self.record.clone(), self.lease, assign_tx);
+        let slots = i64::from(self.record.slots);
+        self.ctx.lifecycle.metrics().worker_session(slots);
         let mut changes = self.ctx.hub.changes();
         let mut flush = tokio::time::interval(config.output_coalesce);
         let mut keepalive = tokio::time::interval(config.worker_lease_ttl / 3);
@@ -305,17 +307,23 @@ impl Session {
                     Err(RecvError::Closed) => break "hub stopped".to_string(),
                 },
                 _ = flush.tick() => self.on_tick().await,
-                _ = keepalive.tick() => {
-                    if let Err(e) = self.ctx.lifecycle.store().lease_keep_alive(self.lease).await {
-                        break format!("worker lease lost: {e}");
+                _ = keepalive.tick() => match self.ctx.lifecycle.store().lease_keep_alive(self.lease).await {
+                    Ok(()) => {}
+                    Err(e @ StoreError::LeaseNotFound(_)) => break format!("worker lease lost: {e}"),
+                    // The store cannot be reached right now (an etcd election, a lost
+                    // quorum): the lease is not lost until it says so. Try again at the
+                    // next tick; a lease that ran out meanwhile is then reported missing.
+                    Err(e) => {
+                        tracing::warn!(worker = %worker_id, error = %e, "could not renew the worker lease; retrying");
                     }
-                }
+                },
                 _ = self.ctx.shutdown.cancelled() => break "server shutting down".to_string(),
                 // A revoked worker key ends the session: its jobs go back in line.
                 _ = caller.revoked() => break "its API key was revoked".to_string(),
             }
         };
         tracing::info!(worker = %worker_id, reason = %end, running = self.running.len(), "worker disconnected");
+        self.ctx.lifecycle.metrics().worker_session(-slots);
         self.ctx.dispatcher.deregister(&worker_id);
         self.flush_all().await;
         // Its claims vanish with the lease; the reaper puts the jobs back in line.

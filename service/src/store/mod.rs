@@ -212,8 +212,15 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a lease now, deleting its keys. Revoking a missing lease is not an error.
     async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError>;
 
-    /// The current revision; also a cheap health check.
+    /// The current revision.
     async fn revision(&self) -> Result<i64, StoreError>;
+
+    /// Whether the store can commit writes now, for `grpc.health.v1`: `Unavailable` if
+    /// not. The default reads the revision; a store that tracks its health in the
+    /// background (etcd: which members can serve) answers from that, without waiting.
+    async fn health(&self) -> Result<(), StoreError> {
+        self.revision().await.map(|_| ())
+    }
 
     /// A name for logs: "embedded" or "etcd".
     fn name(&self) -> &'static str;

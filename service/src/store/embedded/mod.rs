@@ -7,16 +7,19 @@
 //! - **History for watches.** Every revision's changes are also written to a log table.
 //!   A watch from an old revision replays the log, then receives live changes; the
 //!   writer thread does both hand-offs, so nothing falls between them. The log keeps the
-//!   last [`HISTORY`] revisions; older starts fail with `Compacted`.
+//!   last [`HISTORY`] revisions and at most [`HISTORY_BYTES`] of them ([`history`]);
+//!   older starts fail with `Compacted`.
 //! - **Leases** are stored with their deadline (wall clock), so after a crash and restart
 //!   the leases of processes that are gone still expire and their keys are deleted.
 //! - A watcher that falls [`WATCH_BUFFER`] events behind is dropped; its stream ends with
 //!   an error and it resumes from its next revision (the service's hub does).
 //!
 //! Files: this one is the handle and the reads; [`writer`] the thread that owns every
-//! write; [`encoding`] the bytes of entries and log records.
+//! write; [`encoding`] the bytes of entries and log records; [`history`] what of the
+//! log is kept.
 
 mod encoding;
+mod history;
 mod writer;
 
 use std::{
@@ -30,15 +33,12 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use encoding::Entry;
+pub use history::{HISTORY, HISTORY_BYTES, HistoryLimits};
 use tokio::sync::{mpsc, oneshot};
 use writer::{Request, Writer};
 
 use super::{KeyValue, LeaseId, RangeResult, Store, StoreError, Txn, TxnOutcome, WatchStream};
 
-/// Revisions of history kept for watches, by default.
-pub const HISTORY: i64 = 100_000;
-/// History is compacted in steps of at most this many revisions per commit.
-const COMPACTION_STEP: i64 = 10_000;
 /// Events buffered per watcher before it is dropped as too slow.
 const WATCH_BUFFER: usize = 8192;
 /// How often the writer looks for expired leases.
@@ -74,16 +74,21 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`, in the file `store.redb`.
     pub async fn open(dir: impl AsRef<Path>) -> Result<EmbeddedStore, StoreError> {
-        Self::open_with_history(dir, HISTORY).await
+        Self::open_with_limits(dir, HistoryLimits::default()).await
     }
 
     /// Like [`open`](Self::open), keeping `history` revisions for watches.
     pub async fn open_with_history(dir: impl AsRef<Path>, history: i64) -> Result<EmbeddedStore, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, history.max(1))).await.map_err(internal)?
+        Self::open_with_limits(dir, HistoryLimits { revisions: history, ..HistoryLimits::default() }).await
     }
 
-    fn open_blocking(dir: &Path, history: i64) -> Result<EmbeddedStore, StoreError> {
+    /// Like [`open`](Self::open), keeping history for watches within `limits`.
+    pub async fn open_with_limits(dir: impl AsRef<Path>, limits: HistoryLimits) -> Result<EmbeddedStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, limits)).await.map_err(internal)?
+    }
+
+    fn open_blocking(dir: &Path, history: HistoryLimits) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("store.redb");
         let db = Database::create(&path).map_err(|e| internal(format!("cannot open {}: {e}", path.display())))?;

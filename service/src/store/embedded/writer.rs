@@ -15,8 +15,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    COMPACTION_STEP, KV, LEASE_KEYS, LEASE_TICK, LEASES, LOG, META,
+    KV, LEASE_KEYS, LEASE_TICK, LEASES, LOG, META,
     encoding::{Entry, decode_changes, encode_changes},
+    history::{History, HistoryLimits},
     internal, now_ms,
 };
 use crate::store::{Compare, EventKind, KeyValue, LeaseId, Op, StoreError, Txn, TxnOutcome, WatchEvent};
@@ -44,7 +45,9 @@ pub(super) struct Writer {
     db: Arc<Database>,
     revision: i64,
     compacted: i64,
-    history: i64,
+    /// The log's revisions and sizes, and its bounds.
+    history: History,
+    limits: HistoryLimits,
     next_lease: i64,
     /// Lease deadlines, mirrored in memory so expiry needs no scan.
     deadlines: HashMap<LeaseId, i64>,
@@ -80,7 +83,7 @@ impl Reply {
 }
 
 impl Writer {
-    pub fn new(db: Arc<Database>, history: i64) -> Result<Writer, StoreError> {
+    pub fn new(db: Arc<Database>, limits: HistoryLimits) -> Result<Writer, StoreError> {
         let txn = db.begin_read().map_err(internal)?;
         let meta = txn.open_table(META).map_err(internal)?;
         let get = |k: &str| -> Result<i64, StoreError> { Ok(meta.get(k).map_err(internal)?.map_or(0, |v| v.value())) };
@@ -91,7 +94,9 @@ impl Writer {
             let (id, v) = item.map_err(internal)?;
             deadlines.insert(id.value(), v.value().1);
         }
-        Ok(Writer { db, revision, compacted, history, next_lease: next_lease.max(1), deadlines, watchers: Vec::new() })
+        let history = History::load(&txn.open_table(LOG).map_err(internal)?, limits)?;
+        let next_lease = next_lease.max(1);
+        Ok(Writer { db, revision, compacted, history, limits, next_lease, deadlines, watchers: Vec::new() })
     }
 
     pub fn run(mut self, requests: std_mpsc::Receiver<Request>) {
@@ -124,12 +129,13 @@ impl Writer {
             return Ok(());
         }
 
-        let start = (self.revision, self.next_lease, self.deadlines.clone());
+        let start = (self.revision, self.compacted, self.next_lease, self.deadlines.clone());
         let mut replies = Vec::new();
         let mut changes_by_revision: Vec<(i64, Vec<WatchEvent>)> = Vec::new();
         if let Err(e) = self.commit(now, expired, writes, &mut replies, &mut changes_by_revision) {
             // Nothing was committed: forget what this batch did in memory and fail it.
-            (self.revision, self.next_lease, self.deadlines) = start;
+            (self.revision, self.compacted, self.next_lease, self.deadlines) = start;
+            self.reload_history();
             for reply in replies {
                 reply.fail(&e);
             }
@@ -247,7 +253,9 @@ impl Writer {
         if changes.is_empty() {
             return Ok(());
         }
-        tables.log.insert(self.revision, encode_changes(&changes).as_slice()).map_err(internal)?;
+        let encoded = encode_changes(&changes);
+        tables.log.insert(self.revision, encoded.as_slice()).map_err(internal)?;
+        self.history.push(self.revision, encoded.len());
         out.push((self.revision, changes));
         Ok(())
     }
@@ -345,12 +353,10 @@ impl Writer {
         Ok(changes)
     }
 
+    /// Deletes the log's oldest revisions once history is over its bounds, in revisions
+    /// or in bytes (see [`History::compact`]).
     fn compact(&mut self, tables: &mut Tables<'_>) -> Result<(), StoreError> {
-        // Compact in steps, and only once there is a step's worth, so that no commit
-        // deletes much and most delete nothing.
-        let floor = self.revision - self.history;
-        if floor > self.compacted + (self.history / 10).clamp(1, 1000) {
-            let upto = floor.min(self.compacted + COMPACTION_STEP);
+        if let Some(upto) = self.history.compact(self.revision) {
             let doomed: Vec<i64> = tables
                 .log
                 .range(..=upto)
@@ -360,9 +366,23 @@ impl Writer {
             for revision in doomed {
                 tables.log.remove(revision).map_err(internal)?;
             }
-            self.compacted = upto;
+            self.compacted = self.compacted.max(upto);
         }
         Ok(())
+    }
+
+    /// Re-reads the log's sizes after a failed commit, whose pushes and compactions the
+    /// mirror already took in.
+    fn reload_history(&mut self) {
+        let loaded = self
+            .db
+            .begin_read()
+            .map_err(internal)
+            .and_then(|txn| History::load(&txn.open_table(LOG).map_err(internal)?, self.limits));
+        match loaded {
+            Ok(history) => self.history = history,
+            Err(e) => tracing::error!(error = %e, "cannot re-read the embedded store's history"),
+        }
     }
 
     fn notify(&mut self, change: &WatchEvent) {

@@ -5,6 +5,11 @@
 //! [`LocalEtcd::start_secured`] starts one as a secured cluster would run: TLS with client
 //! certificates required (`--client-cert-auth`), and/or auth enabled with a `root` user
 //! and a service user whose role may read and write only under the store's prefix.
+//!
+//! [`cluster::LocalEtcdCluster`] starts three members that form one cluster, with handles
+//! to kill, restart, stop and continue each: the tests of failover use it.
+
+pub mod cluster;
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -76,7 +81,9 @@ impl LocalEtcd {
             let (client_port, peer_port) = free_ports();
             // A unique member name tells our etcd apart from another that got the port.
             let name = dir.path().file_name().expect("temp dir name").to_string_lossy().into_owned();
-            let mut child = spawn(&binary, dir.path(), &name, client_port, peer_port, security.tls.as_ref())?;
+            let initial_cluster = format!("{name}=http://127.0.0.1:{peer_port}");
+            let member = Member { name: &name, client_port, peer_port, initial_cluster: &initial_cluster };
+            let mut child = spawn(&binary, dir.path(), &member, security.tls.as_ref())?;
             match wait_until_ready(&mut child, &name, client_port, scheme, &options).await {
                 Ok(()) => {
                     let etcd = LocalEtcd { child, client_port, scheme, dir };
@@ -118,7 +125,7 @@ impl Drop for LocalEtcd {
     }
 }
 
-fn etcd_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn etcd_binary() -> anyhow::Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
@@ -142,18 +149,22 @@ fn free_ports() -> (u16, u16) {
     (client.local_addr().expect("addr").port(), peer.local_addr().expect("addr").port())
 }
 
-fn spawn(
-    binary: &Path,
-    dir: &Path,
-    name: &str,
-    client_port: u16,
-    peer_port: u16,
-    tls: Option<&EtcdTls>,
-) -> anyhow::Result<Child> {
+/// What one member is called and where it listens, and the cluster it starts in
+/// (`--initial-cluster`: `name=peer-url,…`).
+pub(crate) struct Member<'a> {
+    pub name: &'a str,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub initial_cluster: &'a str,
+}
+
+pub(crate) fn spawn(binary: &Path, dir: &Path, member: &Member<'_>, tls: Option<&EtcdTls>) -> anyhow::Result<Child> {
+    let Member { name, client_port, peer_port, initial_cluster } = member;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let client_url = format!("{scheme}://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let log = std::fs::File::create(dir.join("etcd.log"))?;
+    // Appended to, so that a restarted member's log follows its first run's.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("etcd.log"))?;
     let mut command = Command::new(binary);
     if let Some(tls) = tls {
         command
@@ -169,7 +180,7 @@ fn spawn(
         .arg(format!("--advertise-client-urls={client_url}"))
         .arg(format!("--listen-peer-urls={peer_url}"))
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster={name}={peer_url}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
         .arg("--initial-cluster-state=new")
         // A short election timeout makes etcd's minimum lease TTL (1.5 × the election
         // timeout, rounded up) 1 s instead of 2 s, so lease tests stay quick and exact.
@@ -246,6 +257,6 @@ async fn enable_auth(
     Ok(())
 }
 
-fn read_log(dir: &Path) -> String {
+pub(crate) fn read_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_else(|e| format!("(no log: {e})"))
 }

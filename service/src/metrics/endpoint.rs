@@ -1,0 +1,47 @@
+//! `GET /metrics` on the service's port. With auth on it needs an admin or viewer key
+//! (`Authorization: Bearer …`, which Prometheus sends from its scrape config's
+//! `authorization.credentials`), unless the operator made it public (`--metrics-public`).
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{auth::layer::Auth, jobs::JobLifecycle};
+
+#[derive(Clone)]
+struct Endpoint {
+    lifecycle: JobLifecycle,
+    auth: Auth,
+    public: bool,
+}
+
+/// Adds the route to `router` (after the gRPC layers, which it must not pass through).
+pub fn route(router: axum::Router, lifecycle: JobLifecycle, auth: Auth, public: bool) -> axum::Router {
+    let endpoint = Arc::new(Endpoint { lifecycle, auth, public });
+    router.route("/metrics", get(scrape).with_state(endpoint))
+}
+
+async fn scrape(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> Response {
+    if !endpoint.public
+        && let Err(status) = endpoint.auth.admit("/metrics", &headers)
+    {
+        let code = match status.code() {
+            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        return (code, format!("{}\n", status.message())).into_response();
+    }
+    let metrics = endpoint.lifecycle.metrics();
+    match super::store_job_counts(&endpoint.lifecycle).await {
+        Ok(counts) => metrics.set_job_counts(&counts),
+        // The rest is still worth serving; the gauges keep their last values.
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the job counts from the store"),
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], metrics.encode()).into_response()
+}

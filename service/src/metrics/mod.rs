@@ -1,0 +1,445 @@
+//! Prometheus metrics, served at `GET /metrics` on the service's port (OpenMetrics text).
+//!
+//! `prometheus-client` (the Prometheus project's own Rust client) rather than the
+//! `metrics` facade: the service is a library that tests start many times in one process,
+//! so each server owns its registry instead of sharing a global recorder, and the types
+//! (label sets as structs) keep names and labels checked by the compiler.
+//!
+//! Each lifecycle step records where it happens, on the replica that did it: submits in
+//! `JobLifecycle::submit`, queue waits when a job is claimed, outcomes, run times and
+//! tokens when a job's final transition commits. Sum over replicas in queries. The
+//! gauges of waiting and running jobs are read from the store when scraped, so every
+//! replica reports the same, cluster-wide values. [`store`] times every store operation.
+//!
+//! Names follow Prometheus conventions: the `deephardway_` prefix, `_total` on counters,
+//! `_seconds` and `_bytes` units; labels `kind`, `model`, `outcome`, `state`.
+
+pub mod endpoint;
+pub mod store;
+
+use std::{collections::BTreeSet, sync::Mutex};
+
+use deephardway::v1::{Job, JobKind, JobState, job_result};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::time::micros;
+
+/// A family of histograms with the same buckets.
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds from 1 ms to about 2.3 hours, doubling: job waits and run times.
+fn job_seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 24))
+}
+
+/// Seconds from 50 µs to about 1.6 s, doubling: store operations.
+fn store_seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub kind: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub kind: String,
+    pub model: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub operation: String,
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
+/// Every metric one server exports, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    jobs_submitted: Family<JobLabels, Counter>,
+    jobs_finished: Family<OutcomeLabels, Counter>,
+    queue_wait: Histograms<JobLabels>,
+    run_time: Histograms<OutcomeLabels>,
+    latency: Histograms<OutcomeLabels>,
+    prompt_tokens: Family<ModelLabels, Counter>,
+    generated_tokens: Family<ModelLabels, Counter>,
+    embedded_texts: Family<ModelLabels, Counter>,
+    jobs: Family<StateLabels, Gauge>,
+    /// The (state, model) pairs ever reported, so that a drained queue reads 0.
+    seen_states: Mutex<BTreeSet<(String, String)>>,
+    workers_connected: Gauge,
+    worker_slots: Gauge,
+    open_streams: Family<StreamLabels, Gauge>,
+    store_seconds: Histograms<StoreLabels>,
+    store_write_bytes: Family<BackendLabels, Counter>,
+    upload_bytes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn kind_name(kind: JobKind) -> String {
+    kind.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase()
+}
+
+fn state_name(state: i32) -> String {
+    JobState::try_from(state)
+        .unwrap_or(JobState::Unspecified)
+        .as_str_name()
+        .trim_start_matches("JOB_STATE_")
+        .to_lowercase()
+}
+
+fn seconds_between(from: &Option<prost_types::Timestamp>, to: &Option<prost_types::Timestamp>) -> Option<f64> {
+    if from.is_none() || to.is_none() {
+        return None;
+    }
+    Some(((micros(to) - micros(from)) as f64 / 1e6).max(0.0))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("deephardway");
+        let jobs_submitted = Family::<JobLabels, Counter>::default();
+        registry.register("jobs_submitted", "Jobs accepted, by kind and model", jobs_submitted.clone());
+        let jobs_finished = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "jobs_finished",
+            "Jobs that reached a final state, by kind, model and outcome (succeeded, failed, cancelled)",
+            jobs_finished.clone(),
+        );
+        let queue_wait = Histograms::<JobLabels>::new_with_constructor(job_seconds as fn() -> Histogram);
+        registry.register_with_unit(
+            "job_queue_wait",
+            "Time from submission to the start of each attempt",
+            Unit::Seconds,
+            queue_wait.clone(),
+        );
+        let run_time = Histograms::<OutcomeLabels>::new_with_constructor(job_seconds as fn() -> Histogram);
+        registry.register_with_unit(
+            "job_run",
+            "Time from the start of a job's last attempt to its end",
+            Unit::Seconds,
+            run_time.clone(),
+        );
+        let latency = Histograms::<OutcomeLabels>::new_with_constructor(job_seconds as fn() -> Histogram);
+        registry.register_with_unit(
+            "job_latency",
+            "Time from submission to the final event (end to end)",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let prompt_tokens = Family::<ModelLabels, Counter>::default();
+        registry.register("prompt_tokens", "Prompt tokens of finished generate jobs", prompt_tokens.clone());
+        let generated_tokens = Family::<ModelLabels, Counter>::default();
+        registry.register("generated_tokens", "Tokens generated by finished generate jobs", generated_tokens.clone());
+        let embedded_texts = Family::<ModelLabels, Counter>::default();
+        registry.register("embedded_texts", "Texts embedded by finished embed jobs", embedded_texts.clone());
+        let jobs = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs waiting (state=queued) and running (state=running) per served model, read from the store: \
+             every replica reports the cluster's numbers",
+            jobs.clone(),
+        );
+        let workers_connected = Gauge::default();
+        registry.register("workers_connected", "Workers connected to this replica", workers_connected.clone());
+        let worker_slots = Gauge::default();
+        registry.register("worker_slots", "Job slots of the workers connected to this replica", worker_slots.clone());
+        let open_streams = Family::<StreamLabels, Gauge>::default();
+        registry.register(
+            "open_streams",
+            "Open job streams on this replica, by RPC (watch_job, run_job, watch_jobs)",
+            open_streams.clone(),
+        );
+        let store_seconds = Histograms::<StoreLabels>::new_with_constructor(store_seconds as fn() -> Histogram);
+        registry.register_with_unit(
+            "store_operation",
+            "Job store operations, by operation and backend",
+            Unit::Seconds,
+            store_seconds.clone(),
+        );
+        let store_write_bytes = Family::<BackendLabels, Counter>::default();
+        registry.register_with_unit(
+            "store_write",
+            "Bytes written to the job store (keys and values of committed and attempted transactions)",
+            Unit::Bytes,
+            store_write_bytes.clone(),
+        );
+        let upload_bytes = Counter::default();
+        registry.register_with_unit("upload", "Dataset archive bytes received", Unit::Bytes, upload_bytes.clone());
+        Metrics {
+            registry,
+            jobs_submitted,
+            jobs_finished,
+            queue_wait,
+            run_time,
+            latency,
+            prompt_tokens,
+            generated_tokens,
+            embedded_texts,
+            jobs,
+            seen_states: Mutex::new(BTreeSet::new()),
+            workers_connected,
+            worker_slots,
+            open_streams,
+            store_seconds,
+            store_write_bytes,
+            upload_bytes,
+        }
+    }
+
+    /// A job was accepted.
+    pub fn submitted(&self, job: &Job) {
+        let labels = JobLabels { kind: kind_name(job.kind()), model: job.model.clone() };
+        self.jobs_submitted.get_or_create(&labels).inc();
+    }
+
+    /// A job's attempt started.
+    pub fn started(&self, job: &Job) {
+        if let Some(wait) = seconds_between(&job.create_time, &job.start_time) {
+            let labels = JobLabels { kind: kind_name(job.kind()), model: job.model.clone() };
+            self.queue_wait.get_or_create(&labels).observe(wait);
+        }
+    }
+
+    /// A job's final transition committed.
+    pub fn finished(&self, job: &Job) {
+        let outcome = state_name(job.state);
+        let labels = OutcomeLabels { kind: kind_name(job.kind()), model: job.model.clone(), outcome };
+        self.jobs_finished.get_or_create(&labels).inc();
+        if let Some(run) = seconds_between(&job.start_time, &job.end_time) {
+            self.run_time.get_or_create(&labels).observe(run);
+        }
+        if let Some(total) = seconds_between(&job.create_time, &job.end_time) {
+            self.latency.get_or_create(&labels).observe(total);
+        }
+        let model = ModelLabels { model: job.model.clone() };
+        match job.result.as_ref().and_then(|r| r.value.as_ref()) {
+            Some(job_result::Value::Generate(g)) => {
+                self.prompt_tokens.get_or_create(&model).inc_by(u64::from(g.prompt_tokens));
+                self.generated_tokens.get_or_create(&model).inc_by(u64::from(g.completion_tokens));
+            }
+            Some(job_result::Value::Embed(e)) => {
+                self.embedded_texts.get_or_create(&model).inc_by(e.embeddings.len() as u64);
+            }
+            _ => {}
+        }
+    }
+
+    /// A worker session started (`slots` > 0) or ended (`slots` < 0).
+    pub fn worker_session(&self, slots: i64) {
+        self.workers_connected.inc_by(slots.signum());
+        self.worker_slots.inc_by(slots);
+    }
+
+    /// Counts an open stream of `rpc` until the returned guard is dropped.
+    pub fn stream(&self, rpc: &str) -> StreamGuard {
+        let gauge = self.open_streams.get_or_create(&StreamLabels { rpc: rpc.to_string() }).clone();
+        gauge.inc();
+        StreamGuard(gauge)
+    }
+
+    pub fn uploaded(&self, bytes: usize) {
+        self.upload_bytes.inc_by(bytes as u64);
+    }
+
+    /// Sets the waiting and running gauges to `counts` ((state, model) → jobs); pairs
+    /// seen before and absent now read 0.
+    pub fn set_job_counts(&self, counts: &std::collections::BTreeMap<(String, String), i64>) {
+        let mut seen = self.seen_states.lock().expect("metrics lock");
+        seen.extend(counts.keys().cloned());
+        for (state, model) in seen.iter() {
+            let value = counts.get(&(state.clone(), model.clone())).copied().unwrap_or(0);
+            self.jobs.get_or_create(&StateLabels { state: state.clone(), model: model.clone() }).set(value);
+        }
+    }
+
+    /// The exposition, in OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// Decrements its stream gauge when dropped.
+pub struct StreamGuard(Gauge);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Job counts per (state, model) as the store holds them: the queue entries
+/// (`/dhw/queue/<model>/…`) and the running index joined with the job records.
+pub async fn store_job_counts(
+    lifecycle: &crate::jobs::JobLifecycle,
+) -> Result<std::collections::BTreeMap<(String, String), i64>, tonic::Status> {
+    use crate::keys;
+    let store = lifecycle.store();
+    let mut counts = std::collections::BTreeMap::new();
+    for kv in store.range(keys::QUEUE, 0).await?.kvs {
+        let model = kv.key[keys::QUEUE.len()..].split('/').next().unwrap_or_default().to_string();
+        *counts.entry(("queued".to_string(), model)).or_insert(0) += 1;
+    }
+    for kv in store.range(keys::RUNNING, 0).await?.kvs {
+        if let Some((job, _)) = lifecycle.find(keys::last_segment(&kv.key)).await? {
+            let model = deephardway::served_model(job.kind(), &job.model).to_string();
+            *counts.entry(("running".to_string(), model)).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deephardway::v1::{EmbedResult, Embedding, GenerateResult, JobResult};
+    use prost_types::Timestamp;
+
+    /// A registry with a sample in every family, as a busy server would have.
+    fn busy() -> Metrics {
+        let metrics = Metrics::new();
+        let at = |seconds| Some(Timestamp { seconds, nanos: 0 });
+        let mut job = Job {
+            kind: JobKind::Generate as i32,
+            model: "m".into(),
+            state: JobState::Succeeded as i32,
+            create_time: at(10),
+            start_time: at(12),
+            end_time: at(15),
+            result: Some(JobResult {
+                value: Some(job_result::Value::Generate(GenerateResult {
+                    prompt_tokens: 7,
+                    completion_tokens: 5,
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        };
+        metrics.submitted(&job);
+        metrics.started(&job);
+        metrics.finished(&job);
+        job.kind = JobKind::Embed as i32;
+        job.result = Some(JobResult {
+            value: Some(job_result::Value::Embed(EmbedResult { embeddings: vec![Embedding::default(); 3] })),
+        });
+        metrics.finished(&job);
+        metrics.worker_session(4);
+        let _stream = metrics.stream("watch_job");
+        metrics.uploaded(10);
+        metrics.set_job_counts(&[(("queued".to_string(), "m".to_string()), 2)].into_iter().collect());
+        let store = StoreLabels { operation: "get".into(), backend: "embedded".into() };
+        metrics.store_seconds.get_or_create(&store).observe(0.001);
+        metrics.store_write_bytes.get_or_create(&BackendLabels { backend: "embedded".into() }).inc_by(3);
+        metrics
+    }
+
+    /// The sample names an exposition holds (`name` of `name{labels} value`).
+    fn sample_names(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn names_follow_prometheus_conventions_and_values_add_up() {
+        let text = busy().encode();
+        let names = sample_names(&text);
+        for name in &names {
+            assert!(name.starts_with("deephardway_"), "{name}");
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{name}");
+        }
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split(' ').skip(2);
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            match kind {
+                "counter" => assert!(names.contains(&format!("{name}_total")), "{name}: no _total sample"),
+                "histogram" => {
+                    assert!(name.ends_with("_seconds") || name.ends_with("_bytes"), "{name}: no unit");
+                    assert!(names.contains(&format!("{name}_bucket")), "{name}");
+                }
+                "gauge" => assert!(names.contains(name), "{name}"),
+                other => panic!("{name}: unexpected type {other}"),
+            }
+        }
+        assert!(text.contains(r#"deephardway_prompt_tokens_total{model="m"} 7"#), "{text}");
+        assert!(text.contains(r#"deephardway_generated_tokens_total{model="m"} 5"#), "{text}");
+        assert!(text.contains(r#"deephardway_embedded_texts_total{model="m"} 3"#), "{text}");
+        assert!(text.contains(r#"deephardway_job_queue_wait_seconds_sum{kind="generate",model="m"} 2.0"#), "{text}");
+        assert!(text.contains(r#"deephardway_jobs{state="queued",model="m"} 2"#), "{text}");
+        // The stream opened in `busy` has ended: its guard gave the gauge back.
+        assert!(text.contains(r#"deephardway_open_streams{rpc="watch_job"} 0"#), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+    }
+
+    #[test]
+    fn a_drained_queue_reads_zero() {
+        let metrics = busy();
+        metrics.set_job_counts(&Default::default());
+        assert!(metrics.encode().contains(r#"deephardway_jobs{state="queued",model="m"} 0"#));
+    }
+
+    /// The Grafana dashboard in deploy/ parses and plots only metrics the service exports.
+    #[test]
+    fn the_dashboard_uses_only_exported_metrics() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/deephardway.json");
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let exported = sample_names(&busy().encode());
+        let mut used = BTreeSet::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("an expr");
+                let mut rest = expr;
+                while let Some(at) = rest.find("deephardway_") {
+                    let name: String =
+                        rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    rest = &rest[at + name.len()..];
+                    used.insert(name);
+                }
+            }
+        }
+        assert!(used.len() >= 10, "{used:?}");
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(unknown.is_empty(), "the dashboard uses metrics the service does not export: {unknown:?}");
+    }
+}
