@@ -14,11 +14,14 @@
 //! - [`connect`]: a channel to a service, for any of the generated clients;
 //!   [`remote`]: the same over `https://`, with a CA and a client certificate;
 //!   [`bearer`]: the API key every call carries.
+//! - [`traces`]: the W3C `traceparent` a job's trace travels with, from the client's
+//!   request through the service to the worker.
 
 pub mod bearer;
 pub mod datasets;
 pub mod errors;
 pub mod remote;
+pub mod traces;
 pub mod train;
 
 pub use bearer::{ApiKey, Authorized};

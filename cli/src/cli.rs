@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::{access, bench, client, logging, server, worker};
+use crate::{access, bench, client, logging, server, telemetry::Traces, worker};
 
 #[derive(Parser)]
 #[command(name = "deephardway", version, about = "Run deep-learning jobs and watch them live over gRPC")]
@@ -56,6 +56,19 @@ impl Cli {
         }
     }
 
+    /// The OTLP endpoint to export traces to, and the service name they go under: the
+    /// service's for `serve` and `up` (whose worker shares the process, and so the
+    /// resource), the worker's for `worker`.
+    fn traces(&self) -> Option<(&str, &'static str)> {
+        let (args, name) = match &self.command {
+            Command::Serve(args) => (&args.otlp, "deephardway-service"),
+            Command::Up(args) => (&args.otlp, "deephardway-service"),
+            Command::Worker(args) => (&args.otlp, "deephardway-worker"),
+            _ => return None,
+        };
+        args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()).map(|e| (e, name))
+    }
+
     /// Whether the command runs models in this process (`up`, `worker`, `bench`).
     pub fn runs_models(&self) -> bool {
         matches!(self.command, Command::Up(_) | Command::Worker(_) | Command::Bench(_))
@@ -70,9 +83,10 @@ pub fn parse() -> Cli {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let client_command = !matches!(cli.command, Command::Up(_) | Command::Serve(_) | Command::Worker(_));
+    let traces = cli.traces().map(|(endpoint, name)| Traces::start(endpoint, name)).transpose()?;
     // The benchmark's own server and worker would otherwise log every job.
-    logging::init(cli.log_format, if client_command { "warn" } else { "info" })?;
-    match cli.command {
+    logging::init(cli.log_format, if client_command { "warn" } else { "info" }, traces.as_ref())?;
+    let outcome = match cli.command {
         Command::Up(args) => server::up(args).await,
         Command::Serve(args) => server::serve(args).await,
         Command::Worker(args) => worker::run(args).await,
@@ -85,5 +99,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Keys(args) => access::keys(args).await,
         Command::Usage(args) => access::usage(args).await,
         Command::Bench(args) => bench::run(args).await,
+    };
+    if let Some(traces) = traces {
+        traces.shutdown().await;
     }
+    outcome
 }

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use deephardway::v1::{
     Architecture, CancelJobRequest, ChatMessage, ClassifyInput, CreateDatasetRequest, CreateJobRequest,
     DeleteDatasetRequest, DiagnosticInput, EmbedInput, GenerateInput, Job, JobKind, JobResult, JobSpec, JobState,
-    LearningRateSchedule, ListDatasetsRequest, ListJobsRequest, ListModelsRequest, Optimizer, TrainInput,
+    LearningRateSchedule, ListDatasetsRequest, ListJobsRequest, ListModelsRequest, Optimizer, QueueStatus, TrainInput,
     WatchJobRequest, chat_message::Role, dataset_service_client::DatasetServiceClient, job_event::Event, job_result,
     job_service_client::JobServiceClient, job_spec::Input, model_service_client::ModelServiceClient,
 };
@@ -162,6 +162,9 @@ async fn follow(client: &mut JobServiceClient<Authorized>, job_id: &str, after_s
         loop {
             match stream.message().await {
                 Ok(Some(response)) => {
+                    if let Some(status) = &response.queue_status {
+                        bar.set_message(queue_message(status, std::time::SystemTime::now()));
+                    }
                     let Some(event) = response.event else { continue };
                     last = event.seq;
                     retries = 0;
@@ -206,6 +209,28 @@ async fn follow(client: &mut JobServiceClient<Authorized>, job_id: &str, after_s
                 Err(status) => return Err(status_error(status)),
             }
         }
+    }
+}
+
+/// "queued, position 3, starts in ~12s" from a live queue status (the estimate left
+/// out while the service has not seen the line move yet).
+fn queue_message(status: &QueueStatus, now: std::time::SystemTime) -> String {
+    let start = status.estimated_start_time.and_then(|t| std::time::SystemTime::try_from(t).ok());
+    match start {
+        Some(start) => match start.duration_since(now).unwrap_or_default().as_secs_f64().round() as u64 {
+            0 => format!("queued, position {}, starts in <1s", status.position),
+            secs => format!("queued, position {}, starts in ~{}", status.position, human_seconds(secs)),
+        },
+        None => format!("queued, position {}", status.position),
+    }
+}
+
+/// "45s", "3m20s", "2h05m".
+fn human_seconds(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
     }
 }
 
@@ -556,4 +581,26 @@ impl From<TrainArgs> for TrainInput {
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn queue_message_shows_position_and_estimate() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |secs: u64| Some(prost_types::Timestamp::from(now + Duration::from_secs(secs)));
+        let status =
+            |position, estimated_start_time| QueueStatus { position, estimated_start_time, dispatch_rate: 0.5 };
+        assert_eq!(queue_message(&status(3, None), now), "queued, position 3");
+        assert_eq!(queue_message(&status(0, at(12)), now), "queued, position 0, starts in ~12s");
+        assert_eq!(queue_message(&status(19, at(200)), now), "queued, position 19, starts in ~3m20s");
+        assert_eq!(queue_message(&status(900, at(7500)), now), "queued, position 900, starts in ~2h05m");
+        // An estimate already past reads as any moment now.
+        let past = Some(prost_types::Timestamp::from(now - Duration::from_secs(5)));
+        assert_eq!(queue_message(&status(1, past), now), "queued, position 1, starts in <1s");
+    }
 }

@@ -9,7 +9,8 @@
 //!   the gRPC API like any other;
 //! - [`bench`]: job throughput on each store, and model speed;
 //! - [`tls`]: the client side's TLS flags (`--ca-cert`, `--client-cert`, `--client-key`);
-//! - [`signal`], [`logging`]: process plumbing shared by the roles.
+//! - [`signal`], [`logging`], [`telemetry`]: process plumbing shared by the roles (logs,
+//!   and traces over OTLP).
 
 mod access;
 mod bench;
@@ -18,6 +19,7 @@ mod client;
 mod logging;
 mod server;
 mod signal;
+mod telemetry;
 mod tls;
 mod worker;
 

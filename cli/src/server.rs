@@ -258,6 +258,8 @@ impl ServiceFlags {
 pub struct ServeArgs {
     #[command(flatten)]
     service: ServiceFlags,
+    #[command(flatten)]
+    pub otlp: crate::telemetry::OtlpArgs,
     /// The job store: `embedded` (on this machine, in --data-dir) or `etcd:URL[,URL…]`.
     #[arg(long, env = "DEEPHARDWAY_STORE", default_value = "embedded")]
     store: String,
@@ -319,6 +321,8 @@ impl EtcdFlags {
 pub struct UpArgs {
     #[command(flatten)]
     service: ServiceFlags,
+    #[command(flatten)]
+    pub otlp: crate::telemetry::OtlpArgs,
     #[command(flatten)]
     pub worker: worker::LocalWorkerFlags,
     /// The local worker's client certificate, when --tls-client-ca requires one.

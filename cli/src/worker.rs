@@ -121,6 +121,8 @@ pub struct WorkerArgs {
     tls: crate::tls::ClientTlsArgs,
     #[command(flatten)]
     pub flags: LocalWorkerFlags,
+    #[command(flatten)]
+    pub otlp: crate::telemetry::OtlpArgs,
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<std::process::ExitCode> {

@@ -701,17 +701,21 @@ async fn a_key_runs_at_most_its_running_limit() {
     let other = submit(&url, &free, 10, "").await.unwrap().id;
     let mut client = JobServiceClient::new(channel(&url).await);
     let mut most_at_once = 0;
-    for _ in 0..400 {
-        let running = ListJobsRequest { state: JobState::Running as i32, page_size: 100, ..Default::default() };
-        let jobs = client.list_jobs(authed(running, Some(ADMIN))).await.unwrap().into_inner().jobs;
-        most_at_once = most_at_once.max(jobs.iter().filter(|j| j.key == "serial").count());
-        let finished = serial_jobs.iter().chain([&other]).filter(|id| !jobs.iter().any(|j| &j.id == *id));
-        if finished.count() == 4 && jobs.is_empty() {
+    for _ in 0..1000 {
+        let all = ListJobsRequest { page_size: 100, ..Default::default() };
+        let jobs = client.list_jobs(authed(all, Some(ADMIN))).await.unwrap().into_inner().jobs;
+        let running = |j: &&deephardway::v1::Job| j.key == "serial" && j.state == JobState::Running as i32;
+        most_at_once = most_at_once.max(jobs.iter().filter(running).count());
+        let ended =
+            |j: &deephardway::v1::Job| j.state == JobState::Succeeded as i32 || j.state == JobState::Failed as i32;
+        let mine = jobs.iter().filter(|j| serial_jobs.contains(&j.id) || j.id == other);
+        if mine.clone().count() == 4 && mine.clone().all(ended) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(most_at_once, 1, "the serial key ran {most_at_once} jobs at once");
+    // Sampled, so it may miss a short job; the start and end times below are exact.
+    assert!(most_at_once <= 1, "the serial key ran {most_at_once} jobs at once");
     let mut jobs = Vec::new();
     for id in serial_jobs.iter().chain([&other]) {
         jobs.push(wait_finished(&url, ADMIN, id).await);

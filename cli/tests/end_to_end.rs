@@ -141,7 +141,7 @@ async fn watch_resumes_after_seq_without_gap_or_repeat(backend: Backend) {
     {
         let mut stream = watch(&mut client, &job.id, 0).await.expect("WatchJob");
         while first.len() < 4 {
-            first.push(stream.message().await.expect("event").expect("not ended").into_event());
+            first.push(next_event(&mut stream).await.expect("event").expect("not ended"));
         }
     }
     // Resume where we left off, on a new connection.
@@ -290,7 +290,7 @@ async fn cancel_running_job_stops_the_worker(backend: Backend) {
     let mut stream = watch(&mut client, &job.id, 0).await.unwrap();
     // Wait until it is running and has made progress.
     loop {
-        let event = stream.message().await.unwrap().unwrap().into_event();
+        let event = next_event(&mut stream).await.unwrap().unwrap();
         if matches!(event.event, Some(Event::Progress(_))) {
             break;
         }
@@ -516,7 +516,7 @@ async fn full_queue_is_resource_exhausted(backend: Backend) {
     let running = create(&mut client, diagnostic(1, 1000)).await;
     // Wait until the first leaves the queue, then fill the queue.
     let mut stream = watch(&mut client, &running.id, 0).await.unwrap();
-    while !matches!(stream.message().await.unwrap().unwrap().into_event().event, Some(Event::Started(_))) {}
+    while !matches!(next_event(&mut stream).await.unwrap().unwrap().event, Some(Event::Started(_))) {}
     create(&mut client, diagnostic(1, 1)).await;
     create(&mut client, diagnostic(1, 1)).await;
     let status = client.create_job(create_request(diagnostic(1, 1))).await.unwrap_err();

@@ -27,7 +27,7 @@ async fn watch_to_end(url: &str, job_id: &str, after_seq: u64, within: Duration)
         };
         let mut stream = stream.into_inner();
         while let Ok(Ok(Some(message))) = tokio::time::timeout_at(deadline, stream.message()).await {
-            let event = message.into_event();
+            let Some(event) = message.event() else { continue }; // a queue status
             let done = event.event.as_ref().is_some_and(deephardway::is_final);
             events.push(event);
             if done {
@@ -56,7 +56,7 @@ async fn worker_killed_mid_job_completes_on_another_worker() {
     let mut stream = watch(&mut client, &job.id, 0).await.unwrap();
     let mut seen = Vec::new();
     let victim = loop {
-        let event = stream.message().await.unwrap().unwrap().into_event();
+        let event = next_event(&mut stream).await.unwrap().unwrap();
         let progressed = matches!(event.event, Some(Event::Progress(ref p)) if p.fraction >= 0.15);
         seen.push(event);
         if progressed {
@@ -99,7 +99,7 @@ async fn service_killed_and_restarted_keeps_every_accepted_job() {
     }
     // Kill the service while the long job runs and the others wait.
     let mut stream = watch(&mut client, &long.id, 0).await.unwrap();
-    while !matches!(stream.message().await.unwrap().unwrap().into_event().event, Some(Event::Progress(_))) {}
+    while !matches!(next_event(&mut stream).await.unwrap().unwrap().event, Some(Event::Progress(_))) {}
     service.kill().await;
     drop(stream);
 
@@ -140,6 +140,42 @@ async fn two_replicas_on_one_etcd_serve_any_watcher() {
     assert!(matches!(from_a.last().unwrap().event, Some(Event::Result(_))));
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// Each served model has a health entry (`model/<name>`): Health/Watch sees it SERVING
+/// when a worker that serves it connects and NOT_SERVING when the last one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_health_follows_its_workers() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let mut health = HealthClient::new(deephardway::connect(&server.url).await.unwrap());
+    let request = HealthCheckRequest { service: "model/diagnostic".into() };
+    // A model never served is unknown (tonic-health answers a Watch of an unknown
+    // service with NOT_FOUND rather than a SERVICE_UNKNOWN message).
+    assert_eq!(health.check(request.clone()).await.unwrap_err().code(), tonic::Code::NotFound);
+    let worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+    let mut statuses = loop {
+        match health.watch(request.clone()).await {
+            Ok(statuses) => break statuses.into_inner(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let mut next = async || {
+        let message = tokio::time::timeout(Duration::from_secs(5), statuses.message()).await;
+        message.expect("a status within 5 s").unwrap().unwrap().status()
+    };
+    assert_eq!(next().await, ServingStatus::Serving);
+    let second = TestWorker::start(&server.url, "w2", 1);
+    wait_for_workers(&server.url, 2).await;
+    worker.stop().await;
+    // One of two left: still served. Then the last one leaves.
+    let check = HealthCheckRequest { service: "model/diagnostic".into() };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(health.check(check).await.unwrap().into_inner().status(), ServingStatus::Serving);
+    second.stop().await;
+    assert_eq!(next().await, ServingStatus::NotServing);
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,12 +226,12 @@ async fn graceful_shutdown_ends_live_streams_with_a_resume_point() {
     let mut stream = watch(&mut client, &job.id, 0).await.unwrap();
     let mut last = 0;
     while last < 3 {
-        last = stream.message().await.unwrap().unwrap().into_event().seq;
+        last = next_event(&mut stream).await.unwrap().unwrap().seq;
     }
     let stopping = tokio::spawn(server.shutdown());
     let status = loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("stream ends") {
-            Ok(Some(message)) => last = message.into_event().seq,
+            Ok(Some(message)) => last = message.event().map_or(last, |e| e.seq),
             Ok(None) => panic!("the stream ended without saying why"),
             Err(status) => break status,
         }

@@ -99,7 +99,7 @@ async fn jobs_queue_while_workers_are_away() {
     let second = create(&mut client, diagnostic(2, 1)).await;
     assert_eq!(first.state, JobState::Queued as i32);
     let mut events = watch(&mut client, &second.id, 0).await.unwrap();
-    let queued = events.message().await.unwrap().unwrap().into_event();
+    let queued = next_event(&mut events).await.unwrap().unwrap();
     let Some(Event::Queued(queued)) = queued.event else { panic!("{queued:?}") };
     assert_eq!(queued.position, 1, "one job ahead");
     // Still nothing for a model no worker ever served.

@@ -276,7 +276,8 @@ async fn bad_input_cancellation_and_versions() {
     let job = create(&mut jobs, train(quick(100_000))).await;
     let mut watching = watch(&mut jobs, &job.id, 0).await.unwrap();
     while let Some(message) = watching.message().await.unwrap() {
-        if matches!(&message.into_event().event, Some(Event::Progress(p)) if p.metrics.contains_key("loss")) {
+        let Some(event) = message.event() else { continue }; // a queue status
+        if matches!(&event.event, Some(Event::Progress(p)) if p.metrics.contains_key("loss")) {
             break;
         }
     }
@@ -360,7 +361,8 @@ async fn training_survives_a_killed_worker() {
     let mut watching = watch(&mut jobs, &job.id, 0).await.unwrap();
     let mut victim = String::new();
     while let Some(message) = watching.message().await.unwrap() {
-        match &message.into_event().event {
+        let Some(event) = message.event() else { continue }; // a queue status
+        match &event.event {
             Some(Event::Started(s)) => victim = s.worker_name.clone(),
             Some(Event::Progress(p)) if p.fraction >= 0.1 => break,
             _ => {}

@@ -2,7 +2,7 @@
 // the Run button while a job runs and enables the Cancel/Stop button once the job has an
 // id (its click calls JobService.CancelJob), aborts the previous run's stream when a new
 // one starts, keeps the status line's text, data-job-id and data-state up to date
-// through queued / started and the final event, shows a failed job's `CODE: message`
+// through queued (with the live place in line) / started and the final event, shows a failed job's `CODE: message`
 // and any other error in the error box. The page supplies its JobSpec and renders
 // progress, output and the result.
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -16,6 +16,7 @@ import {
   finalState,
   isActive,
   queuedText,
+  queueStatusText,
   runningText,
   type StopVerb,
 } from "./lib/jobstatus.js";
@@ -124,6 +125,10 @@ export function jobControls(ctx: Pick<AppContext, "api" | "banner">, opts: JobCo
                 break;
             }
             page.onEvent?.(ev);
+          },
+          onQueueStatus: (queue) => {
+            // Live, not an event: only while the line says queued (never after started).
+            if (status.dataset.state === "queued") status.textContent = queueStatusText(jobId, queue, Date.now());
           },
         },
       );

@@ -1,7 +1,7 @@
 // Create a job and follow its events to the end, resuming after lost connections.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Api } from "./api.js";
-import type { CreateJobRequestSchema, Job, JobEvent } from "./gen/deephardway/v1/jobs_pb.js";
+import type { CreateJobRequestSchema, Job, JobEvent, QueueStatus } from "./gen/deephardway/v1/jobs_pb.js";
 import type { ConnectionBanner } from "./connection.js";
 import { jobEvents, retrying, watchResumable } from "./lib/watch.js";
 
@@ -9,6 +9,8 @@ export interface FollowOptions {
   /** The job was created (CreateJob answered). */
   onCreated?: (job: Job) => void;
   onEvent: (ev: JobEvent) => void;
+  /** While the job waits: its place in line and expected start, whenever they change. */
+  onQueueStatus?: (status: QueueStatus) => void;
   signal?: AbortSignal;
   banner?: ConnectionBanner;
   /** Name shown in the connection banner. */
@@ -21,7 +23,7 @@ export async function followJob(api: Api, jobId: string, afterSeq: bigint, opts:
   try {
     return await watchResumable({
       afterSeq,
-      open: (after, signal) => jobEvents(api.jobs.watchJob({ jobId, afterSeq: after }, { signal })),
+      open: (after, signal) => jobEvents(api.jobs.watchJob({ jobId, afterSeq: after }, { signal }), opts.onQueueStatus),
       onEvent: opts.onEvent,
       onStatus: (s) => opts.banner?.report(key, s),
       signal: opts.signal,

@@ -44,5 +44,17 @@ describe("job detail", () => {
     expect(rows[0]).toEqual(["State", "running (cancel requested: stopped from the web client)"]);
     expect(rows.some(([k]) => k === "Error")).toBe(false);
     expect(Object.fromEntries(rows).Created).toBe("");
+    expect(rows.some(([k]) => k === "In line")).toBe(false);
+  });
+
+  it("shows a queued job's place in line (GetJob sets it only while queued)", () => {
+    const job = create(JobSchema, {
+      id: "9",
+      state: JobState.QUEUED,
+      queueStatus: { position: 4, estimatedStartTime: timestampFromMs(70_000), dispatchRate: 0.5 },
+    });
+    expect(Object.fromEntries(jobSummaryRows(job, 10_000))["In line"]).toBe("position 4, starts in ~1m 00s");
+    const unknown = create(JobSchema, { id: "9", state: JobState.QUEUED, queueStatus: { position: 0 } });
+    expect(Object.fromEntries(jobSummaryRows(unknown, 10_000))["In line"]).toBe("position 0");
   });
 });

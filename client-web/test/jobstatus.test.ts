@@ -9,8 +9,11 @@ import {
   finalState,
   isActive,
   queuedText,
+  queuePlaceText,
+  queueStatusText,
   runningText,
 } from "../src/lib/jobstatus.js";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 
 describe("jobstatus", () => {
   it("maps a final event to the status line's data-state", () => {
@@ -39,6 +42,25 @@ describe("jobstatus", () => {
     expect(runningText("7", started, false)).toBe("Job 7 running on cuda:0");
     expect(runningText("7", started, true)).toBe("Job 7 running on gpu box (cuda:0)");
     expect(runningText("7", { ...started, workerName: "" }, true)).toBe("Job 7 running on w-1 (cuda:0)");
+  });
+
+  it("words the live place in line, with the estimate when there is one", () => {
+    const now = 1_000_000;
+    expect(queuePlaceText({ position: 3 }, now)).toBe("position 3");
+    expect(queuePlaceText({ position: 0, estimatedStartTime: timestampFromMs(now + 12_300) }, now)).toBe(
+      "position 0, starts in ~12.3 s",
+    );
+    expect(queuePlaceText({ position: 19, estimatedStartTime: timestampFromMs(now + 200_000) }, now)).toBe(
+      "position 19, starts in ~3m 20s",
+    );
+    // An estimate already past reads as any moment now, not as a negative wait.
+    expect(queuePlaceText({ position: 1, estimatedStartTime: timestampFromMs(now - 5_000) }, now)).toBe(
+      "position 1, starts in under 1 s",
+    );
+    expect(queueStatusText("7", { position: 2, estimatedStartTime: timestampFromMs(now + 4_000) }, now)).toBe(
+      "Job 7 queued (position 2, starts in ~4.0 s)",
+    );
+    expect(queueStatusText("7", { position: 2 }, now)).toBe("Job 7 queued (position 2)");
   });
 
   it("words a cancelled job and the cancel request", () => {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { JobEventSchema, type JobEvent } from "../src/gen/deephardway/v1/jobs_pb.js";
+import { JobEventSchema, QueueStatusSchema, type JobEvent } from "../src/gen/deephardway/v1/jobs_pb.js";
 import { FinishReason } from "../src/gen/deephardway/v1/inputs_pb.js";
 import {
   backoffMs,
@@ -145,6 +145,24 @@ describe("WatchJob responses", () => {
     const seqs: bigint[] = [];
     for await (const ev of jobEvents(stream())) seqs.push(ev.seq);
     expect(seqs).toEqual([1n, 2n]);
+  });
+
+  it("hands queue statuses, which are not events, to their own callback", async () => {
+    async function* stream() {
+      yield { queueStatus: create(QueueStatusSchema, { position: 2 }) };
+      yield { event: progress(1) };
+      yield { queueStatus: create(QueueStatusSchema, { position: 0, dispatchRate: 1.5 }) };
+      yield { event: result(2) };
+    }
+    const seqs: bigint[] = [];
+    const positions: number[] = [];
+    for await (const ev of jobEvents(stream(), (s) => positions.push(s.position))) seqs.push(ev.seq);
+    expect(seqs).toEqual([1n, 2n]);
+    expect(positions).toEqual([2, 0]);
+    // Without a callback they are skipped.
+    const again: bigint[] = [];
+    for await (const ev of jobEvents(stream())) again.push(ev.seq);
+    expect(again).toEqual([1n, 2n]);
   });
 
   it("resumes through the unwrapping", async () => {

@@ -7,7 +7,9 @@
 //! the dispatcher, the reaper) as typed [`Change`]s through a broadcast channel, decoded
 //! once here rather than by every consumer. If the watch breaks it resumes from the
 //! next revision; if that revision was compacted away, every subscriber is dropped so
-//! that it re-lists.
+//! that it re-lists. The hub also keeps the replica's [`QueueView`] current: it loads
+//! the queues with the same range that sets the watch's start, and applies each queue
+//! and claim event before routing the rest of its revision.
 
 use std::{
     collections::HashMap,
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     keys,
+    queue_view::QueueView,
     store::{EventKind, SharedStore, StoreError, WatchEvent},
 };
 
@@ -95,12 +98,14 @@ pub struct Hub {
     commands: mpsc::Sender<Command>,
     changes: broadcast::Sender<Change>,
     subscriber_count: Arc<AtomicUsize>,
+    queues: QueueView,
 }
 
 impl Hub {
-    /// Starts watching from the store's next revision.
+    /// Loads the queues and starts watching from the revision after that read.
     pub async fn start(store: SharedStore, shutdown: CancellationToken) -> Result<Hub, StoreError> {
-        let start = store.revision().await? + 1;
+        let queues = QueueView::new();
+        let start = load_queues(&store, &queues).await? + 1;
         let (commands, rx) = mpsc::channel(256);
         let (changes, _) = broadcast::channel(CHANGES_BUFFER);
         let subscriber_count = Arc::new(AtomicUsize::new(0));
@@ -112,9 +117,15 @@ impl Hub {
             count: subscriber_count.clone(),
             total: 0,
             subscribes_since_prune: 0,
+            queues: queues.clone(),
         };
         tokio::spawn(task.run(rx, shutdown));
-        Ok(Hub { commands, changes, subscriber_count })
+        Ok(Hub { commands, changes, subscriber_count, queues })
+    }
+
+    /// The replica's live view of the queues (positions and dispatch rates).
+    pub fn queues(&self) -> &QueueView {
+        &self.queues
     }
 
     /// Events of `job_id` committed after this call returns. The channel closes if the
@@ -140,8 +151,16 @@ impl Hub {
     }
 }
 
+/// Reads every queue entry into `queues`; returns the revision it read at.
+async fn load_queues(store: &SharedStore, queues: &QueueView) -> Result<i64, StoreError> {
+    let range = store.range(keys::QUEUE, 0).await?;
+    queues.reset(&range.kvs);
+    Ok(range.revision)
+}
+
 struct HubTask {
     store: SharedStore,
+    queues: QueueView,
     subscribers: HashMap<String, Vec<mpsc::Sender<JobEvent>>>,
     changes: broadcast::Sender<Change>,
     next_revision: i64,
@@ -164,7 +183,12 @@ impl HubTask {
                     self.subscribers.clear();
                     self.total = 0;
                     self.update_count();
-                    self.next_revision = self.store.revision().await.unwrap_or(oldest) + 1;
+                    // The queues changed in the revisions missed: read them again, and
+                    // watch from the revision read at.
+                    self.next_revision = match load_queues(&self.store, &self.queues).await {
+                        Ok(revision) => revision,
+                        Err(_) => self.store.revision().await.unwrap_or(oldest),
+                    } + 1;
                     continue;
                 }
                 Err(e) => {
@@ -231,6 +255,7 @@ impl HubTask {
     }
 
     fn route(&mut self, event: WatchEvent) {
+        self.queues.apply(&event);
         if let Some(job_id) = keys::event_job_id(&event.kv.key) {
             if event.kind != EventKind::Put {
                 return;

@@ -6,6 +6,8 @@
 //! /dhw/specs/<id>                             the job's request (protobuf JobSpec, input
 //!                                             included), written once at submit
 //! /dhw/events/<id>/<seq:020>                  one event of the job (protobuf), append-only
+//! /dhw/traces/<id>                            the job's trace context (a W3C traceparent),
+//!                                             written at submit while traces are on
 //! /dhw/queue/<model>/<rank:03><created:020>/<id>  a queued job; key order = dispatch order
 //! /dhw/claims/<id>                            the worker running the job, on its lease
 //! /dhw/running/<id>                           index of running jobs (not on a lease)
@@ -55,6 +57,7 @@ pub const COUNTED: &str = "/dhw/counted/";
 pub const TENANTS: &str = "/dhw/tenants/";
 pub const USAGE: &str = "/dhw/usage/";
 pub const SERVED: &str = "/dhw/served/";
+pub const TRACES: &str = "/dhw/traces/";
 
 pub fn job(id: &str) -> String {
     format!("{JOBS}{id}")
@@ -63,6 +66,11 @@ pub fn job(id: &str) -> String {
 /// A job's request, apart from its often-rewritten record.
 pub fn spec(id: &str) -> String {
     format!("{SPECS}{id}")
+}
+
+/// A job's trace context (see `traces`).
+pub fn trace(id: &str) -> String {
+    format!("{TRACES}{id}")
 }
 
 pub fn events(id: &str) -> String {

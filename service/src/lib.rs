@@ -14,14 +14,16 @@
 //!   passes before anything is written; [`time`]: timestamps as records and keys hold them.
 //! - [`auth`]: API keys (roles, tenants), checked in front of every call; [`quota`]: the
 //!   per-key limits on submitting; [`usage`]: what each key's jobs used.
-//! - [`metrics`]: Prometheus metrics at `GET /metrics`, recorded where each step happens.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`, recorded where each step happens;
+//!   [`traces`]: a job's spans (submit, queued, dispatch) in the client's trace.
 //! - [`hub`]: the replica's single store watch, fanned out to job watchers and to the
 //!   background tasks below.
 //! - [`dispatch`]: hands queued jobs to this replica's connected workers.
+//! - [`queue_view`]: every queue in memory, for live positions and start estimates.
 //! - [`reaper`]: puts jobs of lost workers back in line; removes expired jobs.
 //! - [`rpc`]: the gRPC handlers (`JobService`, `ModelService`, `DatasetService`,
 //!   `KeyService`, `UsageService`, and the worker protocol's `WorkerService`).
-//! - [`health`]: `grpc.health.v1`, following the store's health.
+//! - [`health`]: `grpc.health.v1`, following the store's health, with an entry per served model.
 //! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
 //! - [`server`]: everything above on one port, with grpc-web, reflection and health;
 //!   [`decode_errors`]: INVALID_ARGUMENT for a request that does not decode;
@@ -43,6 +45,7 @@ pub mod jobs;
 pub mod keys;
 pub mod local_etcd;
 pub mod metrics;
+pub mod queue_view;
 pub mod quota;
 pub mod reaper;
 pub mod rpc;
@@ -50,6 +53,7 @@ pub mod server;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod traces;
 pub mod trained_models;
 pub mod usage;
 pub mod validate;

@@ -72,16 +72,18 @@ pub async fn serve(
     let max_upload_message = 2 * config.max_upload_bytes + (1 << 20);
     let connection_limits = config.connections;
     let tls = config.tls.clone();
-    let auth = match config.auth.enabled {
-        false => Auth::off(),
-        true => Auth::with(KeyRing::start(store.clone(), &hub, &config.auth.fixed_keys, token.clone()).await?),
+    let keyring = match config.auth.enabled {
+        false => None,
+        true => Some(KeyRing::start(store.clone(), &hub, &config.auth.fixed_keys, token.clone()).await?),
     };
+    let auth = keyring.clone().map_or_else(Auth::off, Auth::with);
     let metrics_public = config.metrics_public;
     let lifecycle = JobLifecycle::new(store.clone(), config).with_metrics(metrics);
     usage::start(store.clone(), &hub, token.clone());
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
     reaper::start(lifecycle.clone(), &hub, token.clone());
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
+    let health_service = health::service(reporter.clone(), token.clone());
     health::start(store.clone(), reporter, token.clone()).await;
 
     // tonic-types' set adds google.rpc.BadRequest and the other error details, so that
@@ -97,7 +99,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let ctx = Arc::new(Context { lifecycle, hub, dispatcher, shutdown: token.clone() });
+    let ctx = Arc::new(Context { lifecycle, hub, dispatcher, keyring, shutdown: token.clone() });
     let addr = listener.local_addr()?;
     match &tls {
         None => tracing::info!(%addr, store = store.name(), "serving gRPC, grpc-web, reflection and health"),
@@ -132,6 +134,8 @@ pub async fn serve(
     let grpc = grpc
         .routes()
         .into_axum_router()
+        // The calls that create jobs run in a span continuing the client's trace (`traces`).
+        .layer(axum::middleware::from_fn(crate::traces::request_span))
         .layer(axum::middleware::from_fn(crate::decode_errors::invalid_argument))
         .layer(axum::middleware::from_fn_with_state(auth.clone(), crate::auth::layer::authenticate))
         .layer(tonic_web::GrpcWebLayer::new());

@@ -31,3 +31,36 @@ async fn ended_subscriptions_are_pruned_without_events() {
     assert_eq!(hub.subscriber_count(), 1);
     drop(open);
 }
+
+/// The queue view: loaded from the store when the hub starts, then kept current from its
+/// watch; a claim (entry deleted, claim put, in one transaction) counts as a start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_view_loads_the_queues_then_follows_the_watch() {
+    use deephardway_service::{
+        keys,
+        store::{Op, Txn},
+    };
+    let backend = Backend::embedded().await;
+    let store = backend.open().await;
+    let (a, b, c) =
+        (keys::queue_entry("m", 0, 1, "a"), keys::queue_entry("m", 0, 2, "b"), keys::queue_entry("m", 0, 3, "c"));
+    store.txn(Txn::new().then(Op::put(a.clone(), "a")).then(Op::put(b.clone(), "b"))).await.unwrap();
+    let hub = Hub::start(store.clone(), CancellationToken::new()).await.unwrap();
+    let queues = hub.queues();
+    assert_eq!(queues.status("b").expect("queued before the hub started").position, 1);
+    store.txn(Txn::new().then(Op::put(c.clone(), "c"))).await.unwrap();
+    for entry in [&a, &b] {
+        let id = keys::last_segment(entry);
+        let claim = Txn::new().then(Op::delete(entry.as_str())).then(Op::put(keys::claim(id), "{}"));
+        store.txn(claim).await.unwrap();
+    }
+    let mut waited = Duration::ZERO;
+    while queues.status("c").is_none_or(|s| s.position != 0) {
+        assert!(waited < Duration::from_secs(2), "{:?}", queues.status("c"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += Duration::from_millis(10);
+    }
+    let status = queues.status("c").unwrap();
+    assert!(status.dispatch_rate > 0.0 && status.estimated_start_time.is_some(), "two starts seen: {status:?}");
+    assert!(queues.status("a").is_none() && queues.status("b").is_none());
+}

@@ -30,6 +30,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, transport::Channel};
+use tracing::Instrument;
 
 use crate::runner::{JobContext, JobError, Runner};
 
@@ -149,7 +150,9 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
                         let id = assignment.job_id.clone();
                         let cancel = CancellationToken::new();
                         let runner = route(&routes, &assignment);
-                        let task = tokio::spawn(run_job(runner, assignment, cancel.clone(), outbound.clone(), finished_tx.clone(), service.clone()));
+                        let span = crate::traces::run_span(&assignment);
+                        let job = run_job(runner, assignment, cancel.clone(), outbound.clone(), finished_tx.clone(), service.clone());
+                        let task = tokio::spawn(job.instrument(span));
                         running.insert(id, RunningJob { cancel, task });
                     }
                     Some(connect_response::Message::Cancel(cancel)) => {
@@ -214,6 +217,7 @@ async fn run_job(
     finished: mpsc::UnboundedSender<String>,
     service: WorkerServiceClient<Authorized>,
 ) {
+    tracing::debug!("job assigned");
     let job_id = assignment.job_id.clone();
     let fence = assignment.fence;
     let report = |event: Event| ConnectRequest {
@@ -227,10 +231,13 @@ async fn run_job(
         Err(status) => Err(JobError::Failed(status)),
         Ok(runner) => {
             let (events_tx, mut events) = mpsc::unbounded_channel();
+            // The model's work, in a GenAI span of its own for generate and embed jobs.
+            let gen_ai = crate::traces::gen_ai_span(&assignment);
+            let span = gen_ai.clone().unwrap_or_else(tracing::Span::current);
             let ctx = JobContext::new(assignment, events_tx, cancel, service);
             // Its own task, so that a panic fails this job only.
-            let mut job = tokio::spawn(async move { runner.run(ctx).await });
-            loop {
+            let mut job = tokio::spawn(async move { runner.run(ctx).await }.instrument(span));
+            let outcome = loop {
                 tokio::select! {
                     Some(event) = events.recv() => {
                         let _ = outbound.send(report(event)).await;
@@ -242,16 +249,33 @@ async fn run_job(
                         break joined.unwrap_or_else(|e| Err(JobError::internal(format!("the job's runner crashed: {e}"))));
                     }
                 }
+            };
+            if let (Some(span), Ok(result)) = (&gen_ai, &outcome) {
+                crate::traces::record_usage(span, result);
             }
+            outcome
         }
     };
     let last = match outcome {
         Ok(result) => Event::Result(result),
         Err(JobError::Cancelled) => Event::Cancelled(JobCancelled::default()),
-        Err(JobError::Failed(status)) => Event::Failed(to_rpc_status(&status)),
+        Err(JobError::Failed(status)) => {
+            crate::traces::record_failure(&status);
+            Event::Failed(to_rpc_status(&status))
+        }
     };
+    // In the job's `run` span, as every line its code logs.
+    tracing::debug!(outcome = outcome_name(&last), "job ended");
     let _ = outbound.send(report(last)).await;
     let _ = finished.send(job_id);
+}
+
+fn outcome_name(last: &Event) -> &'static str {
+    match last {
+        Event::Result(_) => "succeeded",
+        Event::Cancelled(_) => "cancelled",
+        _ => "failed",
+    }
 }
 
 #[cfg(test)]

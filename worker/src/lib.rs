@@ -18,6 +18,7 @@
 //!   tokenizer and chat template), [`models::bert`] (the sentence embedder) and
 //!   [`models::vision`] (images to tensors, the networks, training, the classifier).
 //! - [`artifacts`]: datasets and trained models fetched from the service, cached on disk.
+//! - [`traces`]: a job's `run` span and its GenAI span, in the job's trace.
 //! - [`device`]: choosing a candle device (`auto`, `cpu`, `cuda[:N]`).
 //!
 //! What needs no candle (reading dataset archives, a train job's options) is in the
@@ -29,6 +30,7 @@ pub mod device;
 pub mod models;
 pub mod runner;
 pub mod runners;
+pub mod traces;
 
 pub use connection::{WorkerOptions, run};
 pub use runner::{JobContext, JobError, Runner};

@@ -88,6 +88,8 @@ def main() -> None:
         spec.timeout.FromSeconds(60)
         job = stub.CreateJob(jobs_pb2.CreateJobRequest(spec=spec, request_id="python-1"), metadata=metadata).job
         for response in stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id, after_seq=0), metadata=metadata):
+            if not response.HasField("event"):
+                continue  # a queue status (the job's place in line), not an event
             print(json_format.MessageToJson(response.event, indent=None), flush=True)
         final = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id), metadata=metadata).job
         print(json_format.MessageToJson(final, indent=None), flush=True)

@@ -6,7 +6,8 @@
 //! - [`TestWorker`]: a worker in this process; [`WorkerProcess`]: the real binary, to kill;
 //!   [`raw_worker::RawWorker`]: the worker protocol by hand, for misbehaving workers;
 //! - [`ServiceProcess`], [`UpProcess`]: `deephardway serve` and `up`, to kill and restart;
-//! - client helpers: [`jobs_client`], [`create`], [`run`], [`watch`], [`collect_events`].
+//! - client helpers: [`jobs_client`], [`create`], [`run`], [`watch`], [`collect_events`],
+//!   [`next_event`] (streams also carry queue statuses, which are not events).
 #![allow(dead_code)]
 
 pub mod raw_worker;
@@ -17,8 +18,8 @@ pub use service_support::*;
 use std::{path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
 use deephardway::v1::{
-    CreateJobRequest, Job, JobEvent, JobSpec, RunJobRequest, RunJobResponse, WatchJobRequest, WatchJobResponse,
-    job_service_client::JobServiceClient,
+    CreateJobRequest, Job, JobEvent, JobSpec, QueueStatus, RunJobRequest, RunJobResponse, WatchJobRequest,
+    WatchJobResponse, job_service_client::JobServiceClient,
 };
 use deephardway_service::{ServiceConfig, Web, store::SharedStore};
 use deephardway_worker::{Runner, WorkerOptions, runners::diagnostic::DiagnosticRunner};
@@ -269,21 +270,48 @@ pub async fn watch(
     Ok(client.watch_job(WatchJobRequest { job_id: job_id.to_string(), after_seq }).await?.into_inner())
 }
 
-/// A stream message that carries one job event (RunJob's and WatchJob's).
+/// A message of RunJob's and WatchJob's streams: a job event, or (while the job is
+/// queued) its place in line, which carries no event.
 pub trait EventMessage {
-    fn into_event(self) -> JobEvent;
+    fn event(self) -> Option<JobEvent>;
+    fn queue_status(&self) -> Option<&QueueStatus>;
+
+    /// The event; panics on a queue status (see [`next_event`] to skip those).
+    fn into_event(self) -> JobEvent
+    where
+        Self: Sized + std::fmt::Debug,
+    {
+        let text = format!("{self:?}");
+        self.event().unwrap_or_else(|| panic!("a stream message without an event: {text}"))
+    }
 }
 
 impl EventMessage for RunJobResponse {
-    fn into_event(self) -> JobEvent {
-        self.event.expect("a stream message carries an event")
+    fn event(self) -> Option<JobEvent> {
+        self.event
+    }
+    fn queue_status(&self) -> Option<&QueueStatus> {
+        self.queue_status.as_ref()
     }
 }
 
 impl EventMessage for WatchJobResponse {
-    fn into_event(self) -> JobEvent {
-        self.event.expect("a stream message carries an event")
+    fn event(self) -> Option<JobEvent> {
+        self.event
     }
+    fn queue_status(&self) -> Option<&QueueStatus> {
+        self.queue_status.as_ref()
+    }
+}
+
+/// The stream's next job event, skipping queue statuses; `None` when it ended.
+pub async fn next_event<M: EventMessage>(stream: &mut tonic::Streaming<M>) -> Result<Option<JobEvent>, tonic::Status> {
+    while let Some(message) = stream.message().await? {
+        if let Some(event) = message.event() {
+            return Ok(Some(event));
+        }
+    }
+    Ok(None)
 }
 
 /// Waits (up to `within`) until some connected worker serves the diagnostic model.
@@ -309,7 +337,8 @@ pub async fn collect_events<M: EventMessage>(
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, stream.message()).await {
-            Ok(Ok(Some(message))) => events.push(message.into_event()),
+            // Queue statuses are not events.
+            Ok(Ok(Some(message))) => events.extend(message.event()),
             Ok(Ok(None)) => return Ok(events),
             Ok(Err(status)) => return Err(status),
             Err(_) => panic!("stream did not end within {within:?}; got {} events: {events:?}", events.len()),

@@ -1,7 +1,7 @@
 // The texts and states a page shows while it runs a job from a form (see
 // src/jobControls.ts). Pure, no DOM.
-import type { JobEvent, JobStarted } from "../gen/deephardway/v1/jobs_pb.js";
-import { formatDuration } from "./format.js";
+import type { JobEvent, JobStarted, QueueStatus } from "../gen/deephardway/v1/jobs_pb.js";
+import { formatDuration, tsMs } from "./format.js";
 
 /** What a page's second button is called: Diagnostic's "Cancel", Generate's and Train's "Stop". */
 export type StopVerb = "cancel" | "stop";
@@ -19,6 +19,23 @@ export function isActive(state: string | undefined): boolean {
 /** "Job 7 queued", or "Job 7 queued (position 2)" from a JobQueued event. */
 export function queuedText(jobId: string, position?: number): string {
   return position === undefined ? `Job ${jobId} queued` : `Job ${jobId} queued (position ${position})`;
+}
+
+/**
+ * "position 2, starts in ~12.3 s" from a live queue status at time `nowMs`, or
+ * "position 2" while the service has no estimate (no job of the line started lately).
+ */
+export function queuePlaceText(status: Pick<QueueStatus, "position" | "estimatedStartTime">, nowMs: number): string {
+  const start = tsMs(status.estimatedStartTime);
+  const place = `position ${status.position}`;
+  if (start === undefined) return place;
+  const wait = start - nowMs;
+  return wait < 1000 ? `${place}, starts in under 1 s` : `${place}, starts in ~${formatDuration(wait)}`;
+}
+
+/** "Job 7 queued (position 2, starts in ~12.3 s)" from a live queue status. */
+export function queueStatusText(jobId: string, status: Pick<QueueStatus, "position" | "estimatedStartTime">, nowMs: number): string {
+  return `Job ${jobId} queued (${queuePlaceText(status, nowMs)})`;
 }
 
 /** "Job 7 running on cuda:0", or with the worker "Job 7 running on w1 (cuda:0)". */

@@ -2,7 +2,7 @@
 // backoff after a lost connection. The stream itself is injected, so this is testable
 // without a network.
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { JobEvent } from "../gen/deephardway/v1/jobs_pb.js";
+import type { JobEvent, QueueStatus } from "../gen/deephardway/v1/jobs_pb.js";
 
 /** Whether an event is a job's last one (result, failed or cancelled). */
 export function isFinalEvent(ev: JobEvent): boolean {
@@ -11,12 +11,17 @@ export function isFinalEvent(ev: JobEvent): boolean {
 }
 
 /**
- * The events of a WatchJob (or RunJob) stream: each response's `event`; a response
- * without one (which the service does not send) is skipped.
+ * The events of a WatchJob (or RunJob) stream: each response's `event`. A response
+ * without one carries the queued job's live place in line (`queueStatus`: no seq, never
+ * replayed), which goes to `onQueueStatus`; any other is skipped.
  */
-export async function* jobEvents(stream: AsyncIterable<{ event?: JobEvent }>): AsyncGenerator<JobEvent> {
+export async function* jobEvents(
+  stream: AsyncIterable<{ event?: JobEvent; queueStatus?: QueueStatus }>,
+  onQueueStatus?: (status: QueueStatus) => void,
+): AsyncGenerator<JobEvent> {
   for await (const resp of stream) {
     if (resp.event) yield resp.event;
+    else if (resp.queueStatus) onQueueStatus?.(resp.queueStatus);
   }
 }
 

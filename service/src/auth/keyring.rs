@@ -84,7 +84,8 @@ impl KeyRing {
         }
     }
 
-    async fn reload(&self) -> anyhow::Result<()> {
+    /// Re-reads the stored keys now.
+    pub async fn reload(&self) -> anyhow::Result<()> {
         let keys = api_keys::list(&self.store).await?;
         let mut fresh = HashMap::with_capacity(keys.len());
         for key in keys {

@@ -230,6 +230,10 @@ impl JobLifecycle {
     /// Validates and queues a job for `owner` (the job belongs to its tenant). Returns
     /// the job and whether `request_id` matched an earlier one of the tenant (which is
     /// returned instead). Nothing is written unless it succeeds.
+    ///
+    /// Its span (a child of the client's trace, see [`crate::traces`]) is the root of the
+    /// job's spans: its context is stored with the job for the worker's run to continue.
+    #[tracing::instrument(name = "submit", skip_all, fields(deephardway.job.id = tracing::field::Empty))]
     pub async fn submit(&self, mut spec: JobSpec, request_id: &str, owner: &Caller) -> Result<(Job, bool), Status> {
         validate::spec(&spec)?;
         validate::request_id(request_id)?;
@@ -281,6 +285,8 @@ impl JobLifecycle {
 
         let created = now();
         let id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::Span::current();
+        span.record("deephardway.job.id", id.as_str());
         let job = Job {
             id: id.clone(),
             state: JobState::Queued as i32,
@@ -320,6 +326,9 @@ impl JobLifecycle {
         }
         if !job.key.is_empty() {
             txn = txn.then(Op::put(keys::active(tenant, &job.key, &id), Vec::new()));
+        }
+        if let Some(traceparent) = deephardway::traces::traceparent_of(&span) {
+            txn = txn.then(Op::put(keys::trace(&id), traceparent));
         }
         let outcome = self.store.txn(txn).await?;
         if !outcome.succeeded {

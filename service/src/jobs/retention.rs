@@ -1,5 +1,6 @@
 //! Removing finished jobs once their retention has passed: the record, its request, its
-//! events, its idempotency key and its done-index entry, oldest first, a page at a time.
+//! trace context, its events, its idempotency key and its done-index entry, oldest first,
+//! a page at a time.
 
 use std::time::SystemTime;
 
@@ -50,6 +51,7 @@ impl JobLifecycle {
         let mut txn = Txn::new()
             .then(Op::delete(keys::job(&id)))
             .then(Op::delete(keys::spec(&id)))
+            .then(Op::delete(keys::trace(&id)))
             .then(Op::delete(&kv.key))
             .then(Op::delete(keys::counted(&id)));
         if let Some((job, _)) = self.find(&id).await?

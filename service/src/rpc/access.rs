@@ -21,6 +21,16 @@ impl KeysRpc {
     pub fn new(ctx: SharedContext) -> Self {
         Self { ctx }
     }
+
+    /// This replica knows the change before the call returns; the others within their
+    /// watch's latency (see `KeyRing`).
+    async fn refresh_keyring(&self) {
+        if let Some(ring) = &self.ctx.keyring
+            && let Err(e) = ring.reload().await
+        {
+            tracing::warn!(error = %e, "cannot re-read the API keys; the watch will catch up");
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -29,6 +39,7 @@ impl KeyService for KeysRpc {
         let caller = Caller::of(&request)?;
         let creator = if caller.key().is_empty() { "anonymous" } else { caller.key() };
         let (key, secret) = api_keys::create(self.ctx.lifecycle.store(), request.into_inner(), creator).await?;
+        self.refresh_keyring().await;
         Ok(Response::new(CreateKeyResponse { key: Some(key), secret }))
     }
 
@@ -48,6 +59,7 @@ impl KeyService for KeysRpc {
 
     async fn revoke_key(&self, request: Request<RevokeKeyRequest>) -> Result<Response<RevokeKeyResponse>, Status> {
         let key = api_keys::revoke(self.ctx.lifecycle.store(), &request.into_inner().name).await?;
+        self.refresh_keyring().await;
         Ok(Response::new(RevokeKeyResponse { key: Some(key) }))
     }
 }

@@ -5,19 +5,24 @@
 //! those after `after_seq`, then forward live ones. Sequence numbers make it exact:
 //! anything at or below the last sent is a duplicate and dropped; a jump means the
 //! subscription lost something, so it lists again.
+//!
+//! While the job is queued, the stream also carries its place in line (`queue_status`),
+//! from the replica's [`QueueView`](crate::queue_view::QueueView): not events, so no
+//! seq and no replay; sent after the stored events, then when it changes, coalesced.
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use deephardway::{
     is_final,
     v1::{
         CancelJobRequest, CancelJobResponse, CreateJobRequest, CreateJobResponse, GetJobRequest, GetJobResponse, Job,
-        JobEvent, JobState, JobView, ListJobsRequest, ListJobsResponse, RunJobRequest, RunJobResponse, WatchJobRequest,
-        WatchJobResponse, WatchJobsRequest, WatchJobsResponse, job_service_server::JobService,
+        JobEvent, JobState, JobView, ListJobsRequest, ListJobsResponse, QueueStatus, RunJobRequest, RunJobResponse,
+        WatchJobRequest, WatchJobResponse, WatchJobsRequest, WatchJobsResponse, job_event::Event,
+        job_service_server::JobService,
     },
 };
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -33,7 +38,31 @@ fn tenant_filter(caller: &Caller) -> Option<&str> {
     if caller.is_admin() { None } else { Some(caller.tenant()) }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+/// What a job's stream carries: its events, and, while it is queued, its place in line.
+enum Update {
+    Event(JobEvent),
+    Queue(QueueStatus),
+}
+
+impl From<Update> for RunJobResponse {
+    fn from(update: Update) -> Self {
+        match update {
+            Update::Event(event) => RunJobResponse { event: Some(event), queue_status: None },
+            Update::Queue(status) => RunJobResponse { event: None, queue_status: Some(status) },
+        }
+    }
+}
+
+impl From<Update> for WatchJobResponse {
+    fn from(update: Update) -> Self {
+        match update {
+            Update::Event(event) => WatchJobResponse { event: Some(event), queue_status: None },
+            Update::Queue(status) => WatchJobResponse { event: None, queue_status: Some(status) },
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>>;
 pub type RunJobStream = Pin<Box<dyn Stream<Item = Result<RunJobResponse, Status>> + Send>>;
 pub type WatchJobStream = Pin<Box<dyn Stream<Item = Result<WatchJobResponse, Status>> + Send>>;
 
@@ -55,6 +84,14 @@ async fn viewed(ctx: &SharedContext, job: Job, view: JobView) -> Result<Job, Sta
         JobView::Full => ctx.lifecycle.with_spec(job).await,
         _ => Ok(in_view(job, view)),
     }
+}
+
+/// `job` with its live place in line, if it is queued (see [`QueueStatus`]).
+fn with_queue_status(ctx: &SharedContext, mut job: Job) -> Job {
+    if job.state == JobState::Queued as i32 {
+        job.queue_status = ctx.hub.queues().status(&job.id);
+    }
+    job
 }
 
 fn in_view(mut job: Job, view: JobView) -> Job {
@@ -93,7 +130,7 @@ impl JobService for JobsRpc {
         let spec = spec.ok_or_else(|| deephardway::errors::invalid_field("spec", "is required"))?;
         let (job, _) = self.ctx.lifecycle.submit(spec, &request_id, &caller).await?;
         let events = follow(self.ctx.clone(), "run_job", caller, job.id, 0);
-        Ok(Response::new(Box::pin(events.map(|e| e.map(|event| RunJobResponse { event: Some(event) })))))
+        Ok(Response::new(Box::pin(events.map(|e| e.map(RunJobResponse::from)))))
     }
 
     type WatchJobStream = WatchJobStream;
@@ -110,7 +147,7 @@ impl JobService for JobsRpc {
             ));
         }
         let events = follow(self.ctx.clone(), "watch_job", caller, job_id, after_seq);
-        Ok(Response::new(Box::pin(events.map(|e| e.map(|event| WatchJobResponse { event: Some(event) })))))
+        Ok(Response::new(Box::pin(events.map(|e| e.map(WatchJobResponse::from)))))
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
@@ -118,7 +155,8 @@ impl JobService for JobsRpc {
         let GetJobRequest { job_id, view: asked } = request.into_inner();
         let view = view(asked, JobView::Full)?;
         let job = self.ctx.lifecycle.get_for(&caller, &job_id).await?;
-        Ok(Response::new(GetJobResponse { job: Some(viewed(&self.ctx, job, view).await?) }))
+        let job = with_queue_status(&self.ctx, viewed(&self.ctx, job, view).await?);
+        Ok(Response::new(GetJobResponse { job: Some(job) }))
     }
 
     async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
@@ -205,7 +243,7 @@ fn follow(ctx: SharedContext, rpc: &'static str, caller: Caller, job_id: String,
     Box::pin(ReceiverStream::new(rx))
 }
 
-type Sink = mpsc::Sender<Result<JobEvent, Status>>;
+type Sink = mpsc::Sender<Result<Update, Status>>;
 
 /// Sends one event unless it is a duplicate. Returns `Some(done)`, or `None` on a gap.
 async fn deliver(tx: &Sink, event: JobEvent, last: &mut u64) -> Option<bool> {
@@ -218,11 +256,65 @@ async fn deliver(tx: &Sink, event: JobEvent, last: &mut u64) -> Option<bool> {
     *last = event.seq;
     let done = event.event.as_ref().is_some_and(is_final);
     // A closed channel means the client went away: nothing more to do.
-    Some(tx.send(Ok(event)).await.is_err() || done)
+    Some(tx.send(Ok(Update::Event(event))).await.is_err() || done)
+}
+
+/// Queue statuses are sent at most this often per stream.
+const QUEUE_STATUS_INTERVAL: Duration = Duration::from_millis(250);
+/// ... and re-checked at least this often, as the estimate moves with the rate even
+/// while the line does not.
+const QUEUE_STATUS_RECHECK: Duration = Duration::from_secs(1);
+
+/// The last queue status a stream sent, to send only what changed.
+#[derive(Default)]
+struct QueueStatusSent {
+    last: Option<QueueStatus>,
+    at: Option<Instant>,
+}
+
+impl QueueStatusSent {
+    /// Whether `new` is worth sending after what was sent: another position, an estimate
+    /// that appeared or went, or one that moved by more than a second and 10% of the wait.
+    fn differs(&self, new: &QueueStatus) -> bool {
+        let Some(last) = &self.last else { return true };
+        if last.position != new.position {
+            return true;
+        }
+        let secs = |t: &prost_types::Timestamp| t.seconds as f64 + f64::from(t.nanos) / 1e9;
+        match (&last.estimated_start_time, &new.estimated_start_time) {
+            (None, None) => false,
+            (Some(a), Some(b)) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let wait = (secs(b) - now.as_secs_f64()).max(0.0);
+                (secs(a) - secs(b)).abs() > 1.0_f64.max(0.1 * wait)
+            }
+            _ => true,
+        }
+    }
+
+    /// Sends the job's queue status if it is queued, changed, and the last was sent long
+    /// enough ago (`force` skips both checks: right after the stored events, and when
+    /// the job becomes next). Returns false if the client went away.
+    async fn send(&mut self, ctx: &SharedContext, job_id: &str, tx: &Sink, force: bool) -> bool {
+        if !force && self.at.is_some_and(|at| at.elapsed() < QUEUE_STATUS_INTERVAL) {
+            return true;
+        }
+        let Some(status) = ctx.hub.queues().status(job_id) else { return true };
+        if !force && !self.differs(&status) {
+            return true;
+        }
+        self.last = Some(status);
+        self.at = Some(Instant::now());
+        tx.send(Ok(Update::Queue(status))).await.is_ok()
+    }
 }
 
 async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -> Result<(), Status> {
     let mut last = after_seq;
+    let mut queue_changes = ctx.hub.queues().changes();
+    let mut sent = QueueStatusSent::default();
+    let mut recheck = tokio::time::interval(QUEUE_STATUS_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let Some(mut live) = ctx.hub.subscribe(job_id).await else {
             return Err(shutting_down(last));
@@ -244,16 +336,58 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
         if final_seq.is_some_and(|seq| seq <= last) {
             return Ok(());
         }
+        // Where a queued job stands now, whatever was sent before (a resumed watcher
+        // gets it again at once).
+        if !sent.send(ctx, job_id, tx, true).await {
+            return Ok(());
+        }
+        // A queue change within the interval is sent when the interval ends.
+        let mut pending = false;
         loop {
+            let wait = sent.at.map_or(Duration::ZERO, |at| QUEUE_STATUS_INTERVAL.saturating_sub(at.elapsed()));
             tokio::select! {
                 event = live.recv() => match event {
-                    Some(event) => match deliver(tx, event, &mut last).await {
-                        Some(true) => return Ok(()),
-                        Some(false) => {}
-                        None => break, // a gap: list again
-                    },
+                    Some(event) => {
+                        let requeued = matches!(event.event, Some(Event::Queued(_)));
+                        match deliver(tx, event, &mut last).await {
+                            Some(true) => return Ok(()),
+                            Some(false) => {}
+                            None => break, // a gap: list again
+                        }
+                        // Back in line after a lost worker: its new place, at once (the
+                        // hub applied the entry to the view before routing the event).
+                        if requeued && !sent.send(ctx, job_id, tx, true).await {
+                            return Ok(());
+                        }
+                    }
                     None => break, // dropped by the hub: list again
                 },
+                changed = queue_changes.changed() => {
+                    if changed.is_err() {
+                        return Err(shutting_down(last));
+                    }
+                    // Becoming next is sent at once: with one slot the job may start
+                    // before the interval ends, and "next" should not be skipped.
+                    let now_next = sent.last.is_some_and(|s| s.position != 0) && ctx.hub.queues().is_next(job_id);
+                    if now_next {
+                        if !sent.send(ctx, job_id, tx, true).await {
+                            return Ok(());
+                        }
+                    } else {
+                        pending = true;
+                    }
+                }
+                _ = tokio::time::sleep(wait), if pending => {
+                    pending = false;
+                    if !sent.send(ctx, job_id, tx, false).await {
+                        return Ok(());
+                    }
+                }
+                _ = recheck.tick() => {
+                    if !sent.send(ctx, job_id, tx, false).await {
+                        return Ok(());
+                    }
+                }
                 _ = tx.closed() => return Ok(()),
                 _ = ctx.shutdown.cancelled() => return Err(shutting_down(last)),
             }
@@ -284,7 +418,7 @@ async fn forward_job_updates(
         if std::mem::take(&mut send_snapshot) {
             for job in ctx.lifecycle.list(tenant, JobState::Unspecified, "", snapshot_size, None).await?.jobs {
                 shown.insert(job.id.clone());
-                let job = viewed(ctx, job, view).await?;
+                let job = with_queue_status(ctx, viewed(ctx, job, view).await?);
                 let update = WatchJobsResponse { job: Some(job), removed: false, snapshot: true };
                 if tx.send(Ok(update)).await.is_err() {
                     return Ok(());
@@ -304,7 +438,7 @@ async fn forward_job_updates(
                 shown.insert(job.id.clone());
                 // The change carries the record; FULL joins the request (a job removed
                 // meanwhile keeps the record's).
-                let job = viewed(ctx, Job::clone(&job), view).await?;
+                let job = with_queue_status(ctx, viewed(ctx, Job::clone(&job), view).await?);
                 WatchJobsResponse { job: Some(job), removed: false, snapshot: false }
             }
             Ok(Change::JobRemoved { job_id }) if shown.remove(&job_id) => WatchJobsResponse {

@@ -19,6 +19,9 @@ pub struct Context {
     pub lifecycle: JobLifecycle,
     pub hub: Hub,
     pub dispatcher: Dispatcher,
+    /// The keys this replica accepts (auth on); KeyService refreshes it at once after a
+    /// change, so that a key works (or stops working) here as soon as the call returns.
+    pub keyring: Option<std::sync::Arc<crate::auth::KeyRing>>,
     /// Cancelled when the server shuts down; long streams end on it.
     pub shutdown: CancellationToken,
 }

@@ -376,6 +376,8 @@ impl Session {
         };
         self.running.insert(job.id.clone(), running);
         let (dataset, trained_model) = inputs::assignment_inputs(self.ctx.lifecycle.store(), &job).await;
+        let traceparent =
+            crate::traces::handed_over(self.ctx.lifecycle.store().as_ref(), &job, &self.record.worker_id).await;
         let assignment = Assignment {
             job_id: job.id.clone(),
             fence: fence.secret,
@@ -384,6 +386,7 @@ impl Session {
             spec: job.spec.clone(),
             dataset,
             trained_model,
+            traceparent,
         };
         self.send(connect_response::Message::Assignment(assignment));
         // A cancel may have been accepted between the claim and now.

@@ -70,6 +70,14 @@ impl SentenceEmbedder {
         self.dimensions
     }
 
+    /// How many tokens the texts make, special tokens included (what the model reads).
+    pub fn count_tokens(&self, texts: &[String]) -> anyhow::Result<usize> {
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
+        // The tokenizer pads a batch to its longest text: count what the mask keeps.
+        Ok(encodings.iter().map(|e| e.get_attention_mask().iter().filter(|&&m| m != 0).count()).sum())
+    }
+
     /// One L2-normalised vector per text, in order.
     pub fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
         if texts.is_empty() {

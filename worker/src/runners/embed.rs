@@ -155,6 +155,15 @@ impl Runner for EmbedRunner {
         if job.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
         }
+        // The trace's `gen_ai.usage.input_tokens` (the current span is the job's GenAI
+        // span; see `traces`): the texts are tokenized once more for it, so only while
+        // traces are exported.
+        if deephardway::traces::enabled()
+            && let Ok(tokens) = self.embedder.count_tokens(&input.texts)
+        {
+            // As i64: tracing-opentelemetry exports a u64 as a string.
+            tracing::Span::current().record("gen_ai.usage.input_tokens", tokens as i64);
+        }
         // The batching thread runs the forward pass, off the async threads.
         let (reply, vectors) = tokio::sync::oneshot::channel();
         self.in_flight.fetch_add(1, Ordering::AcqRel);

@@ -5,6 +5,7 @@ import type { AppContext } from "../../page.js";
 import type { Job, JobEvent } from "../../gen/deephardway/v1/jobs_pb.js";
 import { h, messageBox, setChildren } from "../../ui.js";
 import { errorText, tsMs } from "../../lib/format.js";
+import { queuePlaceText } from "../../lib/jobstatus.js";
 import { appendEvent, type LogLine } from "../../lib/eventlog.js";
 import { jobSummaryRows } from "../../lib/jobdetail.js";
 import { followJob } from "../../jobrun.js";
@@ -81,12 +82,15 @@ export function jobDetailView(ctx: AppContext, cancelJob: (id: string) => void):
     const summary = h("div", { class: "summary" }, "Loading…");
     const log = eventLog();
     const logStatus = h("div", { class: "status", "data-testid": "log-status" }, "Replaying events…");
+    // The live place in line while the job waits (WatchJob's queue statuses).
+    const inLine = h("div", { class: "status", "data-testid": "queue-status", hidden: true });
     const cancel = h("button", { class: "small", onclick: () => cancelJob(id) }, "Cancel");
     setChildren(
       el,
       h("div", { class: "detail-head" }, h("h3", null, `Job ${id}`), cancel, h("a", { href: "#/jobs" }, "close")),
       derror.el,
       summary,
+      inLine,
       logStatus,
       log.el,
     );
@@ -107,6 +111,15 @@ export function jobDetailView(ctx: AppContext, cancelJob: (id: string) => void):
       onEvent: (ev) => {
         log.add(ev);
         logStatus.textContent = `${ev.seq} events`;
+        if (ev.event.case === "started" && !inLine.hidden) {
+          inLine.hidden = true;
+          // Seen waiting live: the summary's state and "In line" row are out of date now.
+          loadSummary().catch(() => {});
+        }
+      },
+      onQueueStatus: (queue) => {
+        inLine.hidden = false;
+        inLine.textContent = `In line: ${queuePlaceText(queue, Date.now())}`;
       },
     })
       .then((final) => {
