@@ -17,9 +17,7 @@ use tonic::Status;
 use crate::{
     artifacts::ArtifactStore,
     auth::tenant_of,
-    datasets,
-    jobs::Fence,
-    keys,
+    datasets, keys,
     store::{Compare, Op, SharedStore, Txn},
     time::now,
     validate,
@@ -72,14 +70,14 @@ pub async fn latest(store: &SharedStore, tenant: &str) -> Result<Vec<TrainedMode
 
 /// Stores a trained model's files and registers it as the next version of the name the
 /// train job asked for, if the files pass [`check::model_files`] and the job's claim is
-/// still the one `fence` names when the version is written (else nothing is registered
-/// and the files are removed). `description` comes from the worker; the rest is filled
-/// here.
+/// still the one created at `claim_revision` (the assignment's fence, checked by the
+/// caller) when the version is written (else nothing is registered and the files are
+/// removed). `description` comes from the worker; the rest is filled here.
 pub async fn publish(
     store: &SharedStore,
     artifacts: &ArtifactStore,
     job: &Job,
-    fence: &Fence,
+    claim_revision: i64,
     description: TrainedModel,
     config: Vec<u8>,
     weights: Vec<u8>,
@@ -103,13 +101,13 @@ pub async fn publish(
     // The files' place is this assignment's own (a claim's revision is unique), so
     // nothing a concurrent or earlier attempt wrote is ever overwritten. Not the fence's
     // secret: the path is shown to every client.
-    let artifact = format!("models/{}/{name}/{}-{}", tenant_of(&job.tenant), job.id, fence.revision);
+    let artifact = format!("models/{}/{name}/{}-{}", tenant_of(&job.tenant), job.id, claim_revision);
     let config_path = format!("{artifact}/config.json");
     let weights_path = format!("{artifact}/model.safetensors");
     let stored = async {
         artifacts.put(&config_path, Bytes::from(config)).await?;
         artifacts.put(&weights_path, Bytes::from(weights)).await?;
-        register(store, job, fence, train, description, &artifact).await
+        register(store, job, claim_revision, train, description, &artifact).await
     }
     .await;
     if stored.is_err() {
@@ -121,11 +119,11 @@ pub async fn publish(
 }
 
 /// Writes the next version of the train job's output model, while the job's claim is the
-/// one `fence` names.
+/// one created at `claim_revision`.
 async fn register(
     store: &SharedStore,
     job: &Job,
-    fence: &Fence,
+    claim_revision: i64,
     train: &TrainInput,
     mut description: TrainedModel,
     artifact: &str,
@@ -133,7 +131,7 @@ async fn register(
     let name = train.output_model.as_str();
     let tenant = tenant_of(&job.tenant);
     let (dataset, dataset_path) = (&train.dataset, &train.dataset_path);
-    let claim_holds = Compare::CreateRevision(keys::claim(&job.id), fence.revision);
+    let claim_holds = Compare::CreateRevision(keys::claim(&job.id), claim_revision);
     // A few tries: two jobs finishing under one name at once each get their own version.
     for _ in 0..16 {
         let latest = store.range_rev(&keys::model_versions(tenant, name), None, 1).await?;
@@ -154,7 +152,7 @@ async fn register(
             return Ok(description);
         }
         let claim = store.get(&keys::claim(&job.id)).await?;
-        if claim.is_none_or(|kv| kv.create_revision != fence.revision) {
+        if claim.is_none_or(|kv| kv.create_revision != claim_revision) {
             return Err(Status::permission_denied(format!(
                 "job {}: the assignment ended before the model was registered",
                 job.id

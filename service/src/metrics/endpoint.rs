@@ -37,11 +37,32 @@ async fn scrape(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> Re
         return (code, format!("{}\n", status.message())).into_response();
     }
     let metrics = endpoint.lifecycle.metrics();
-    match super::store_job_counts(&endpoint.lifecycle).await {
+    match store_job_counts(&endpoint.lifecycle).await {
         Ok(counts) => metrics.set_job_counts(&counts),
         // The rest is still worth serving; the gauges keep their last values.
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the job counts from the store"),
     }
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], metrics.encode()).into_response()
+}
+
+/// Job counts per (state, model) as the store holds them: the queue entries
+/// (`/dhw/queue/<model>/…`) and the running index joined with the job records.
+async fn store_job_counts(
+    lifecycle: &crate::jobs::JobLifecycle,
+) -> Result<std::collections::BTreeMap<(String, String), i64>, tonic::Status> {
+    use crate::keys;
+    let store = lifecycle.store();
+    let mut counts = std::collections::BTreeMap::new();
+    for kv in store.range(keys::QUEUE, 0).await?.kvs {
+        let model = kv.key[keys::QUEUE.len()..].split('/').next().unwrap_or_default().to_string();
+        *counts.entry(("queued".to_string(), model)).or_insert(0) += 1;
+    }
+    for kv in store.range(keys::RUNNING, 0).await?.kvs {
+        if let Some((job, _)) = lifecycle.find(keys::last_segment(&kv.key)).await? {
+            let model = deephardway::served_model(job.kind(), &job.model).to_string();
+            *counts.entry(("running".to_string(), model)).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
 }

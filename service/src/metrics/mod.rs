@@ -308,27 +308,6 @@ impl Drop for StreamGuard {
     }
 }
 
-/// Job counts per (state, model) as the store holds them: the queue entries
-/// (`/dhw/queue/<model>/…`) and the running index joined with the job records.
-pub async fn store_job_counts(
-    lifecycle: &crate::jobs::JobLifecycle,
-) -> Result<std::collections::BTreeMap<(String, String), i64>, tonic::Status> {
-    use crate::keys;
-    let store = lifecycle.store();
-    let mut counts = std::collections::BTreeMap::new();
-    for kv in store.range(keys::QUEUE, 0).await?.kvs {
-        let model = kv.key[keys::QUEUE.len()..].split('/').next().unwrap_or_default().to_string();
-        *counts.entry(("queued".to_string(), model)).or_insert(0) += 1;
-    }
-    for kv in store.range(keys::RUNNING, 0).await?.kvs {
-        if let Some((job, _)) = lifecycle.find(keys::last_segment(&kv.key)).await? {
-            let model = deephardway::served_model(job.kind(), &job.model).to_string();
-            *counts.entry(("running".to_string(), model)).or_insert(0) += 1;
-        }
-    }
-    Ok(counts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

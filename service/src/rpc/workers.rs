@@ -132,7 +132,8 @@ impl WorkerService for WorkersRpc {
         let (job, fence) = self.ctx.lifecycle.held(&job_id, fence, caller.key()).await?;
         let description = model.ok_or_else(|| invalid_field("model", "is required"))?;
         let (store, artifacts) = (self.ctx.lifecycle.store(), &self.ctx.lifecycle.config().artifacts);
-        let published = trained_models::publish(store, artifacts, &job, &fence, description, config, weights).await?;
+        let published =
+            trained_models::publish(store, artifacts, &job, fence.revision, description, config, weights).await?;
         Ok(Response::new(PublishModelResponse { model: Some(published) }))
     }
 
