@@ -56,7 +56,7 @@ pub const MAX_ARTIFACT_MESSAGE: usize = 512 << 20;
 /// The file descriptor set of every file under `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("deephardway_descriptor");
 
-use v1::{JobKind, job_event, job_spec};
+use v1::{JobKind, JobState, job_event, job_spec};
 
 /// The kind of job an input asks for.
 pub fn kind_of(input: &job_spec::Input) -> JobKind {
@@ -72,6 +72,22 @@ pub fn kind_of(input: &job_spec::Input) -> JobKind {
 /// True for the events that end a job: result, failed and cancelled.
 pub fn is_final(event: &job_event::Event) -> bool {
     matches!(event, job_event::Event::Result(_) | job_event::Event::Failed(_) | job_event::Event::Cancelled(_))
+}
+
+/// True for the states a job ends in (a record's `state`): succeeded, failed, cancelled.
+pub fn is_finished(state: i32) -> bool {
+    matches!(JobState::try_from(state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
+}
+
+/// A record's `kind` as messages, metrics labels and usage keys name it: `generate`, `embed`, …
+pub fn kind_name(kind: i32) -> String {
+    JobKind::try_from(kind).map_or("unknown".into(), |k| k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase())
+}
+
+/// A record's `state` as metrics labels and usage keys name it: `queued`, `succeeded`, …
+pub fn state_name(state: i32) -> String {
+    JobState::try_from(state)
+        .map_or("unknown".into(), |s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
 }
 
 /// Opens a channel to a service at `url` (e.g. `http://127.0.0.1:50051`, or `https://…`

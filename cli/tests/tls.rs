@@ -67,6 +67,25 @@ impl Pki {
     }
 }
 
+/// A local etcd that requires TLS client certificates from the test CA, and the user
+/// `deephardway` (password `s3cret`) with read/write on `/dhw/` only.
+async fn secured_etcd(pki: &Pki) -> LocalEtcd {
+    let security = EtcdSecurity {
+        tls: Some(EtcdTls {
+            cert: pki.path("server.pem"),
+            key: pki.path("server.key"),
+            client_ca: pki.path("ca.pem"),
+            client: pki.client_tls(true),
+        }),
+        auth: Some(EtcdAuth {
+            root_password: "root-secret".into(),
+            user: "deephardway".into(),
+            password: "s3cret".into(),
+        }),
+    };
+    LocalEtcd::start_secured(security).await.expect("etcd with TLS and auth")
+}
+
 fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -365,20 +384,7 @@ async fn up_over_mutual_tls_runs_jobs_on_its_local_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_replicas_share_an_etcd_with_tls_and_auth() {
     let pki = Pki::new();
-    let security = EtcdSecurity {
-        tls: Some(EtcdTls {
-            cert: pki.path("server.pem"),
-            key: pki.path("server.key"),
-            client_ca: pki.path("ca.pem"),
-            client: pki.client_tls(true),
-        }),
-        auth: Some(EtcdAuth {
-            root_password: "root-secret".into(),
-            user: "deephardway".into(),
-            password: "s3cret".into(),
-        }),
-    };
-    let etcd = LocalEtcd::start_secured(security).await.expect("etcd with TLS and auth");
+    let etcd = secured_etcd(&pki).await;
     let scratch = tempfile::tempdir().unwrap();
     let replica = |port: u16, password: Option<&str>, client_cert: bool| {
         let mut command = deephardway(["serve", "--listen", &format!("127.0.0.1:{port}"), "--worker-lease-s", "2"]);
@@ -437,20 +443,7 @@ async fn serve_replicas_share_an_etcd_with_tls_and_auth() {
 async fn the_readme_secure_deployment_runs() {
     const ADMIN: &str = "readme-bootstrap-admin-key-0123456789abcdef";
     let pki = Pki::new();
-    let security = EtcdSecurity {
-        tls: Some(EtcdTls {
-            cert: pki.path("server.pem"),
-            key: pki.path("server.key"),
-            client_ca: pki.path("ca.pem"),
-            client: pki.client_tls(true),
-        }),
-        auth: Some(EtcdAuth {
-            root_password: "root-secret".into(),
-            user: "deephardway".into(),
-            password: "s3cret".into(),
-        }),
-    };
-    let etcd = LocalEtcd::start_secured(security).await.expect("etcd with TLS and auth");
+    let etcd = secured_etcd(&pki).await;
     let scratch = tempfile::tempdir().unwrap();
     let replica = |port: u16| {
         let mut command = deephardway(["serve", "--listen", &format!("0.0.0.0:{port}"), "--auth", "on"]);

@@ -8,7 +8,7 @@
 //! finishes while its replica's hub lags behind is not counted; the lag is logged.)
 
 use deephardway::v1::Job;
-use deephardway::v1::{JobKind, JobState, Usage, job_result, job_spec::Input};
+use deephardway::v1::{JobState, Usage, job_result, job_spec::Input};
 use prost::Message;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ pub fn start(store: SharedStore, hub: &Hub, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
             };
             match change {
-                Ok(Change::JobUpdated(job)) if is_finished(&job) => {
+                Ok(Change::JobUpdated(job)) if deephardway::is_finished(job.state) => {
                     let counted = async {
                         let mut job = Job::clone(&job);
                         if counts_input(&job) {
@@ -56,14 +56,6 @@ pub fn start(store: SharedStore, hub: &Hub, shutdown: CancellationToken) {
     });
 }
 
-fn is_finished(job: &Job) -> bool {
-    matches!(JobState::try_from(job.state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
-}
-
-fn name(kind: JobKind) -> String {
-    kind.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase()
-}
-
 /// Whether [`add`] counts items of the job's input (texts, images, epochs), which the
 /// record the hub carries leaves out (see `jobs::specs`): only then is it read.
 fn counts_input(job: &Job) -> bool {
@@ -75,14 +67,13 @@ fn counts_input(job: &Job) -> bool {
 
 /// Adds what `job` used to `usage`; `job` must hold its whole request.
 pub fn add(usage: &mut Usage, job: &Job) {
-    let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
-    let outcome = state.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase();
-    *usage.jobs.entry(format!("{}/{outcome}", name(job.kind()))).or_default() += 1;
+    let (kind, outcome) = (deephardway::kind_name(job.kind), deephardway::state_name(job.state));
+    *usage.jobs.entry(format!("{kind}/{outcome}")).or_default() += 1;
     if let (Some(start), Some(end)) = (&job.start_time, &job.end_time) {
         let seconds = (end.seconds - start.seconds) as f64 + f64::from(end.nanos - start.nanos) / 1e9;
         usage.worker_seconds += seconds.max(0.0);
     }
-    let succeeded = state == JobState::Succeeded;
+    let succeeded = job.state == JobState::Succeeded as i32;
     let input = job.spec.as_ref().and_then(|s| s.input.as_ref());
     match (job.result.as_ref().and_then(|r| r.value.as_ref()), input) {
         (Some(job_result::Value::Generate(g)), _) => {

@@ -178,10 +178,6 @@ fn folder_model_name(dataset_path: &str) -> String {
     }
 }
 
-fn is_finished_state(state: i32) -> bool {
-    matches!(JobState::try_from(state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
-}
-
 fn finish(job: &mut Job, state: JobState, change: &mut Change) {
     let finished = now();
     job.state = state as i32;
@@ -373,10 +369,7 @@ impl JobLifecycle {
         if let Some(remembered) = self.recently_served(kind as i32, model).await? {
             return fits(&remembered, input);
         }
-        let kind_name = |k: i32| {
-            JobKind::try_from(k)
-                .map_or("unknown".to_string(), |k| k.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase())
-        };
+        use deephardway::kind_name;
         Err(match other_kind {
             Some(k) => {
                 invalid_field("model", format!("{model:?} runs {} jobs, not {}", kind_name(k), kind_name(kind as i32)))
@@ -526,7 +519,7 @@ impl JobLifecycle {
             txn.ops.push(Op::put(kv.key.clone(), job.encode_to_vec()));
             txn.ops.extend(change.ops);
             if self.store.txn(txn).await?.succeeded {
-                if is_finished_state(job.state) && !is_finished_state(current.state) {
+                if deephardway::is_finished(job.state) && !deephardway::is_finished(current.state) {
                     self.metrics.finished(&job);
                 }
                 return Ok(job);

@@ -19,7 +19,7 @@ pub mod store;
 
 use std::{collections::BTreeSet, sync::Mutex};
 
-use deephardway::v1::{Job, JobKind, JobState, job_result};
+use deephardway::v1::{Job, job_result};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -112,18 +112,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn kind_name(kind: JobKind) -> String {
-    kind.as_str_name().trim_start_matches("JOB_KIND_").to_lowercase()
-}
-
-fn state_name(state: i32) -> String {
-    JobState::try_from(state)
-        .unwrap_or(JobState::Unspecified)
-        .as_str_name()
-        .trim_start_matches("JOB_STATE_")
-        .to_lowercase()
 }
 
 fn seconds_between(from: &Option<prost_types::Timestamp>, to: &Option<prost_types::Timestamp>) -> Option<f64> {
@@ -227,22 +215,22 @@ impl Metrics {
 
     /// A job was accepted.
     pub fn submitted(&self, job: &Job) {
-        let labels = JobLabels { kind: kind_name(job.kind()), model: job.model.clone() };
+        let labels = JobLabels { kind: deephardway::kind_name(job.kind), model: job.model.clone() };
         self.jobs_submitted.get_or_create(&labels).inc();
     }
 
     /// A job's attempt started.
     pub fn started(&self, job: &Job) {
         if let Some(wait) = seconds_between(&job.create_time, &job.start_time) {
-            let labels = JobLabels { kind: kind_name(job.kind()), model: job.model.clone() };
+            let labels = JobLabels { kind: deephardway::kind_name(job.kind), model: job.model.clone() };
             self.queue_wait.get_or_create(&labels).observe(wait);
         }
     }
 
     /// A job's final transition committed.
     pub fn finished(&self, job: &Job) {
-        let outcome = state_name(job.state);
-        let labels = OutcomeLabels { kind: kind_name(job.kind()), model: job.model.clone(), outcome };
+        let outcome = deephardway::state_name(job.state);
+        let labels = OutcomeLabels { kind: deephardway::kind_name(job.kind), model: job.model.clone(), outcome };
         self.jobs_finished.get_or_create(&labels).inc();
         if let Some(run) = seconds_between(&job.start_time, &job.end_time) {
             self.run_time.get_or_create(&labels).observe(run);
@@ -311,7 +299,7 @@ impl Drop for StreamGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deephardway::v1::{EmbedResult, Embedding, GenerateResult, JobResult};
+    use deephardway::v1::{EmbedResult, Embedding, GenerateResult, JobKind, JobResult, JobState};
     use prost_types::Timestamp;
 
     /// A registry with a sample in every family, as a busy server would have.

@@ -140,7 +140,7 @@ impl JobService for JobsRpc {
         let WatchJobRequest { job_id, after_seq } = request.into_inner();
         // Fail fast on an unknown job, with a status rather than an empty stream.
         let job = self.ctx.lifecycle.get_for(&caller, &job_id).await?;
-        if after_seq > job.last_seq && is_finished(&job) {
+        if after_seq > job.last_seq && deephardway::is_finished(job.state) {
             return Err(deephardway::errors::invalid_field(
                 "after_seq",
                 format!("{after_seq} is past the job's last event ({})", job.last_seq),
@@ -220,10 +220,6 @@ impl JobService for JobsRpc {
         let job = self.ctx.lifecycle.cancel(&req.job_id, &req.reason).await?;
         Ok(Response::new(CancelJobResponse { job: Some(in_view(job, JobView::Basic)) }))
     }
-}
-
-fn is_finished(job: &Job) -> bool {
-    matches!(JobState::try_from(job.state), Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled))
 }
 
 /// Streams a job's events after `after_seq` until its final one, or until the caller's
