@@ -14,32 +14,16 @@
 // when the binary has no --auth flag; E2E_TLS=0 skips the https run.
 import { execFileSync, spawn } from "node:child_process";
 import { createHash, randomBytes, X509Certificate } from "node:crypto";
-import { createServer, connect } from "node:net";
-import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { bin, checkPrerequisites, chromiumPath, dist, failWith, freePort, portOpen, results, sleep } from "./support.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "..");
-const dist = join(root, "dist");
-const results = join(root, "test-results");
-const bin =
-  process.env.DEEPHARDWAY_BIN ||
-  (process.env.CARGO_TARGET_DIR
-    ? join(resolve(process.env.CARGO_TARGET_DIR), "debug", "deephardway")
-    : resolve(root, "..", "target", "debug", "deephardway"));
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const fail = failWith("e2e-auth");
 
-function fail(msg) {
-  console.error(`e2e-auth: ${msg}`);
-  process.exit(1);
-}
-if (!existsSync(join(dist, "index.html"))) fail(`${dist}/index.html is missing: run npm run build first`);
-if (!existsSync(bin)) fail(`deephardway binary not found at ${bin} (set DEEPHARDWAY_BIN)`);
-if (!existsSync(chromiumPath)) fail(`chromium not found at ${chromiumPath} (apt-get install -y chromium)`);
-mkdirSync(results, { recursive: true });
+
+checkPrerequisites(fail);
 
 // Which of the flags this binary has.
 const help = execFileSync(bin, ["up", "--help"], { encoding: "utf8" });
@@ -52,29 +36,8 @@ if (!hasAuth) {
   process.exit(0);
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.unref();
-    s.on("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
 
-function portOpen(port) {
-  return new Promise((res) => {
-    const c = connect({ port, host: "127.0.0.1" }, () => {
-      c.end();
-      res(true);
-    });
-    c.on("error", () => res(false));
-  });
-}
 
 /** A throwaway CA and a server certificate for 127.0.0.1 / localhost it signed; the leaf's SPKI SHA-256 (base64). */
 function makeCerts(dir) {

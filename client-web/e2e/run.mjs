@@ -8,58 +8,21 @@
 // DEEPHARDWAY_DATASETS (the test datasets, default ../../shared/datasets; without them
 // the train and classify steps are skipped).
 import { execFileSync, spawn } from "node:child_process";
-import { createServer, connect } from "node:net";
-import { mkdtempSync, mkdirSync, rmSync, existsSync, openSync, readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, rmSync, existsSync, openSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
+import { bin, checkPrerequisites, chromiumPath, dist, failWith, freePort, portOpen, results, root, sleep } from "./support.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = resolve(here, "..");
-const dist = join(root, "dist");
-const results = join(root, "test-results");
-const bin =
-  process.env.DEEPHARDWAY_BIN ||
-  (process.env.CARGO_TARGET_DIR
-    ? join(resolve(process.env.CARGO_TARGET_DIR), "debug", "deephardway")
-    : resolve(root, "..", "target", "debug", "deephardway"));
-const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const fail = failWith("e2e");
+
 const datasetsDir = resolve(process.env.DEEPHARDWAY_DATASETS || resolve(root, "..", "..", "shared", "datasets"));
 
-if (!existsSync(join(dist, "index.html"))) fail(`${dist}/index.html is missing: run npm run build first`);
-if (!existsSync(bin)) fail(`deephardway binary not found at ${bin} (set DEEPHARDWAY_BIN)`);
-if (!existsSync(chromiumPath)) fail(`chromium not found at ${chromiumPath} (apt-get install -y chromium)`);
-mkdirSync(results, { recursive: true });
+checkPrerequisites(fail);
 
-function fail(msg) {
-  console.error(`e2e: ${msg}`);
-  process.exit(1);
-}
 
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.unref();
-    s.on("error", rej);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => res(port));
-    });
-  });
-}
 
-function portOpen(port) {
-  return new Promise((res) => {
-    const c = connect({ port, host: "127.0.0.1" }, () => {
-      c.end();
-      res(true);
-    });
-    c.on("error", () => res(false));
-  });
-}
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // --- the server ---
 const port = await freePort();
