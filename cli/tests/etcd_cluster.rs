@@ -29,11 +29,15 @@ struct Rig {
 }
 
 async fn rig(order: impl FnOnce(usize) -> Vec<usize>) -> Rig {
+    rig_with(order, test_config()).await
+}
+
+async fn rig_with(order: impl FnOnce(usize) -> Vec<usize>, config: deephardway_service::ServiceConfig) -> Rig {
     let etcd = LocalEtcdCluster::start(3).await.unwrap_or_else(|e| panic!("{e:#}"));
     let leader = etcd.leader().await.expect("a leader");
     let endpoints: Vec<String> = order(leader).into_iter().map(|i| etcd.endpoint(i)).collect();
     let store: SharedStore = Arc::new(EtcdStore::connect(&endpoints).await.expect("connect to the cluster"));
-    let server = TestServer::start(store).await;
+    let server = TestServer::start_with(store, config).await;
     let worker = TestWorker::start(&server.url, "w1", 2);
     wait_for_workers(&server.url, 1).await;
     Rig { etcd, server, _worker: worker }
@@ -132,16 +136,22 @@ async fn submits_survive_a_killed_leader() {
 /// Submits keep succeeding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_follower_costs_no_worker_session() {
+    // A 4 s lease: failing over must beat it even on a loaded CI machine (with 2 s, a
+    // busy 2-core machine once let it expire), and the stall still lasts three of them.
+    let config = deephardway_service::ServiceConfig { worker_lease_ttl: Duration::from_secs(4), ..test_config() };
+    let stall = config.worker_lease_ttl * 3;
     // The frozen follower first in the store's list, so that it is the one in use.
-    let rig = rig(|leader| {
-        let mut order = followers(leader);
-        order.push(leader);
-        order
-    })
+    let rig = rig_with(
+        |leader| {
+            let mut order = followers(leader);
+            order.push(leader);
+            order
+        },
+        config,
+    )
     .await;
     let leader = rig.etcd.leader().await.unwrap();
     let frozen = followers(leader)[0];
-    let stall = test_config().worker_lease_ttl * 3;
     let mut client = rig.server.client().await;
     // A job that runs through the stall and reports every 100 ms.
     let steps = (stall.as_millis() as u32 + 4000) / 100;
