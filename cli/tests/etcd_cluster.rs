@@ -119,6 +119,14 @@ async fn submits_survive_a_killed_member(kill_leader: bool) {
     let allowed = if kill_leader { Duration::from_secs(3) } else { Duration::ZERO };
     let flaps: Vec<_> = not_serving.iter().filter(|at| **at > allowed).collect();
     assert!(flaps.is_empty(), "health said NOT_SERVING while two of three members served, at {flaps:?}");
+    // The hub's watch was on the victim (first in the store's list): it was reopened,
+    // and the metrics say so.
+    let (_, metrics) = scrape(&rig.server.url, None).await;
+    let restarts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"deephardway_store_watch_restarts_total{backend="etcd"} "#))
+        .unwrap_or_else(|| panic!("no watch restart counter: {metrics}"));
+    assert!(restarts.parse::<u64>().unwrap() >= 1, "watch restarts: {restarts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,11 @@ mod support;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use deephardway_service::auth::{AuthConfig, FixedKey, Role};
-use http_body_util::BodyExt;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use deephardway::v1::{EmbedInput, GenerateInput, JobResult, JobSpec, job_event::Event, job_result, job_spec::Input};
+use deephardway_service::{
+    ServiceConfig,
+    auth::{AuthConfig, FixedKey, Role},
+};
 use support::*;
 
 /// The samples of an exposition: `name{labels}` → value.
@@ -23,20 +25,13 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-async fn scrape(url: &str, key: Option<&str>) -> (u16, String) {
-    let http = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let mut request = http::Request::get(format!("{url}/metrics"));
-    if let Some(key) = key {
-        request = request.header("authorization", format!("Bearer {key}"));
-    }
-    let response = http.request(request.body(Default::default()).unwrap()).await.expect("GET /metrics");
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
+}
+
+/// The sum of a metric over every label set (`sum(name)` in PromQL).
+fn total(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
+    samples.iter().filter(|(series, _)| series.starts_with(&format!("{name}{{"))).map(|(_, v)| v).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +80,9 @@ async fn counters_move_by_exactly_the_jobs_run_and_gauges_drain() {
     assert_eq!(value(&during, r#"deephardway_jobs{state="running",model="diagnostic"}"#), 1.0, "{during:?}");
     assert_eq!(value(&during, r#"deephardway_open_streams{rpc="watch_job"}"#), 1.0, "{during:?}");
     assert_eq!(value(&during, "deephardway_workers_connected"), 1.0);
-    assert_eq!(value(&during, "deephardway_worker_slots"), 1.0);
+    assert_eq!(total(&during, "deephardway_worker_slots"), 1.0);
+    let info = during.keys().find(|k| k.starts_with("deephardway_worker_info{")).expect("the worker's info");
+    assert!(info.contains(r#"name="w1""#) && info.contains(r#"device="cpu""#), "{info}");
     drop(watch_stream);
     let cancel = deephardway::v1::CancelJobRequest { job_id: long.id.clone(), reason: String::new() };
     client.cancel_job(cancel).await.unwrap();
@@ -124,7 +121,104 @@ async fn counters_move_by_exactly_the_jobs_run_and_gauges_drain() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gone = samples(&scrape(&server.url, None).await.1);
     assert_eq!(value(&gone, "deephardway_workers_connected"), 0.0, "{gone:?}");
+    assert!(!gone.keys().any(|k| k.contains("worker=")), "a gone worker's series are removed: {gone:?}");
     server.shutdown().await;
+}
+
+/// What the real models did reaches the service in the worker's heartbeats: one embed
+/// job of three texts is one batch of three; a generate job decodes one sequence per
+/// step, caches its tokens while it runs and frees them after; its first token and its
+/// time per token are measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_batches_cache_and_token_latency_arrive_with_its_heartbeats() {
+    let fetched = |name: &str| {
+        let dir = deephardway_worker::runners::default_models_dir().join(name);
+        dir.join(".verified").is_file().then_some(dir)
+    };
+    let (Some(minilm), Some(smollm)) = (fetched("all-minilm-l6-v2"), fetched("smollm2-135m-instruct")) else {
+        println!("SKIPPED: needs the models of scripts/fetch-models");
+        return;
+    };
+    let options = deephardway_worker::runners::ModelOptions { concurrency: 2, embed_batch: Default::default() };
+    let device = deephardway_worker::device::select("cpu").unwrap();
+    let runners = vec![
+        deephardway_worker::runners::open("all-minilm-l6-v2", &minilm, &device, &options).unwrap(),
+        deephardway_worker::runners::open("smollm2-135m-instruct", &smollm, &device, &options).unwrap(),
+    ];
+    let backend = Backend::embedded().await;
+    let config = ServiceConfig { worker_heartbeat: Duration::from_millis(200), ..test_config() };
+    let server = TestServer::start_with(backend.open().await, config).await;
+    let worker = TestWorker::start_with(&server.url, "models", 2, runners);
+    wait_for_worker_models(&server.url).await;
+    let mut client = server.client().await;
+
+    let texts = ["A man plays guitar.", "Someone plays an instrument.", "It rains."].map(String::from).to_vec();
+    let embed = JobSpec { input: Some(Input::Embed(EmbedInput { texts })), ..Default::default() };
+    run(&mut client, embed, Duration::from_secs(30)).await;
+    let input = GenerateInput { prompt: "The capital of France is".into(), max_tokens: 6, ..Default::default() };
+    let generate = JobSpec { input: Some(Input::Generate(input)), ..Default::default() };
+    let events = run(&mut client, generate, Duration::from_secs(60)).await;
+    let Some(Event::Result(JobResult { value: Some(job_result::Value::Generate(generated)) })) =
+        &events.last().unwrap().event
+    else {
+        panic!("no generate result: {events:?}")
+    };
+    assert!(generated.completion_tokens > 1, "{generated:?}");
+
+    // Heartbeats come every 200 ms: wait for the one after the jobs.
+    let (embed_batches, generate_batches) = (
+        r#"deephardway_batch_size_count{model="all-minilm-l6-v2",worker="#,
+        r#"deephardway_batch_size_count{model="smollm2-135m-instruct",worker="#,
+    );
+    for _ in 0..50 {
+        let now = samples(&scrape(&server.url, None).await.1);
+        let reported = |prefix: &str| now.keys().any(|k| k.starts_with(prefix));
+        if reported(embed_batches) && reported(generate_batches) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // and the heartbeat after the last step
+    let metrics = samples(&scrape(&server.url, None).await.1);
+    assert!(total(&metrics, "deephardway_batch_size_count") > 0.0, "{metrics:?}");
+    let sum = |name: &str, model: &str| {
+        metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{name}{{model=\"{model}\"")))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    // One job of three texts: one batch of three.
+    assert_eq!(sum("deephardway_batch_size_count", "all-minilm-l6-v2"), 1.0, "{metrics:?}");
+    assert_eq!(sum("deephardway_batch_size_sum", "all-minilm-l6-v2"), 3.0, "{metrics:?}");
+    // One sequence: every step a batch of one, at least a step per generated token.
+    let steps = sum("deephardway_batch_size_count", "smollm2-135m-instruct");
+    assert!(steps >= f64::from(generated.completion_tokens), "{steps} steps for {generated:?}");
+    assert_eq!(sum("deephardway_batch_size_sum", "smollm2-135m-instruct"), steps);
+    // Its cache was freed when it ended.
+    assert_eq!(sum("deephardway_kv_cache_tokens", "smollm2-135m-instruct"), 0.0, "{metrics:?}");
+    let ttft = r#"deephardway_time_to_first_output_seconds_count{kind="generate",model="smollm2-135m-instruct"}"#;
+    assert_eq!(value(&metrics, ttft), 1.0, "{metrics:?}");
+    let tpot = r#"deephardway_time_per_output_token_seconds_count{model="smollm2-135m-instruct"}"#;
+    assert_eq!(value(&metrics, tpot), 1.0, "{metrics:?}");
+    let tpot_sum = value(&metrics, r#"deephardway_time_per_output_token_seconds_sum{model="smollm2-135m-instruct"}"#);
+    assert!(tpot_sum > 0.0 && tpot_sum < 5.0, "{tpot_sum} s per token");
+    worker.stop().await;
+    server.shutdown().await;
+}
+
+/// Waits until the worker's two models are listed.
+async fn wait_for_worker_models(url: &str) {
+    use deephardway::v1::{ListModelsRequest, model_service_client::ModelServiceClient};
+    let mut models = ModelServiceClient::new(deephardway::connect(url).await.expect("connect"));
+    for _ in 0..600 {
+        let list = models.list_models(ListModelsRequest::default()).await.expect("ListModels").into_inner();
+        if list.models.iter().filter(|m| m.workers > 0).count() >= 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the worker's models were not listed within 30 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,6 +205,23 @@ async fn a_jobs_spans_from_service_and_worker_reach_the_collector_in_the_clients
         .expect("spawn service");
     wait_until_serving(&url).await;
 
+    // A job whose first worker is killed mid-run: its rerun waits in line again, from
+    // when the worker was lost. (Before the traced worker starts, so that the rerun is
+    // what that worker runs.)
+    let mut victim = WorkerProcess::start(&url, "victim", 1);
+    wait_for_workers(&url, 1).await;
+    let mut client = jobs_client(&url).await;
+    let rerun_trace = ClientTrace { trace_id: "5c1a2b3c4d5e6f708192a3b4c5d6e7f8", span_id: "1122334455667788" };
+    let long = JobSpec {
+        input: Some(Input::Diagnostic(DiagnosticInput { steps: 20, step_ms: 50, ..Default::default() })),
+        ..Default::default()
+    };
+    let request = rerun_trace.with(CreateJobRequest { spec: Some(long), request_id: String::new() });
+    let rerun = client.create_job(request).await.expect("CreateJob").into_inner().job.unwrap();
+    let mut rerun_events = watch(&mut client, &rerun.id, 0).await.unwrap();
+    while !matches!(next_event(&mut rerun_events).await.unwrap().unwrap().event, Some(Event::Progress(_))) {}
+    victim.kill().await;
+
     // The models scripts/fetch-models fetched, if it has, for the GenAI spans.
     let fetched = |name: &str| {
         let dir = deephardway_worker::runners::default_models_dir().join(name);
@@ -234,7 +251,8 @@ async fn a_jobs_spans_from_service_and_worker_reach_the_collector_in_the_clients
         .spawn()
         .expect("spawn worker");
     wait_for_workers(&url, 1).await;
-    let mut client = jobs_client(&url).await;
+    let events = collect_events(rerun_events, Duration::from_secs(30)).await.unwrap();
+    assert!(matches!(events.last().unwrap().event, Some(Event::Result(_))), "{events:?}");
     let diagnostic = JobSpec {
         input: Some(Input::Diagnostic(DiagnosticInput { steps: 2, step_ms: 10, ..Default::default() })),
         ..Default::default()
@@ -312,6 +330,22 @@ async fn a_jobs_spans_from_service_and_worker_reach_the_collector_in_the_clients
 
     let spans = collector.trace(&unhex(created_trace.trace_id));
     check_job_trace(&spans, &created_trace, "CreateJob", &created.id);
+
+    // The rerun: a `queued` and a `dispatch` span per attempt, the second wait starting
+    // after the first dispatch (when the worker was lost) and ending at the second.
+    let spans = collector.trace(&unhex(rerun_trace.trace_id));
+    let of = |name: &str, attempt: i64| {
+        spans
+            .iter()
+            .find(|r| r.span.name == name && r.int("deephardway.job.attempt") == Some(attempt))
+            .unwrap_or_else(|| panic!("no {name} span of attempt {attempt}: {:#?}", names(&spans)))
+    };
+    let (queued1, dispatch1, queued2, dispatch2) =
+        (of("queued", 1), of("dispatch", 1), of("queued", 2), of("dispatch", 2));
+    assert!(queued2.span.start_time_unix_nano > dispatch1.span.start_time_unix_nano, "the rerun's wait starts later");
+    assert!(queued2.span.start_time_unix_nano >= queued1.span.end_time_unix_nano);
+    assert!(queued2.span.end_time_unix_nano <= dispatch2.span.start_time_unix_nano + 1_000_000);
+    assert_eq!(queued2.span.parent_span_id, queued1.span.parent_span_id, "both are the submit's");
     // A job submitted without trace context has a trace of its own, the same from the
     // service to the worker.
     let own = collector.of_job(&untraced);

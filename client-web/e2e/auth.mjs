@@ -1,9 +1,11 @@
 // End-to-end test of API keys: starts `deephardway up --auth on` with
 // DEEPHARDWAY_ADMIN_KEY (a fresh random admin secret) serving the built client, and
 // drives Debian's chromium through playwright-core: without a key the Jobs page asks to
-// sign in; the admin key lists jobs; the Keys page creates a submitter key whose secret
-// is shown once; that key runs a diagnostic job (and is refused the Keys page); revoking
-// it makes its next call and its open WatchJobs stream say "The API key was refused".
+// sign in; the admin key lists jobs (and the Service page draws /metrics with it); the
+// Keys page creates a submitter key whose secret is shown once; that key runs a
+// diagnostic job (and is refused the Keys page and the Service page's metrics: 403);
+// revoking it makes its next call and its open WatchJobs stream say "The API key was
+// refused".
 // When the binary has --tls-cert / --tls-key, the same runs again over https with a
 // throwaway CA (openssl), chromium trusting the server's key by its SPKI hash.
 // Screenshots and the server logs go to test-results/. Usage: npm run e2e:auth (after
@@ -215,6 +217,11 @@ async function scenario(tls) {
     await other.locator("[data-testid=signin][data-signed-in=false]").waitFor({ timeout: 5_000 });
     await other.close();
     pages.splice(pages.indexOf(other), 1);
+    // The Service page reads GET /metrics with the same key: an admin's may.
+    await page.goto(`${base}/#/service`);
+    await page.locator("#page-service [data-testid=summary]").filter({ hasText: /worker/ }).waitFor({ timeout: 10_000 });
+    const serviceError = page.locator("#page-service [data-testid=service-error]");
+    expect(await serviceError.isHidden(), `service page error: ${await serviceError.textContent()}`);
   });
 
   let secret = "";
@@ -253,6 +260,10 @@ async function scenario(tls) {
     await page.locator("#page-diagnostic [data-testid=status][data-state=succeeded]").waitFor({ timeout: 30_000 });
     await page.goto(`${base}/#/keys`);
     await waitText(page.locator("#page-keys [data-testid=keys-error]"), /Your key's role does not allow this/);
+    // Nor may it read the metrics: the Service page says so instead of drawing them.
+    await page.goto(`${base}/#/service`);
+    await waitText(page.locator("#page-service [data-testid=service-error]"), /^Your key's role does not allow this \(HTTP 403/);
+    expect(await page.locator("#page-service [data-testid=workers]").isHidden(), "the Service page is drawn for a submitter key");
   });
 
   await step("revoking the key makes its next call and its stream refused", async () => {

@@ -245,6 +245,47 @@ try {
     expect(/^Cancelled/.test(await diag("[data-testid=result]").textContent()), "no cancelled result shown");
   });
 
+  await step("the service page draws the cluster from /metrics", async () => {
+    // Its 2 s polls run on timers: keep its tab in front (the jobs tab opened last).
+    await page.bringToFront();
+    // A job running meanwhile gives the queue a bar to draw.
+    await runDiagnostic(40, 200);
+    const id = await newRunningJobId();
+    await page.goto(`${base}/#/service`);
+    const sv = (sel) => page.locator(`#page-service ${sel}`);
+    const err = sv("[data-testid=service-error]");
+    await sv("tr[data-testid=worker] td[data-col=device]")
+      .filter({ hasText: /^cpu$/ })
+      .first()
+      .waitFor({ timeout: 10_000 })
+      .catch(async (e) => {
+        throw new Error(`no worker row with device cpu (rows: ${JSON.stringify(await sv("[data-testid=workers]").textContent())}, error: ${await err.textContent()}): ${e.message}`);
+      });
+    const bar = sv("[data-testid=queue][data-state=running]").first();
+    await bar.waitFor({ timeout: 5_000 });
+    console.log(`e2e: service page: ${await sv("[data-testid=summary]").textContent()}; running bar of ${await bar.getAttribute("data-model")}`);
+    // Rates need two polls: the throughput charts then have a point per series.
+    await page.waitForFunction(
+      () => {
+        const t = document.querySelector("#page-service [data-testid=throughput]");
+        const svg = t?.querySelector("[data-testid=throughput-jobs] svg");
+        return Number(t?.getAttribute("data-polls")) >= 2 && Number(svg?.getAttribute("data-points")) >= 1;
+      },
+      null,
+      { timeout: 10_000 },
+    );
+    expect(await err.isHidden(), `service page error: ${await err.textContent()}`);
+    // The diagnostic jobs run above have latency series.
+    expect((await sv("[data-testid=latency] tbody tr[data-model]").count()) >= 1, "no model in the latency table");
+    await page.screenshot({ path: join(results, "service.png"), fullPage: true });
+    // Leave no job running for the next steps: cancel it from the jobs tab, in front so
+    // that its live rows settle (it may also have just finished by itself).
+    await jobsPage.bringToFront();
+    const cancel = jobsPage.locator(`tr[data-job-id="${id}"] [data-testid=cancel]`);
+    if (await cancel.isVisible()) await cancel.click({ timeout: 5_000 }).catch(() => {});
+    await page.bringToFront();
+  });
+
   if (hasGenerate) {
     await step("generate streams text", async () => {
       const g = (sel) => page.locator(`#page-generate ${sel}`);

@@ -33,9 +33,17 @@ export interface ApiOptions {
   interceptors?: Interceptor[];
 }
 
+/**
+ * The service's URL: the page's own origin unless VITE_DEEPHARDWAY_URL was set at build
+ * (or dev server) time. GET /metrics (the Service page) goes there too.
+ */
+export function serviceBaseUrl(): string {
+  return import.meta.env.VITE_DEEPHARDWAY_URL || window.location.origin;
+}
+
 /** The clients, sharing one transport. */
 export function createApi(opts: ApiOptions = {}): Api {
-  const baseUrl = opts.baseUrl ?? (import.meta.env.VITE_DEEPHARDWAY_URL || window.location.origin);
+  const baseUrl = opts.baseUrl ?? serviceBaseUrl();
   const transport = createGrpcWebTransport({ baseUrl, interceptors: opts.interceptors });
   return {
     jobs: createClient(JobService, transport),

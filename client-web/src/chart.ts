@@ -22,7 +22,18 @@ export interface LineChart {
  * A chart of fixed size. `yDomain` fixes the y range (0..1 for accuracies); the x
  * axis is labelled `xLabel`. The <svg> carries data-points: the number of points drawn.
  */
-export function lineChart(opts: { title: string; xLabel: string; yDomain?: [number, number]; width?: number; height?: number; testId?: string }): LineChart {
+export function lineChart(opts: {
+  title: string;
+  xLabel: string;
+  yDomain?: [number, number];
+  /** A fixed x range: the chart does not rescale as points come (a time window). */
+  xDomain?: [number, number];
+  width?: number;
+  height?: number;
+  testId?: string;
+  /** The legend's text of a series' last value (default: integers as they are, others to 3 or 4 decimals). */
+  valueText?: (y: number) => string;
+}): LineChart {
   const width = opts.width ?? 520;
   const height = opts.height ?? 220;
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "chart-svg", role: "img", "aria-label": opts.title });
@@ -30,7 +41,7 @@ export function lineChart(opts: { title: string; xLabel: string; yDomain?: [numb
   const el = h("figure", { class: "chart", "data-testid": opts.testId }, h("figcaption", null, opts.title, h("small", null, ` by ${opts.xLabel}`)), root, legend);
 
   function update(series: Series[]) {
-    const layout = layoutChart(series, { width, height, yDomain: opts.yDomain });
+    const layout = layoutChart(series, { width, height, yDomain: opts.yDomain, xDomain: opts.xDomain });
     const { plot } = layout;
     const grid = svg("g", { class: "grid" });
     for (const t of layout.yTicks) {
@@ -65,7 +76,7 @@ export function lineChart(opts: { title: string; xLabel: string; yDomain?: [numb
           "span",
           { class: "key" },
           h("i", { style: { background: s.color } }),
-          `${s.name}${last ? ` ${Number.isInteger(last.y) ? last.y : last.y.toFixed(opts.yDomain ? 3 : 4)}` : ""}`,
+          `${s.name}${last ? ` ${opts.valueText ? opts.valueText(last.y) : Number.isInteger(last.y) ? last.y : last.y.toFixed(opts.yDomain ? 3 : 4)}` : ""}`,
         );
       }),
     );

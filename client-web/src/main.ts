@@ -1,10 +1,11 @@
 // The app shell: tabs with hash routes (#/diagnostic, #/generate, #/embed, #/train,
-// #/classify[/model], #/jobs[/id], #/keys), and the header's sign-in. Each page is its
-// own module; adding one means adding a factory to PAGES.
+// #/classify[/model], #/jobs[/id], #/keys, #/service), and the header's sign-in. Each
+// page is its own module; adding one means adding a factory to PAGES.
 import "./style.css";
 import { Code } from "@connectrpc/connect";
-import { createApi } from "./api.js";
+import { createApi, serviceBaseUrl } from "./api.js";
 import { authInterceptor, KeyStore, REFUSED_TEXT, SIGN_IN_TEXT, type StorageLike } from "./lib/auth.js";
+import { metricsFetcher } from "./lib/metricsFetch.js";
 import { SignIn } from "./signin.js";
 import { ConnectionBanner } from "./connection.js";
 import { ModelsStore } from "./models.js";
@@ -17,8 +18,9 @@ import { trainPage } from "./pages/train/index.js";
 import { classifyPage } from "./pages/classify/index.js";
 import { jobsPage } from "./pages/jobs/index.js";
 import { keysPage } from "./pages/keys/index.js";
+import { servicePage } from "./pages/service/index.js";
 
-const PAGES: PageFactory[] = [diagnosticPage, generatePage, embedPage, trainPage, classifyPage, jobsPage, keysPage];
+const PAGES: PageFactory[] = [diagnosticPage, generatePage, embedPage, trainPage, classifyPage, jobsPage, keysPage, servicePage];
 
 /** The tab's sessionStorage (the API key must not outlive the tab), if the browser lets us use it. */
 function tabStorage(): StorageLike | undefined {
@@ -43,8 +45,16 @@ function start() {
       }),
     ],
   });
+  // GET /metrics is plain HTTP, not grpc-web: the same key, attached by the fetcher.
+  const metrics = metricsFetcher({
+    baseUrl: serviceBaseUrl(),
+    key: () => keys.get(),
+    onAuthError(status, key) {
+      if (status === 401 && key === keys.get()) signIn.prompt(key ? REFUSED_TEXT : SIGN_IN_TEXT);
+    },
+  });
   const bannerEl = h("div", { class: "banner", role: "alert", "data-testid": "connection" });
-  const ctx: AppContext = { api, models: new ModelsStore(api.models), banner: new ConnectionBanner(bannerEl) };
+  const ctx: AppContext = { api, models: new ModelsStore(api.models), banner: new ConnectionBanner(bannerEl), metrics };
   const pages: Page[] = PAGES.map((make) => make(ctx));
   const tabs = pages.map((p) => h("a", { href: `#/${p.id}`, class: "tab", "data-page": p.id }, p.title));
   const main = h("main", null, pages.map((p) => p.el));

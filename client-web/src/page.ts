@@ -2,11 +2,14 @@
 import type { Api } from "./api.js";
 import type { ConnectionBanner } from "./connection.js";
 import type { ModelsStore } from "./models.js";
+import type { MetricsFetcher } from "./lib/metricsFetch.js";
 
 export interface AppContext {
   api: Api;
   models: ModelsStore;
   banner: ConnectionBanner;
+  /** GET /metrics with the tab's key (the Service page). */
+  metrics: MetricsFetcher;
 }
 
 export interface Page {

@@ -71,6 +71,19 @@ describe("chart", () => {
     expect(layout.xTicks.every((t) => Number.isInteger(t.value))).toBe(true);
   });
 
+  it("keeps a fixed x domain (a time window ending now) whatever the points span", () => {
+    const layout = layoutChart([{ name: "rate", color: "blue", points: [{ x: -10, y: 1 }, { x: 0, y: 2 }] }], {
+      width: 330,
+      height: 120,
+      margin: { left: 20, top: 10, right: 10, bottom: 10 },
+      xDomain: [-300, 0],
+    });
+    // 300 s over 300 px: x = 0 is the right edge, x = -10 ten pixels left of it.
+    expect(layout.lines[0].dots.map(([x]) => x)).toEqual([310, 320]);
+    expect(layout.xTicks.map((t) => t.label)).toEqual(["-300", "-250", "-200", "-150", "-100", "-50", "0"]);
+    expect(layout.xTicks[0].pos).toBe(20);
+  });
+
   it("lays out an empty chart and a single point without failing", () => {
     const empty = layoutChart([], { width: 100, height: 100 });
     expect(empty.lines).toEqual([]);

@@ -7,8 +7,8 @@
 //! - The submit span's context is kept with the job, under `/dhw/traces/<id>`, written
 //!   in the submit's own transaction: the job may start hours later, on another replica.
 //! - When a worker's session hands the job over ([`handed_over`]), the time in line
-//!   (`queued`) and the claim up to the assignment (`dispatch`) are recorded as spans of
-//!   that trace, and the assignment carries the dispatch span's context, which the
+//!   (`queued`: from submission, or for a rerun from when its worker was lost) and the
+//!   claim up to the assignment (`dispatch`) are recorded as spans of that trace, and the assignment carries the dispatch span's context, which the
 //!   worker's `run` span continues.
 //!
 //! Only these two methods get a span of their own: a span per call of every method
@@ -80,12 +80,27 @@ pub async fn handed_over(store: &dyn Store, job: &Job, worker: &str) -> String {
             KeyValue::new("deephardway.model", job.model.clone()),
         ]
     };
-    // A rerun's time back in line is not recorded: the record keeps only the first
-    // submission time, and that wait is already in the first attempt's `queued`.
-    if job.attempts <= 1 {
-        traces::record_span("queued", &parent, time(&job.create_time), started, attributes());
+    // A rerun waited from when its worker was lost, as its latest `queued` event says.
+    let queued_since = if job.attempts <= 1 { Some(time(&job.create_time)) } else { requeued_at(store, job).await };
+    if let Some(since) = queued_since {
+        traces::record_span("queued", &parent, since, started, attributes());
     }
     let mut dispatch = attributes();
     dispatch.push(KeyValue::new("deephardway.worker.id", worker.to_string()));
     traces::record_span("dispatch", &parent, started, SystemTime::now(), dispatch).unwrap_or_default()
+}
+
+/// When a rerun went back in line: the time of the job's latest `queued` event, among
+/// its last few (the `started` of this attempt, perhaps a progress or two, come after).
+async fn requeued_at(store: &dyn Store, job: &Job) -> Option<SystemTime> {
+    use deephardway::v1::{JobEvent, job_event::Event};
+    use prost::Message;
+    let recent = store.range_rev(&keys::events(&job.id), None, 8).await.ok()?;
+    recent.kvs.iter().find_map(|kv| {
+        let event = JobEvent::decode(kv.value.as_slice()).ok()?;
+        match event.event {
+            Some(Event::Queued(_)) => event.time.and_then(|t| SystemTime::try_from(t).ok()),
+            _ => None,
+        }
+    })
 }

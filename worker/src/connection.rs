@@ -140,9 +140,13 @@ async fn session(options: &Arc<WorkerOptions>, shutdown: &CancellationToken) -> 
         tokio::select! {
             _ = beat.tick(), if heartbeat.is_some() => {
                 // Never wait here: if the queue to the service is full, the reports in it
-                // prove the worker alive as well.
-                let beat = Heartbeat { running_jobs: running.len() as u32 };
-                let _ = outbound.try_send(ConnectRequest { message: Some(connect_request::Message::Heartbeat(beat)) });
+                // prove the worker alive as well (and the models' activity waits for the
+                // next beat rather than being lost).
+                if let Ok(slot) = outbound.try_reserve() {
+                    let models = options.runners.iter().flat_map(|runner| runner.activity()).collect();
+                    let beat = Heartbeat { running_jobs: running.len() as u32, models };
+                    slot.send(ConnectRequest { message: Some(connect_request::Message::Heartbeat(beat)) });
+                }
             }
             message = inbound.message() => match message {
                 Ok(Some(message)) => match message.message {

@@ -17,6 +17,8 @@
 //!   [`models::llama`] (the decoder, its quantized kernels and attention, the GGUF's
 //!   tokenizer and chat template), [`models::bert`] (the sentence embedder) and
 //!   [`models::vision`] (images to tensors, the networks, training, the classifier).
+//! - [`activity`]: what the models did between heartbeats (batch sizes, cache in use,
+//!   training images), sent to the service for its metrics.
 //! - [`artifacts`]: datasets and trained models fetched from the service, cached on disk.
 //! - [`traces`]: a job's `run` span and its GenAI span, in the job's trace.
 //! - [`device`]: choosing a candle device (`auto`, `cpu`, `cuda[:N]`).
@@ -24,6 +26,7 @@
 //! What needs no candle (reading dataset archives, a train job's options) is in the
 //! root crate, `deephardway::datasets` and `deephardway::train`, shared with the service.
 
+pub mod activity;
 pub mod artifacts;
 pub mod connection;
 pub mod device;

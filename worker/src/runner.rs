@@ -14,7 +14,7 @@ use deephardway::Authorized;
 use deephardway::{
     errors::FieldViolation,
     v1::{JobResult, job_event::Event, job_spec::Input},
-    worker::v1::{Assignment, ServedModel, worker_service_client::WorkerServiceClient},
+    worker::v1::{Assignment, ModelActivity, ServedModel, worker_service_client::WorkerServiceClient},
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -117,4 +117,10 @@ pub trait Runner: Send + Sync + 'static {
 
     /// Runs one job to its end.
     async fn run(&self, job: JobContext) -> Result<JobResult, JobError>;
+
+    /// What its models did since the last call (see [`crate::activity`]); nothing by
+    /// default.
+    fn activity(&self) -> Vec<ModelActivity> {
+        Vec::new()
+    }
 }

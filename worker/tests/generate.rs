@@ -253,7 +253,9 @@ fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         let dir = default_models_dir().join("smollm2-135m-instruct");
         let Loaded { model, tokenizer, .. } = llama::load(&dir, &Device::Cpu).unwrap();
-        Engine::start(Arc::new(model), Arc::new(tokenizer.tokenizer), tokenizer.end_of_generation, 8)
+        let activity = Arc::new(deephardway_worker::activity::Activity::default());
+        let (tokenizer, end) = (Arc::new(tokenizer.tokenizer), tokenizer.end_of_generation);
+        Engine::start(Arc::new(model), tokenizer, end, 8, "smollm2-135m-instruct".into(), activity)
     })
 }
 

@@ -185,9 +185,15 @@ impl UpProcess {
         if let Some(models) = models_dir {
             command.arg("--models-dir").arg(models);
         }
-        let child = command.env("RUST_LOG", "warn").stdin(Stdio::null()).kill_on_drop(true).spawn().expect("spawn up");
+        let mut child =
+            command.env("RUST_LOG", "warn").stdin(Stdio::null()).kill_on_drop(true).spawn().expect("spawn up");
         let url = format!("http://{addr}");
         wait_until_serving(&url).await;
+        // Something answers on the port: make sure it is this process (one that could not
+        // bind would have exited).
+        if let Some(status) = child.try_wait().expect("check up") {
+            panic!("deephardway up on {addr} exited at start ({status}) though something answers there");
+        }
         wait_for_workers(&url, 1).await;
         UpProcess { child, url, addr, data_dir }
     }
@@ -222,8 +228,18 @@ impl ServiceProcess {
 }
 
 /// A free loopback port (bound, then released).
+/// A port free now, never handed out before in this process: tests run side by side, and
+/// two servers told the same port would have one of them answering for the other.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 pub async fn wait_until_serving(url: &str) {
@@ -387,4 +403,18 @@ pub fn started_names(events: &[JobEvent]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// `GET /metrics` (with `key` as a bearer token, if any): the status and the body.
+pub async fn scrape(url: &str, key: Option<&str>) -> (u16, String) {
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut request = http::Request::get(format!("{url}/metrics"));
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let response = http.request(request.body(Default::default()).unwrap()).await.expect("GET /metrics");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -35,6 +35,8 @@ export interface LayoutOptions {
   margin?: { left: number; top: number; right: number; bottom: number };
   /** A fixed y range (e.g. 0..1 for accuracies); otherwise the data's, niced. */
   yDomain?: [number, number];
+  /** A fixed x range (e.g. -300..0 for the last five minutes); otherwise 0 or 1 to the data's largest x. */
+  xDomain?: [number, number];
   xTickCount?: number;
   yTickCount?: number;
 }
@@ -128,7 +130,7 @@ export function layoutChart(series: Series[], opts: LayoutOptions): ChartLayout 
   const yCount = opts.yTickCount ?? 5;
   const xData = extent(series, "x") ?? [0, 1];
   // The x axis starts at 0 or 1 (steps and epochs count from 1) and ends at the data.
-  const xDomain: [number, number] = [Math.min(xData[0], xData[0] >= 1 ? 1 : 0), Math.max(xData[1], 1)];
+  const xDomain: [number, number] = opts.xDomain ?? [Math.min(xData[0], xData[0] >= 1 ? 1 : 0), Math.max(xData[1], 1)];
   const yData = extent(series, "y");
   const yDomain: [number, number] = opts.yDomain ?? (yData ? niceDomain(Math.min(0, yData[0]), yData[1], yCount) : [0, 1]);
   const sx = linearScale(xDomain, [plot.left, plot.right]);

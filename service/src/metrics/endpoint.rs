@@ -37,6 +37,8 @@ async fn scrape(State(endpoint): State<Arc<Endpoint>>, headers: HeaderMap) -> Re
         return (code, format!("{}\n", status.message())).into_response();
     }
     let metrics = endpoint.lifecycle.metrics();
+    let store = endpoint.lifecycle.store();
+    metrics.observe_store(store.name(), store.watch_restarts());
     match store_job_counts(&endpoint.lifecycle).await {
         Ok(counts) => metrics.set_job_counts(&counts),
         // The rest is still worth serving; the gauges keep their last values.

@@ -108,4 +108,8 @@ impl Store for Metered {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+
+    fn watch_restarts(&self) -> u64 {
+        self.inner.watch_restarts()
+    }
 }

@@ -35,7 +35,7 @@ use std::{
 use deephardway::{
     errors::{RpcStatus, invalid_field},
     is_final,
-    v1::{Job, JobCancelled, job_event::Event},
+    v1::{Job, JobCancelled, job_event::Event, job_result},
     worker::v1::{
         Assignment, Cancel, ConnectRequest, ConnectResponse, FetchArtifactRequest, FetchArtifactResponse, Hello,
         PublishModelRequest, PublishModelResponse, Report, Welcome, connect_request, connect_response,
@@ -69,6 +69,8 @@ const MAX_SLOTS: u32 = 256;
 const OUTBOUND_SPARE: usize = 32;
 /// A worker silent (or not reading) for this many heartbeat intervals is presumed hung.
 const MISSED_HEARTBEATS: u32 = 5;
+/// How soon a failed lease renewal is tried again.
+const LEASE_RETRY: Duration = Duration::from_millis(250);
 
 pub type ConnectResponses = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
 pub type ArtifactChunks = Pin<Box<dyn Stream<Item = Result<FetchArtifactResponse, Status>> + Send>>;
@@ -226,6 +228,12 @@ struct Running {
     cancel_sent: Option<Instant>,
     /// Reports not yet written.
     pending: Vec<Event>,
+    /// For the latency metrics: the job's kind and model, when it was handed over, and
+    /// when its first output came.
+    kind: i32,
+    model: String,
+    assigned: Instant,
+    first_output: Option<Instant>,
 }
 
 struct Session {
@@ -258,8 +266,9 @@ impl Session {
         // every slot never fills unless this session is stuck, and then it drops the worker.
         let (assign_tx, mut assignments) = mpsc::channel(self.record.slots.max(1) as usize);
         self.ctx.dispatcher.register(self.record.clone(), self.lease, assign_tx);
-        let slots = i64::from(self.record.slots);
-        self.ctx.lifecycle.metrics().worker_session(slots);
+        let record = &self.record;
+        let series =
+            self.ctx.lifecycle.metrics().worker_connected(&worker_id, &record.name, &record.device, record.slots);
         let mut changes = self.ctx.hub.changes();
         let mut flush = tokio::time::interval(config.output_coalesce);
         let mut keepalive = tokio::time::interval(config.worker_lease_ttl / 3);
@@ -281,6 +290,7 @@ impl Session {
                         }
                         Ok(Some(ConnectRequest { message: Some(connect_request::Message::Heartbeat(beat)) })) => {
                             tracing::trace!(worker = %worker_id, running = beat.running_jobs, "heartbeat");
+                            series.heartbeat(&beat);
                         }
                         Ok(Some(_)) => tracing::warn!(worker = %worker_id, "ignoring an unexpected message"),
                         Ok(None) => break "worker closed its stream".to_string(),
@@ -312,10 +322,12 @@ impl Session {
                     Ok(()) => {}
                     Err(e @ StoreError::LeaseNotFound(_)) => break format!("worker lease lost: {e}"),
                     // The store cannot be reached right now (an etcd election, a lost
-                    // quorum): the lease is not lost until it says so. Try again at the
-                    // next tick; a lease that ran out meanwhile is then reported missing.
+                    // quorum): the lease is not lost until it says so. A lease that ran
+                    // out meanwhile is reported missing by the next try.
+                    // Soon, not a third of the lease later: a failover takes a moment.
                     Err(e) => {
                         tracing::warn!(worker = %worker_id, error = %e, "could not renew the worker lease; retrying");
+                        keepalive.reset_after(LEASE_RETRY);
                     }
                 },
                 _ = self.ctx.shutdown.cancelled() => break "server shutting down".to_string(),
@@ -324,7 +336,7 @@ impl Session {
             }
         };
         tracing::info!(worker = %worker_id, reason = %end, running = self.running.len(), "worker disconnected");
-        self.ctx.lifecycle.metrics().worker_session(-slots);
+        drop(series);
         self.ctx.dispatcher.deregister(&worker_id);
         self.flush_all().await;
         // Its claims vanish with the lease; the reaper puts the jobs back in line.
@@ -374,6 +386,10 @@ impl Session {
             timeout,
             cancel_sent: None,
             pending: Vec::new(),
+            kind: job.kind,
+            model: job.model.clone(),
+            assigned: Instant::now(),
+            first_output: None,
         };
         self.running.insert(job.id.clone(), running);
         let (dataset, trained_model) = inputs::assignment_inputs(self.ctx.lifecycle.store(), &job).await;
@@ -414,6 +430,7 @@ impl Session {
             }
         };
         let last = is_final(&event);
+        observe_latency(self.ctx.lifecycle.metrics(), running, &event);
         running.pending.push(event);
         if last {
             // Don't make the job's watchers wait for the next tick; write everyone's
@@ -563,6 +580,23 @@ fn coalesce(events: Vec<Event>) -> Vec<Event> {
         }
     }
     merged
+}
+
+/// Time to first output (any kind's first `output` event, a generate job's first token)
+/// and, when a generate job ends, its time per output token after the first.
+fn observe_latency(metrics: &crate::metrics::Metrics, running: &mut Running, event: &Event) {
+    match event {
+        Event::Output(_) if running.first_output.is_none() => {
+            running.first_output = Some(Instant::now());
+            metrics.first_output(running.kind, &running.model, running.assigned.elapsed().as_secs_f64());
+        }
+        Event::Result(result) => {
+            if let (Some(first), Some(job_result::Value::Generate(generated))) = (running.first_output, &result.value) {
+                metrics.generated(&running.model, generated.completion_tokens, first.elapsed().as_secs_f64());
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]

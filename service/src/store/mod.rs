@@ -224,6 +224,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A name for logs: "embedded" or "etcd".
     fn name(&self) -> &'static str;
+
+    /// How many times watches had to be reopened since the store was opened (etcd: a
+    /// member died or froze under them); 0 for a store whose watches never break.
+    fn watch_restarts(&self) -> u64 {
+        0
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix` (the end of its range).

@@ -22,10 +22,11 @@ use anyhow::Context;
 use candle_core::Device;
 use deephardway::{
     v1::{EmbedResult, Embedding, JobKind, JobResult, job_result, job_spec::Input},
-    worker::v1::ServedModel,
+    worker::v1::{ModelActivity, ServedModel},
 };
 
 use crate::{
+    activity::Activity,
     models::bert::SentenceEmbedder,
     runner::{JobContext, JobError, Runner, wrong_kind},
 };
@@ -54,6 +55,8 @@ pub struct EmbedRunner {
     /// Jobs that have handed over (or are about to hand over) their texts and not yet
     /// been answered.
     in_flight: Arc<AtomicUsize>,
+    /// The batch sizes, for the heartbeats.
+    activity: Arc<Activity>,
 }
 
 /// One job's texts, waiting for a batch.
@@ -73,12 +76,16 @@ impl EmbedRunner {
         let embedder = Arc::new(SentenceEmbedder::load(dir, device)?);
         let (batches, pending) = mpsc::channel();
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let (thread_embedder, thread_in_flight) = (embedder.clone(), in_flight.clone());
+        let activity = Arc::new(Activity::default());
+        let (thread_embedder, thread_in_flight, thread_activity) =
+            (embedder.clone(), in_flight.clone(), activity.clone());
+        let model = name.to_string();
+        let on_batch = move |texts: usize| thread_activity.batch(&model, texts);
         std::thread::Builder::new()
             .name(format!("embed-{name}"))
-            .spawn(move || batch_loop(&thread_embedder, &pending, &thread_in_flight, &options))
+            .spawn(move || batch_loop(&thread_embedder, &pending, &thread_in_flight, &options, &on_batch))
             .context("cannot start the embedding thread")?;
-        Ok(EmbedRunner { name: name.to_string(), embedder, batches, in_flight })
+        Ok(EmbedRunner { name: name.to_string(), embedder, batches, in_flight, activity })
     }
 
     /// Embeds texts directly (no batching with other jobs): one L2-normalised vector per
@@ -95,6 +102,7 @@ fn batch_loop(
     pending: &mpsc::Receiver<Pending>,
     in_flight: &AtomicUsize,
     options: &BatchOptions,
+    on_batch: &dyn Fn(usize),
 ) {
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
@@ -115,6 +123,7 @@ fn batch_loop(
         }
         let counts: Vec<usize> = batch.iter().map(|p| p.texts.len()).collect();
         let all: Vec<String> = batch.iter_mut().flat_map(|p| std::mem::take(&mut p.texts)).collect();
+        on_batch(all.len());
         let result = embedder.embed(&all);
         // These jobs are answered now: the next batch need not wait for them.
         in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
@@ -146,6 +155,10 @@ impl Runner for EmbedRunner {
             ),
             ..Default::default()
         }]
+    }
+
+    fn activity(&self) -> Vec<ModelActivity> {
+        self.activity.take()
     }
 
     async fn run(&self, job: JobContext) -> Result<JobResult, JobError> {

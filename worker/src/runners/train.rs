@@ -9,6 +9,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -21,12 +22,13 @@ use deephardway::{
         JobKind, JobProgress, JobResult, TrainInput, TrainResult, TrainedModel, job_event::Event, job_result,
         job_spec::Input,
     },
-    worker::v1::{PublishModelRequest, ServedModel},
+    worker::v1::{ModelActivity, PublishModelRequest, ServedModel},
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::{Code, Status};
 
 use crate::{
+    activity::Activity,
     artifacts::ArtifactCache,
     models::vision::{
         classifier::Classifier,
@@ -49,6 +51,8 @@ pub struct TrainRunner {
     cache: ArtifactCache,
     /// The folder under which `dataset_path` may point, if any.
     local_datasets: Option<PathBuf>,
+    /// Images trained on, for the heartbeats.
+    activity: Arc<Activity>,
 }
 
 /// Where a dataset's images are, and the request field that named them.
@@ -72,7 +76,7 @@ impl TrainRunner {
     /// Trains on uploaded datasets, fetched into `cache`, and, given `local_datasets`, on
     /// folders under it on this machine (`TrainInput.dataset_path`).
     pub fn new(device: Device, cache: ArtifactCache, local_datasets: Option<PathBuf>) -> Self {
-        TrainRunner { device, cache, local_datasets }
+        TrainRunner { device, cache, local_datasets, activity: Arc::default() }
     }
 
     /// The dataset's name and where its images are: an uploaded archive (fetched into the
@@ -164,6 +168,10 @@ impl Runner for TrainRunner {
         }]
     }
 
+    fn activity(&self) -> Vec<ModelActivity> {
+        self.activity.take()
+    }
+
     async fn run(&self, job: JobContext) -> Result<JobResult, JobError> {
         let Some(Input::Train(input)) = job.input().cloned() else {
             return Err(wrong_kind("train"));
@@ -180,7 +188,7 @@ impl Runner for TrainRunner {
 
         let started = Instant::now();
         let epochs = options.epochs;
-        let (device, mut reporter) = (self.device.clone(), Reporter::new(&job, epochs));
+        let (device, mut reporter) = (self.device.clone(), Reporter::new(&job, epochs, self.activity.clone()));
         let trained = tokio::task::spawn_blocking(move || {
             training::train(&train_set, test_set.as_ref(), &options, &device, |p| reporter.report(p))
         })
@@ -225,11 +233,16 @@ struct Reporter {
     epochs: usize,
     epoch_stride: usize,
     last_sent: Option<Instant>,
+    /// The images trained on, for the heartbeats, under the trained model's name.
+    activity: Arc<Activity>,
+    model: String,
 }
 
 impl Reporter {
-    fn new(job: &JobContext, epochs: usize) -> Self {
+    fn new(job: &JobContext, epochs: usize, activity: Arc<Activity>) -> Self {
         Reporter {
+            model: job.assignment.model.clone(),
+            activity,
             events: job.sender(),
             cancel: job.cancel.clone(),
             epochs,
@@ -243,6 +256,7 @@ impl Reporter {
         if self.cancel.is_cancelled() {
             return false;
         }
+        self.activity.trained(&self.model, p.batch_images);
         let finished = p.step == p.steps;
         let epoch_point = p.epoch_end && (p.epoch.is_multiple_of(self.epoch_stride) || finished);
         if !(epoch_point || finished || self.last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL)) {

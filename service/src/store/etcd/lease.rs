@@ -18,6 +18,8 @@ use crate::store::{LeaseId, StoreError};
 
 /// A lease's keep-alive stream is closed after this long without use.
 const KEEPER_IDLE: Duration = Duration::from_secs(60);
+/// The least time a renewal on an open stream is given before another member is tried.
+const MIN_RENEW_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 pub(super) struct Keepers {
@@ -32,6 +34,8 @@ struct KeeperSlot {
 struct Keeper {
     /// The member the stream is open on.
     member: usize,
+    /// The lease's time to live, as its last renewal gave it (`None` until one has).
+    ttl: Option<Duration>,
     requests: LeaseKeeper,
     responses: LeaseKeepAliveStream,
 }
@@ -48,16 +52,28 @@ impl Keepers {
             && members.is_healthy(keeper.member)
         {
             let member = keeper.member;
+            // A renewal that takes a fair part of the lease's life will not come: waiting
+            // for the prober to notice a frozen member could cost the whole lease on a
+            // loaded machine, so the stream gets a quarter of it before another member
+            // is tried.
+            let bound = keeper.ttl.map_or(timeout, |ttl| (ttl / 4).clamp(MIN_RENEW_WAIT, timeout));
             let renew = async {
                 keeper.requests.keep_alive().await?;
                 Ok::<_, etcd_client::Error>(keeper.responses.message().await?.map(|response| response.ttl()))
             };
             let renewed = tokio::select! {
-                renewed = tokio::time::timeout(timeout, renew) => renewed.ok(),
+                renewed = tokio::time::timeout(bound, renew) => match renewed {
+                    Ok(renewed) => Some(renewed),
+                    Err(_) => {
+                        members.mark(member, false, &format!("a lease renewal got no answer within {bound:?}"));
+                        None
+                    }
+                },
                 () = members.unhealthy(member) => None,
             };
             match renewed {
                 Some(Ok(Some(ttl))) if ttl > 0 => {
+                    keeper.ttl = Some(Duration::from_secs(ttl.unsigned_abs()));
                     *slot = Some(keeper);
                     return Ok(());
                 }
@@ -80,7 +96,7 @@ impl Keepers {
         match opened {
             Ok(called) => {
                 let (requests, responses) = called.value;
-                *slot = Some(Keeper { member: called.member, requests, responses });
+                *slot = Some(Keeper { member: called.member, ttl: None, requests, responses });
                 Ok(())
             }
             Err(e) => {

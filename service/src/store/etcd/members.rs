@@ -21,7 +21,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -88,6 +88,9 @@ pub(super) struct Members {
     changed: watch::Sender<u64>,
     /// For error messages: "http://a:2379,http://b:2379".
     pub names: String,
+    /// Watches reopened after their stream broke or their member stopped answering
+    /// (`deephardway_store_watch_restarts_total`).
+    pub watch_restarts: AtomicU64,
 }
 
 /// What a request attempt gets: the chosen member's clients.
@@ -114,6 +117,7 @@ impl Members {
             all_down_since: Mutex::new(None),
             changed: watch::Sender::new(0),
             names: endpoints.join(","),
+            watch_restarts: AtomicU64::new(0),
         });
         for i in 0..endpoints.len() {
             tokio::spawn(probe_forever(Arc::downgrade(&members), i));

@@ -264,6 +264,10 @@ impl Store for EtcdStore {
     /// Healthy while some member serves linearizable reads (so the cluster has a leader
     /// and a quorum, and can commit), as the background probes last found: no request is
     /// made, so the answer is immediate.
+    fn watch_restarts(&self) -> u64 {
+        self.members.watch_restarts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         if self.members.any_healthy() {
             Ok(())

@@ -119,6 +119,7 @@ impl WatchState {
     /// Reopens the watch from `next_revision` on a healthy member, or ends it with why not.
     async fn reopen(&mut self, why: &str) {
         tracing::info!(prefix = %self.prefix, revision = self.next_revision, reason = why, "reopening etcd watch");
+        self.members.watch_restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match open_stream(&self.members, &self.prefix, self.next_revision, self.timeout).await {
             Ok((member, stream, created)) => {
                 self.member = member;

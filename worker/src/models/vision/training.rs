@@ -28,6 +28,8 @@ pub struct Progress {
     /// How many images that accuracy is over.
     pub validation_images: usize,
     pub images_per_second: f64,
+    /// Images in this step's batch.
+    pub batch_images: usize,
     /// This step ended an epoch.
     pub epoch_end: bool,
 }
@@ -181,6 +183,7 @@ impl<F: FnMut(&Progress) -> bool> Run<'_, F> {
                 seen += chunk.len();
                 progress.epoch = epoch + 1;
                 progress.step += 1;
+                progress.batch_images = chunk.len();
                 progress.loss = loss_sum / seen as f64;
                 progress.train_accuracy = correct as f64 / seen as f64;
                 progress.images_per_second = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);

@@ -19,6 +19,7 @@ use tokenizers::Tokenizer;
 use tokio_util::sync::CancellationToken;
 
 use super::text::TextStream;
+use crate::activity::Activity;
 use crate::models::llama::{Llama, Sequence};
 
 /// How the next token is chosen.
@@ -100,12 +101,21 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the engine thread; at most `max_batch` sequences decode together.
-    pub fn start(model: Arc<Llama>, tokenizer: Arc<Tokenizer>, end_of_generation: Vec<u32>, max_batch: usize) -> Self {
+    /// Starts the engine thread; at most `max_batch` sequences decode together. Each
+    /// step's batch size and the tokens cached are recorded in `activity` under `name`.
+    pub fn start(
+        model: Arc<Llama>,
+        tokenizer: Arc<Tokenizer>,
+        end_of_generation: Vec<u32>,
+        max_batch: usize,
+        name: String,
+        activity: Arc<Activity>,
+    ) -> Self {
         let (requests, incoming) = mpsc::channel();
+        let engine = Loop { model, tokenizer, end_of_generation, max_batch: max_batch.max(1), name, activity };
         std::thread::Builder::new()
             .name("generate".into())
-            .spawn(move || Loop { model, tokenizer, end_of_generation, max_batch: max_batch.max(1) }.run(incoming))
+            .spawn(move || engine.run(incoming))
             .expect("spawn the generate thread");
         Engine { requests }
     }
@@ -120,6 +130,9 @@ struct Loop {
     tokenizer: Arc<Tokenizer>,
     end_of_generation: Vec<u32>,
     max_batch: usize,
+    /// The model's name, for `activity`.
+    name: String,
+    activity: Arc<Activity>,
 }
 
 /// A sequence being decoded.
@@ -156,9 +169,12 @@ impl Loop {
                 active.extend(self.admit(request));
             }
             active.retain_mut(|a| !self.finish_if_done(a));
+            let cached = active.iter().map(|a| a.sequence.len()).sum();
+            self.activity.kv_cache_tokens(&self.name, cached);
             if active.is_empty() {
                 continue;
             }
+            self.activity.batch(&self.name, active.len());
             if let Err(e) = self.step(&mut active) {
                 for a in active.drain(..) {
                     let _ = a.request.updates.send(Update::Failed(format!("decoding failed: {e}")));

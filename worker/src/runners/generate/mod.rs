@@ -26,7 +26,7 @@ use deephardway::{
         ChatMessage, FinishReason as ApiFinishReason, GenerateInput, GenerateResult, JobKind, JobOutput, JobProgress,
         JobResult, chat_message::Role, job_event::Event, job_result, job_spec::Input,
     },
-    worker::v1::ServedModel,
+    worker::v1::{ModelActivity, ServedModel},
 };
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -34,6 +34,7 @@ use tonic::Status;
 
 use self::engine::{Engine, FinishReason, Request, SamplingParams, Update};
 use crate::{
+    activity::Activity,
     models::llama::{
         self, Loaded,
         chat::{ChatTemplate, Message},
@@ -56,6 +57,8 @@ pub struct GenerateRunner {
     add_bos: Option<u32>,
     chat: Option<ChatTemplate>,
     context_length: usize,
+    /// The engine's batch sizes and cache, for the heartbeats.
+    activity: Arc<Activity>,
 }
 
 impl GenerateRunner {
@@ -75,7 +78,15 @@ impl GenerateRunner {
             if chat.is_some() { ", chat template" } else { "" }
         );
         let shared = Arc::new(tokenizer.tokenizer);
-        let engine = Engine::start(Arc::new(model), shared.clone(), tokenizer.end_of_generation, max_batch);
+        let activity = Arc::new(Activity::default());
+        let engine = Engine::start(
+            Arc::new(model),
+            shared.clone(),
+            tokenizer.end_of_generation,
+            max_batch,
+            name.to_string(),
+            activity.clone(),
+        );
         Ok(GenerateRunner {
             name: name.to_string(),
             description,
@@ -84,6 +95,7 @@ impl GenerateRunner {
             add_bos: tokenizer.add_bos.then_some(tokenizer.bos).flatten(),
             chat,
             context_length: config.context_length,
+            activity,
         })
     }
 
@@ -154,6 +166,10 @@ impl Runner for GenerateRunner {
             description: self.description.clone(),
             context_length: self.context_length as u32,
         }]
+    }
+
+    fn activity(&self) -> Vec<ModelActivity> {
+        self.activity.take()
     }
 
     async fn run(&self, job: JobContext) -> Result<JobResult, JobError> {
