@@ -440,6 +440,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<std::process::ExitCode> {
         Some(_) => "-cacert CA.pem",
     };
     eprintln!("  try: grpcurl {grpcurl_tls} -d '{{\"spec\":{example}}}' {addr} deephardway.v1.JobService/RunJob");
+    if serves(JobKind::Generate) || serves(JobKind::Embed) {
+        eprintln!("  or OpenAI's client libraries with base_url={url}/v1");
+    }
     let web = args.service.web();
     match &web.client_dir {
         Some(_) => eprintln!("  or open {url}/ in a browser"),

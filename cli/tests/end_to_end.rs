@@ -264,6 +264,7 @@ async fn cancel_queued_job(backend: Backend) {
 
     let cancelled = cancel(&mut client, &queued.id, "changed my mind").await.expect("CancelJob");
     assert_eq!(cancelled.state, JobState::Cancelled as i32);
+    assert_eq!(cancelled.cancel_reason, "changed my mind", "the record keeps why, as for a running job");
     assert!(cancelled.spec.as_ref().is_some_and(|s| s.input.is_none()), "CancelJob answers the BASIC view");
     let events = watch(&mut client, &queued.id, 0).await.expect("WatchJob");
     let events = collect_events(events, Duration::from_secs(5)).await.expect("ends");

@@ -258,7 +258,8 @@ async fn a_forged_result_never_reaches_the_submitter() {
     let mut worker = RawWorker::serving(&server.url, "forger", models, 1).await;
     worker.keep_beating(BEAT);
     let mut client = server.client().await;
-    let nan_embedding = || EmbedResult { embeddings: vec![Embedding { values: vec![f32::NAN, 1.0] }] };
+    let nan_embedding =
+        || EmbedResult { embeddings: vec![Embedding { values: vec![f32::NAN, 1.0] }], ..Default::default() };
 
     // An embed result (with NaN) for a generate job, after NaN progress.
     let generate = GenerateInput { prompt: "hello".into(), max_tokens: 4, ..Default::default() };

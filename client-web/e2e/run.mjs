@@ -324,6 +324,18 @@ try {
       expect(/finish reason: (length|stop|eos), seed 42$/.test(stats ?? ""), `finish reason and seed in: ${stats}`);
       await page.screenshot({ path: join(results, "generate.png"), fullPage: true });
     });
+    await step("an OpenAI-API request is a job on the Jobs page", async () => {
+      const answer = await fetch(`${base}/v1/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: models[0], prompt: "The capital of France is", max_tokens: 4, temperature: 0 }),
+      });
+      const body = await answer.json();
+      expect(answer.ok, `POST /v1/completions: ${answer.status} ${JSON.stringify(body)}`);
+      const id = answer.headers.get("x-deephardway-job-id");
+      expect(id && body.id === `cmpl-${id}`, `job id header ${id}, answer id ${body.id}`);
+      await jobsPage.locator(`tr[data-job-id="${id}"] td.state`, { hasText: "succeeded" }).waitFor({ timeout: 10_000 });
+    });
   } else {
     console.log("skip generate: no generate model served");
     await page.goto(`${base}/#/generate`);

@@ -24,6 +24,8 @@
 //! - [`rpc`]: the gRPC handlers (`JobService`, `ModelService`, `DatasetService`,
 //!   `KeyService`, `UsageService`, and the worker protocol's `WorkerService`).
 //! - [`health`]: `grpc.health.v1`, following the store's health, with an entry per served model.
+//! - [`openai`]: the OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/embeddings`,
+//!   `/v1/responses`, …), each request a job in the queue.
 //! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
 //! - [`server`]: everything above on one port, with grpc-web, reflection and health;
 //!   [`decode_errors`]: INVALID_ARGUMENT for a request that does not decode;
@@ -45,6 +47,7 @@ pub mod jobs;
 pub mod keys;
 pub mod local_etcd;
 pub mod metrics;
+pub mod openai;
 pub mod queue_view;
 pub mod quota;
 pub mod reaper;

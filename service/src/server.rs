@@ -139,7 +139,8 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(crate::decode_errors::invalid_argument))
         .layer(axum::middleware::from_fn_with_state(auth.clone(), crate::auth::layer::authenticate))
         .layer(tonic_web::GrpcWebLayer::new());
-    let grpc = metrics::endpoint::route(grpc, ctx.lifecycle.clone(), auth, metrics_public);
+    let grpc = metrics::endpoint::route(grpc, ctx.lifecycle.clone(), auth.clone(), metrics_public);
+    let grpc = crate::openai::route(grpc, ctx.clone(), auth);
     let routes = tonic::service::Routes::from(web::with_client(grpc, &web));
     let router = tonic::transport::Server::builder()
         .accept_http1(true)

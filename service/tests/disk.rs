@@ -108,7 +108,7 @@ fn large_embed_spec() -> JobSpec {
 
 fn embed_result() -> Event {
     let embeddings = (0..256).map(|i| Embedding { values: vec![i as f32, 1.0, 2.0, 3.0] }).collect();
-    Event::Result(JobResult { value: Some(job_result::Value::Embed(EmbedResult { embeddings })) })
+    Event::Result(JobResult { value: Some(job_result::Value::Embed(EmbedResult { embeddings, ..Default::default() })) })
 }
 
 /// A queued job claimed by a worker: what the lifecycle tests below report on.

@@ -25,10 +25,20 @@ const METRICS: &[Role] = &[Role::Admin, Role::Viewer];
 /// client key must never receive other people's jobs.
 const WORKER: &[Role] = &[Role::Worker];
 
-/// The access rule for a gRPC path (`/package.Service/Method`).
+/// The access rule for a gRPC path (`/package.Service/Method`), `/metrics`, or a path of
+/// the OpenAI-compatible API (`/v1/…`, see `openai`).
 pub fn access(path: &str) -> Access {
     if path == "/metrics" {
         return Access::Roles(METRICS);
+    }
+    if let Some(rest) = path.strip_prefix("/v1/") {
+        return match rest.split('/').collect::<Vec<_>>().as_slice() {
+            ["models"] => Access::Roles(READ),
+            ["chat", "completions"] | ["completions"] | ["embeddings"] | ["responses"] => Access::Roles(WRITE),
+            ["responses", _] => Access::Roles(READ),
+            ["responses", _, "cancel"] => Access::Roles(WRITE),
+            _ => Access::Unknown,
+        };
     }
     let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
         return Access::Unknown;
@@ -70,5 +80,9 @@ mod tests {
         assert_eq!(access("/deephardway.v1.JobService/DropTables"), Access::Unknown);
         assert_eq!(access("/nonsense"), Access::Unknown);
         assert!(allows("/metrics", Role::Viewer) && !allows("/metrics", Role::Submitter));
+        assert!(allows("/v1/chat/completions", Role::Submitter) && !allows("/v1/chat/completions", Role::Viewer));
+        assert!(allows("/v1/responses/resp_1", Role::Viewer) && !allows("/v1/responses/resp_1/cancel", Role::Viewer));
+        assert!(!allows("/v1/embeddings", Role::Worker));
+        assert_eq!(access("/v1/files"), Access::Unknown);
     }
 }

@@ -681,6 +681,7 @@ impl JobLifecycle {
                 Ok(JobState::Queued) => {
                     let mut change = Change::default();
                     change.ops.push(Op::delete(queue_key(job)));
+                    job.cancel_reason = reason.to_string();
                     finish(job, JobState::Cancelled, &mut change);
                     change.events.push(Event::Cancelled(JobCancelled { reason: reason.to_string() }));
                     Ok(Some(change))

@@ -536,7 +536,10 @@ mod tests {
         metrics.finished(&job);
         job.kind = JobKind::Embed as i32;
         job.result = Some(JobResult {
-            value: Some(job_result::Value::Embed(EmbedResult { embeddings: vec![Embedding::default(); 3] })),
+            value: Some(job_result::Value::Embed(EmbedResult {
+                embeddings: vec![Embedding::default(); 3],
+                ..Default::default()
+            })),
         });
         metrics.finished(&job);
         let worker = metrics.worker_connected("w1", "host", "cpu", 4);

@@ -39,7 +39,7 @@ fn tenant_filter(caller: &Caller) -> Option<&str> {
 }
 
 /// What a job's stream carries: its events, and, while it is queued, its place in line.
-enum Update {
+pub(crate) enum Update {
     Event(JobEvent),
     Queue(QueueStatus),
 }
@@ -62,7 +62,7 @@ impl From<Update> for WatchJobResponse {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>>;
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>>;
 pub type RunJobStream = Pin<Box<dyn Stream<Item = Result<RunJobResponse, Status>> + Send>>;
 pub type WatchJobStream = Pin<Box<dyn Stream<Item = Result<WatchJobResponse, Status>> + Send>>;
 
@@ -224,7 +224,13 @@ impl JobService for JobsRpc {
 
 /// Streams a job's events after `after_seq` until its final one, or until the caller's
 /// key is revoked.
-fn follow(ctx: SharedContext, rpc: &'static str, caller: Caller, job_id: String, after_seq: u64) -> EventStream {
+pub(crate) fn follow(
+    ctx: SharedContext,
+    rpc: &'static str,
+    caller: Caller,
+    job_id: String,
+    after_seq: u64,
+) -> EventStream {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let _open = ctx.lifecycle.metrics().stream(rpc);

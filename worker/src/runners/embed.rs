@@ -28,7 +28,7 @@ use deephardway::{
 use crate::{
     activity::Activity,
     models::bert::SentenceEmbedder,
-    runner::{JobContext, JobError, Runner, wrong_kind},
+    runner::{FailJob, JobContext, JobError, Runner, wrong_kind},
 };
 
 /// How embed jobs are batched together.
@@ -168,15 +168,12 @@ impl Runner for EmbedRunner {
         if job.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
         }
-        // The trace's `gen_ai.usage.input_tokens` (the current span is the job's GenAI
-        // span; see `traces`): the texts are tokenized once more for it, so only while
-        // traces are exported.
-        if deephardway::traces::enabled()
-            && let Ok(tokens) = self.embedder.count_tokens(&input.texts)
-        {
-            // As i64: tracing-opentelemetry exports a u64 as a string.
-            tracing::Span::current().record("gen_ai.usage.input_tokens", tokens as i64);
-        }
+        // The result's `prompt_tokens` and the trace's `gen_ai.usage.input_tokens` (the
+        // current span is the job's GenAI span; see `traces`). Tokenizing once more costs
+        // a few percent of the forward pass.
+        let tokens = self.embedder.count_tokens(&input.texts).internal()?;
+        // As i64: tracing-opentelemetry exports a u64 as a string.
+        tracing::Span::current().record("gen_ai.usage.input_tokens", tokens as i64);
         // The batching thread runs the forward pass, off the async threads.
         let (reply, vectors) = tokio::sync::oneshot::channel();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -191,6 +188,7 @@ impl Runner for EmbedRunner {
         Ok(JobResult {
             value: Some(job_result::Value::Embed(EmbedResult {
                 embeddings: vectors.into_iter().map(|values| Embedding { values }).collect(),
+                prompt_tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
             })),
         })
     }

@@ -288,6 +288,7 @@ mod tests {
             Event::Result(JobResult {
                 value: Some(job_result::Value::Embed(EmbedResult {
                     embeddings: vectors.into_iter().map(|values| Embedding { values }).collect(),
+                    ..Default::default()
                 })),
             })
         };
