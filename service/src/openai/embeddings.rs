@@ -54,7 +54,7 @@ async fn answer(api: &Api, request: Request) -> Result<Response, ApiError> {
     }
     let Some(Event::Result(result)) = &last.event else { unreachable!("final_event ends on a final event") };
     let Some(job_result::Value::Embed(embedded)) = &result.value else {
-        return Err(ApiError::from_status(&tonic::Status::internal("the job's result is not embeddings"), |_| None));
+        return Err(ApiError::from(tonic::Status::internal("the job's result is not embeddings")));
     };
     let data: Vec<Value> = embedded
         .embeddings

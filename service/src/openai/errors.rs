@@ -123,6 +123,13 @@ impl ApiError {
     }
 }
 
+/// A job-API refusal that names no request parameter.
+impl From<Status> for ApiError {
+    fn from(status: Status) -> ApiError {
+        ApiError::from_status(&status, |_| None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

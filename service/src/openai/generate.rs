@@ -186,7 +186,7 @@ async fn stream_job(
                 continue;
             }
             Some(Err(status)) => {
-                send!(sse_frame(None, &ApiError::from_status(&status, |_| None).body()));
+                send!(sse_frame(None, &ApiError::from(status).body()));
                 return;
             }
             None => return,
@@ -250,11 +250,9 @@ pub(super) fn generated(event: &JobEvent) -> Result<&GenerateResult, ApiError> {
     match &event.event {
         Some(Event::Result(result)) => match &result.value {
             Some(job_result::Value::Generate(generated)) => Ok(generated),
-            _ => {
-                Err(ApiError::from_status(&tonic::Status::internal("the job's result is not generated text"), |_| None))
-            }
+            _ => Err(ApiError::from(tonic::Status::internal("the job's result is not generated text"))),
         },
-        _ => Err(ApiError::from_status(&tonic::Status::internal("the job ended without a result"), |_| None)),
+        _ => Err(ApiError::from(tonic::Status::internal("the job ended without a result"))),
     }
 }
 

@@ -86,7 +86,7 @@ impl Api {
     fn caller(&self, path: &str, headers: &HeaderMap) -> Result<Caller, ApiError> {
         match self.auth.admit(path, headers) {
             Ok(caller) => Ok(caller.unwrap_or_else(Caller::anonymous)),
-            Err(status) => Err(ApiError::from_status(&status, |_| None)),
+            Err(status) => Err(ApiError::from(status)),
         }
     }
 
@@ -219,10 +219,10 @@ async fn final_event(events: &mut EventStream, mut on_event: impl FnMut(&JobEven
                 }
             }
             Ok(Update::Queue(_)) => {}
-            Err(status) => return Err(ApiError::from_status(&status, |_| None)),
+            Err(status) => return Err(ApiError::from(status)),
         }
     }
-    Err(ApiError::from_status(&tonic::Status::unavailable("the job's stream ended early"), |_| None))
+    Err(ApiError::from(tonic::Status::unavailable("the job's stream ended early")))
 }
 
 /// A failed or cancelled job's final event as an error answer; `None` for a result.
@@ -234,7 +234,7 @@ fn job_error(event: &JobEvent) -> Option<ApiError> {
                 failed.message.clone(),
                 Bytes::from(prost::Message::encode_to_vec(failed)),
             );
-            Some(ApiError::from_status(&status, |_| None))
+            Some(ApiError::from(status))
         }
         Event::Cancelled(cancelled) => Some(ApiError {
             status: http::StatusCode::from_u16(499).expect("a valid status"),

@@ -19,7 +19,7 @@ pub async fn list(State(api): State<Arc<Api>>, request: Request) -> Response {
 
 async fn answer(api: &Api, request: Request) -> Result<Response, ApiError> {
     api.caller("/v1/models", request.headers())?;
-    let workers = api.ctx.lifecycle.workers().await.map_err(|status| ApiError::from_status(&status, |_| None))?;
+    let workers = api.ctx.lifecycle.workers().await.map_err(ApiError::from)?;
     let mut models = BTreeMap::new();
     for worker in &workers {
         for model in &worker.models {

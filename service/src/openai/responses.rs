@@ -166,7 +166,7 @@ async fn create_answer(api: &Api, request: Request) -> Result<Response, ApiError
     };
     let spec = JobSpec { input: Some(Input::Generate(input)), model, ..Default::default() };
     let job_id = api.submit(&caller, &headers, spec, param).await?;
-    let job = api.ctx.lifecycle.get_for(&caller, &job_id).await.map_err(|s| ApiError::from_status(&s, |_| None))?;
+    let job = api.ctx.lifecycle.get_for(&caller, &job_id).await.map_err(ApiError::from)?;
     let view = View::of(&job, body.background);
     // Only a response that is not in the background belongs to its connection.
     let guard = (!body.background).then(|| CancelOnDrop::new(api, &job_id));
@@ -183,7 +183,7 @@ async fn create_answer(api: &Api, request: Request) -> Result<Response, ApiError
     if let Some(guard) = guard.as_mut() {
         guard.disarm();
     }
-    let job = api.ctx.lifecycle.get_for(&caller, &job_id).await.map_err(|s| ApiError::from_status(&s, |_| None))?;
+    let job = api.ctx.lifecycle.get_for(&caller, &job_id).await.map_err(ApiError::from)?;
     Ok(json_answer(&job_id, &view.of_record(&job, None)))
 }
 
@@ -202,7 +202,7 @@ async fn job_of(api: &Api, caller: &Caller, id: &str) -> Result<Job, ApiError> {
     let job_id = id.strip_prefix("resp_").ok_or_else(not_found)?;
     let job = api.ctx.lifecycle.get_for(caller, job_id).await.map_err(|s| match s.code() {
         tonic::Code::NotFound | tonic::Code::InvalidArgument => not_found(),
-        _ => ApiError::from_status(&s, |_| None),
+        _ => ApiError::from(s),
     })?;
     if job.kind() != JobKind::Generate {
         return Err(not_found());
@@ -247,12 +247,8 @@ async fn retrieve_answer(api: &Api, id: &str, request: Request) -> Result<Respon
 async fn cancel_answer(api: &Api, id: &str, request: Request) -> Result<Response, ApiError> {
     let caller = api.caller(request.uri().path(), request.headers())?;
     let job = job_of(api, &caller, id).await?;
-    let cancelled = api
-        .ctx
-        .lifecycle
-        .cancel(&job.id, "cancelled through the Responses API")
-        .await
-        .map_err(|s| ApiError::from_status(&s, |_| None))?;
+    let cancelled =
+        api.ctx.lifecycle.cancel(&job.id, "cancelled through the Responses API").await.map_err(ApiError::from)?;
     Ok(json_answer(&job.id, &View::of(&job, true).of_record(&cancelled, None)))
 }
 
