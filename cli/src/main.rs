@@ -9,14 +9,15 @@
 //!   the gRPC API like any other;
 //! - [`bench`]: job throughput on each store, and model speed;
 //! - [`tls`]: the client side's TLS flags (`--ca-cert`, `--client-cert`, `--client-key`);
-//! - [`signal`], [`logging`], [`telemetry`]: process plumbing shared by the roles (logs,
-//!   and traces over OTLP).
+//! - [`signal`], [`logging`], [`telemetry`], [`memory`]: process plumbing shared by the
+//!   roles (logs, traces over OTLP, memory given back by `serve`).
 
 mod access;
 mod bench;
 mod cli;
 mod client;
 mod logging;
+mod memory;
 mod server;
 mod signal;
 mod telemetry;

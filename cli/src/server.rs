@@ -393,6 +393,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let listener = bind(&args.service.listen).await?;
     let config = args.service.config()?;
     args.service.check_exposure(&listener, &config)?;
+    crate::memory::give_back_periodically();
     server::serve(listener, store, config, args.service.web(), shutdown_signal()).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `deephardway bench`: end-to-end throughput and latency of the job path, per store;
-//! with `--embed` or `--generate`, of a real model (see [`models`]).
+//! with `--embed` or `--generate`, of a real model (see [`models`]); with `--watchers`,
+//! watch fan-out: delivery delay and memory per stream (see [`watch`]).
 //!
 //! For each store it starts the service on a free port with an in-process worker, then
 //! N concurrent clients each run diagnostic jobs back to back through `Jobs.Run`. It
@@ -9,6 +10,7 @@
 //! trait, on etcd the same as `etcdctl put`), with the ratio of job throughput to it.
 
 mod models;
+mod watch;
 
 use std::{
     process::ExitCode,
@@ -68,6 +70,10 @@ pub struct BenchArgs {
     /// Where the models are (default: the model cache).
     #[arg(long)]
     models_dir: Option<std::path::PathBuf>,
+    /// Measure watch fan-out instead: this many concurrent WatchJob streams on one
+    /// `serve` process, over 100 jobs and then one (steps at least 10 of 100 ms).
+    #[arg(long, conflicts_with_all = ["embed", "generate"])]
+    watchers: Option<usize>,
 }
 
 struct Latencies {
@@ -93,6 +99,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.generate {
         return models::generate(&args).await;
+    }
+    if let Some(watchers) = args.watchers {
+        return watch::run(&args, watchers).await;
     }
     let stores: Vec<&str> = args.stores.split(',').map(str::trim).collect();
     let mut local_etcd = None;

@@ -1,0 +1,238 @@
+//! `deephardway bench --watchers N`: watch fan-out. N concurrent `WatchJob` streams on one
+//! `deephardway serve` process (a child, embedded store, so that its memory is its own),
+//! spread over 100 jobs and then all on one job. For each spread it prints the delivery
+//! delay of live events (from the event's commit time, `JobEvent.time`, to its arrival at
+//! the watcher; same machine, same clock), the service's memory per open stream, and how
+//! much of that memory it gives back once the streams have closed — with the goals beside.
+//!
+//! The streams are opened while the jobs wait in line (the worker is away: submits are
+//! accepted for a model served lately), so that every event measured is delivered live to
+//! all N watchers; then the worker comes back and the jobs run.
+
+use std::{
+    process::{ExitCode, Stdio},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context;
+use deephardway::v1::{
+    CreateJobRequest, DiagnosticInput, JobSpec, WatchJobRequest, job_service_client::JobServiceClient, job_spec::Input,
+};
+use deephardway_worker::{WorkerOptions, runners::diagnostic::DiagnosticRunner};
+use tokio_util::sync::CancellationToken;
+
+use super::{BenchArgs, ms, percentile, wait_for_worker};
+
+/// The goals of the reliability issue: delivery p99 and memory per stream.
+const GOAL_P99: Duration = Duration::from_millis(100);
+const GOAL_KIB_PER_STREAM: f64 = 16.0;
+/// Streams per HTTP/2 connection (the service allows 1,024).
+const STREAMS_PER_CONNECTION: usize = 500;
+
+pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> {
+    let dir = super::tempfile_dir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut serve = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start deephardway serve")?;
+    let pid = serve.id().context("serve exited")?;
+    let mut channels = Vec::new();
+    for _ in 0..watchers.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(connect_when_up(&url).await?);
+    }
+    // One worker session so that the diagnostic model counts as served lately.
+    let worker = Worker::start(&url);
+    wait_for_worker(&url).await?;
+    worker.stop().await;
+
+    let (steps, step_ms) = job_shape(args);
+    println!(
+        "deephardway bench --watchers {watchers}: one `serve` (embedded store), diagnostic jobs of {steps}×{step_ms} ms, \
+         the clients in this process"
+    );
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>12} {:>10}",
+        "spread", "events", "p50 ms", "p99 ms", "max ms", "RSS MiB", "open MiB", "KiB/stream", "returned"
+    );
+    for jobs in [100, 1] {
+        let spread = Spread::measure(&url, &channels, pid, watchers, jobs, args).await?;
+        println!(
+            "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>12.1} {:>10}",
+            format!("{jobs} job(s) × {}", watchers / jobs),
+            spread.delays.len(),
+            ms(percentile(&spread.delays, 50.0)),
+            ms(percentile(&spread.delays, 99.0)),
+            ms(spread.delays.last().copied().unwrap_or_default()),
+            mib(spread.rss_before),
+            mib(spread.rss_open),
+            spread.kib_per_stream(watchers),
+            spread.returned(),
+        );
+    }
+    println!(
+        "goals: delivery p99 < {} ms; < {GOAL_KIB_PER_STREAM} KiB per stream. RSS is the service process's \
+         (VmRSS); \"returned\" is the share of the growth while streams were open given back 12 s after they closed (serve trims every 10 s).",
+        GOAL_P99.as_millis()
+    );
+    serve.kill().await.ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What one spread measured.
+struct Spread {
+    /// Sorted delivery delays of live events.
+    delays: Vec<Duration>,
+    rss_before: u64,
+    rss_open: u64,
+    rss_after: u64,
+}
+
+impl Spread {
+    async fn measure(
+        url: &str,
+        channels: &[tonic::transport::Channel],
+        pid: u32,
+        watchers: usize,
+        jobs: usize,
+        args: &BenchArgs,
+    ) -> anyhow::Result<Spread> {
+        let mut client = JobServiceClient::new(channels[0].clone());
+        let spec = JobSpec {
+            input: Some(Input::Diagnostic(DiagnosticInput {
+                steps: job_shape(args).0,
+                step_ms: job_shape(args).1,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let mut ids = Vec::new();
+        for _ in 0..jobs {
+            let request = CreateJobRequest { spec: Some(spec.clone()), request_id: String::new() };
+            ids.push(client.create_job(request).await?.into_inner().job.context("a job")?.id);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_before = rss(pid)?;
+        let mut streams = Vec::with_capacity(watchers);
+        for i in 0..watchers {
+            let mut client = JobServiceClient::new(channels[i % channels.len()].clone());
+            let request = WatchJobRequest { job_id: ids[i % jobs].clone(), after_seq: 0 };
+            streams.push(client.watch_job(request).await?.into_inner());
+        }
+        // Every stream has its stored events (the `queued` one) before the jobs start.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss_open = rss(pid)?;
+        let live_from = SystemTime::now();
+        let readers: Vec<_> = streams
+            .into_iter()
+            .map(|mut stream| {
+                tokio::spawn(async move {
+                    let mut delays = Vec::new();
+                    while let Ok(Some(message)) = stream.message().await {
+                        let Some(event) = message.event else { continue };
+                        let arrived = SystemTime::now();
+                        let Some(time) = event.time.and_then(|t| SystemTime::try_from(t).ok()) else { continue };
+                        if time >= live_from {
+                            delays.push(arrived.duration_since(time).unwrap_or_default());
+                        }
+                        if event.event.as_ref().is_some_and(deephardway::is_final) {
+                            break;
+                        }
+                    }
+                    delays
+                })
+            })
+            .collect();
+        let worker = Worker::start(url);
+        let started = Instant::now();
+        let mut delays = Vec::new();
+        for reader in readers {
+            delays.extend(reader.await?);
+        }
+        worker.stop().await;
+        anyhow::ensure!(!delays.is_empty(), "no live event was delivered in {:?}", started.elapsed());
+        delays.sort();
+        // Longer than `serve`'s trim period (`memory::TRIM_EVERY`).
+        tokio::time::sleep(crate::memory::TRIM_EVERY + Duration::from_secs(2)).await;
+        let rss_after = rss(pid)?;
+        Ok(Spread { delays, rss_before, rss_open, rss_after })
+    }
+
+    fn kib_per_stream(&self, watchers: usize) -> f64 {
+        self.rss_open.saturating_sub(self.rss_before) as f64 / 1024.0 / watchers as f64
+    }
+
+    /// The share of the growth given back, as a percentage; "—" when it did not grow.
+    fn returned(&self) -> String {
+        let grown = self.rss_open.saturating_sub(self.rss_before) as f64;
+        if grown < 1024.0 * 1024.0 {
+            return "—".into();
+        }
+        format!("{:.0}%", 100.0 * (self.rss_open.saturating_sub(self.rss_after) as f64 / grown).clamp(0.0, 1.0))
+    }
+}
+
+/// Steps and milliseconds per step of the watched jobs: at least 10 of 100 ms, so that
+/// the events come while every stream is open.
+fn job_shape(args: &BenchArgs) -> (u32, u32) {
+    (args.steps.max(10), args.step_ms.max(100))
+}
+
+/// An in-process worker with slots for every job.
+struct Worker {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Worker {
+    fn start(url: &str) -> Worker {
+        let stop = CancellationToken::new();
+        let options = WorkerOptions {
+            server: url.to_string().into(),
+            key: Default::default(),
+            name: "bench-watch".into(),
+            slots: 128,
+            device: "cpu".into(),
+            runners: vec![Arc::new(DiagnosticRunner)],
+        };
+        Worker { task: tokio::spawn(deephardway_worker::run(options, stop.clone())), stop }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn connect_when_up(url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    for _ in 0..200 {
+        if let Ok(channel) = deephardway::connect(url).await {
+            return Ok(channel);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("deephardway serve did not start on {url}")
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kib * 1024)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
