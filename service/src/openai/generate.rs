@@ -62,10 +62,8 @@ async fn chat_answer(api: &Api, request: Request) -> Result<Response, ApiError> 
     wire::check_unknown(&body.extra, HARMLESS)?;
     let model = wire::model(body.model)?;
     let items = body.messages.ok_or_else(|| ApiError::invalid("messages", "messages is required"))?;
-    let mut input = GenerateInput { messages: wire::messages(&items, "messages")?, ..Default::default() };
-    let (stream, include_usage) = streaming(&body.sampling);
-    body.sampling.apply(&mut input)?;
-    run(api, caller, &headers, Flavor::Chat, model, input, stream, include_usage).await
+    let input = GenerateInput { messages: wire::messages(&items, "messages")?, ..Default::default() };
+    run(api, caller, &headers, Generation::new(Flavor::Chat, model, input, body.sampling)?).await
 }
 
 async fn completion_answer(api: &Api, request: Request) -> Result<Response, ApiError> {
@@ -79,27 +77,41 @@ async fn completion_answer(api: &Api, request: Request) -> Result<Response, ApiE
     let prompts = body.prompt.ok_or_else(|| ApiError::invalid("prompt", "prompt is required"))?.strings("prompt")?;
     let [prompt] = <[String; 1]>::try_from(prompts)
         .map_err(|p| ApiError::invalid("prompt", format!("one prompt per request is supported, got {}", p.len())))?;
-    let mut input = GenerateInput { prompt, ..Default::default() };
-    let (stream, include_usage) = streaming(&body.sampling);
-    body.sampling.apply(&mut input)?;
-    run(api, caller, &headers, Flavor::Completion, model, input, stream, include_usage).await
+    let input = GenerateInput { prompt, ..Default::default() };
+    run(api, caller, &headers, Generation::new(Flavor::Completion, model, input, body.sampling)?).await
 }
 
-fn streaming(sampling: &wire::Sampling) -> (bool, bool) {
-    (sampling.stream, sampling.stream_options.as_ref().is_some_and(|o| o.include_usage))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    api: &Api,
-    caller: Caller,
-    headers: &http::HeaderMap,
+/// What a request asks to generate, and how it wants the answer.
+struct Generation {
     flavor: Flavor,
     model: String,
     input: GenerateInput,
     stream: bool,
     include_usage: bool,
+}
+
+impl Generation {
+    /// `input` with the request's sampling applied.
+    fn new(
+        flavor: Flavor,
+        model: String,
+        mut input: GenerateInput,
+        sampling: wire::Sampling,
+    ) -> Result<Self, ApiError> {
+        let (stream, include_usage) =
+            (sampling.stream, sampling.stream_options.as_ref().is_some_and(|o| o.include_usage));
+        sampling.apply(&mut input)?;
+        Ok(Generation { flavor, model, input, stream, include_usage })
+    }
+}
+
+async fn run(
+    api: &Api,
+    caller: Caller,
+    headers: &http::HeaderMap,
+    generation: Generation,
 ) -> Result<Response, ApiError> {
+    let Generation { flavor, model, input, stream, include_usage } = generation;
     let spec = JobSpec { input: Some(Input::Generate(input)), model: model.clone(), ..Default::default() };
     let job_id = api.submit(&caller, headers, spec, wire::generate_param).await?;
     let prefix = if flavor == Flavor::Chat { "chatcmpl" } else { "cmpl" };
