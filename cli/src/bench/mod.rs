@@ -137,6 +137,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "jobs/puts"
     );
     let mut etcd_jobs_per_s = None;
+    let mut per_job_operations = Vec::new();
     for store_name in &stores {
         let store: SharedStore = match *store_name {
             "embedded" => {
@@ -146,7 +147,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "etcd" => Arc::new(EtcdStore::connect(&[etcd_url.clone().expect("set above")]).await?),
             other => anyhow::bail!("--stores: unknown store {other:?}"),
         };
-        let (jobs_per_s, latencies, writes_per_job) = measure(store.clone(), &args).await?;
+        let (jobs_per_s, latencies, writes_per_job, operations) = measure(store.clone(), &args).await?;
+        per_job_operations.push((store_name.to_string(), operations));
         let put_rate = raw_put_rate(store, args.clients, (args.jobs * 10).max(2000)).await?;
         let (mut first, mut done) = (latencies.first_event, latencies.done);
         first.sort();
@@ -168,6 +170,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    println!();
+    for (store_name, operations) in &per_job_operations {
+        let listed: Vec<String> = operations.iter().map(|(op, n)| format!("{op} {n:.1}")).collect();
+        let total: f64 = operations.values().sum();
+        println!("store calls per job, {store_name}: {total:.1} ({})", listed.join(", "));
+    }
     if let Some(url) = etcd_url {
         let store = EtcdStore::connect(&[url]).await?;
         let puts = (args.jobs * 10).max(2000);
@@ -192,8 +200,11 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// Runs the jobs and returns jobs/s, latencies, and store revisions used per job.
-async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<(f64, Latencies, f64)> {
+/// Jobs/s, latencies, store revisions per job, and store calls per job by operation.
+type Measured = (f64, Latencies, f64, std::collections::BTreeMap<String, f64>);
+
+/// Runs the jobs and measures them.
+async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<Measured> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();
@@ -225,6 +236,7 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<(f64, L
     };
     let request = RunJobRequest { spec: Some(spec), request_id: String::new() };
     let revision_before = store.revision().await?;
+    let operations_before = store_operations(&url).await?;
     let started = Instant::now();
     let per_client = args.jobs.div_ceil(args.clients.max(1));
     let mut clients = Vec::new();
@@ -255,10 +267,33 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<(f64, L
     let elapsed = started.elapsed();
     let jobs = all.done.len();
     let writes = (store.revision().await? - revision_before) as f64 / jobs as f64;
+    let mut operations = store_operations(&url).await?;
+    for (operation, count) in operations.iter_mut() {
+        *count = (*count - operations_before.get(operation).copied().unwrap_or(0.0)) / jobs as f64;
+    }
     stop.cancel();
     let _ = worker.await;
     let _ = server.await;
-    Ok((jobs as f64 / elapsed.as_secs_f64(), all, writes))
+    Ok((jobs as f64 / elapsed.as_secs_f64(), all, writes, operations))
+}
+
+/// The service's store calls so far, by operation, from its `/metrics`
+/// (`deephardway_store_operation_seconds_count`): where a job's store time goes.
+async fn store_operations(url: &str) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut text = String::new();
+    socket.read_to_string(&mut text).await?;
+    let mut operations = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("deephardway_store_operation_seconds_count{") else { continue };
+        let operation = rest.split("operation=\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+        let count: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *operations.entry(operation.to_string()).or_insert(0.0) += count;
+    }
+    Ok(operations)
 }
 
 async fn wait_for_worker(url: &str) -> anyhow::Result<()> {

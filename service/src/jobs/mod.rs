@@ -147,7 +147,16 @@ pub struct JobLifecycle {
     config: ServiceConfig,
     quotas: std::sync::Arc<Quotas>,
     metrics: std::sync::Arc<Metrics>,
+    /// The connected workers as last read, for submits (see [`JobLifecycle::check_served`]).
+    workers_seen: std::sync::Arc<std::sync::Mutex<Option<WorkersSeen>>>,
 }
+
+/// A worker list and when it was read.
+type WorkersSeen = (std::time::Instant, std::sync::Arc<Vec<WorkerRecord>>);
+
+/// How long a submit may trust the worker list another submit read: a model found there
+/// is accepted without reading it again; one not found is always read afresh.
+const WORKERS_SEEN_FOR: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What a transition writes besides the job record and its events.
 #[derive(Default)]
@@ -203,7 +212,13 @@ impl JobExt for Job {
 
 impl JobLifecycle {
     pub fn new(store: SharedStore, config: ServiceConfig) -> Self {
-        Self { store, config, quotas: Default::default(), metrics: Default::default() }
+        Self {
+            store,
+            config,
+            quotas: Default::default(),
+            metrics: Default::default(),
+            workers_seen: Default::default(),
+        }
     }
 
     /// Records into `metrics` (the server's registry) instead of a private one.
@@ -356,7 +371,20 @@ impl JobLifecycle {
     /// model (see [`fits`]), as the worker last described it.
     async fn check_served(&self, model: &str, input: &Input) -> Result<(), Status> {
         let kind = kind_of(input);
+        // A worker list read within the last moment serves every submit that finds its
+        // model there: a read of every worker record per submit was a good part of a
+        // job's store time. A worker that left since is no harm (the job waits, as for a
+        // model served lately); a model not found is checked against a fresh read.
+        let seen = self.workers_seen.lock().expect("workers lock").clone();
+        if let Some((at, workers)) = seen
+            && at.elapsed() < WORKERS_SEEN_FOR
+            && let Some(m) = workers.iter().flat_map(|w| &w.models).find(|m| m.name == model && m.kind == kind as i32)
+        {
+            return fits(m, input);
+        }
         let workers = self.workers().await?;
+        *self.workers_seen.lock().expect("workers lock") =
+            Some((std::time::Instant::now(), std::sync::Arc::new(workers.clone())));
         let mut other_kind = None;
         for w in &workers {
             for m in w.models.iter().filter(|m| m.name == model) {
