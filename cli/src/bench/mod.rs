@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// Where the models are (default: the model cache).
     #[arg(long)]
     models_dir: Option<std::path::PathBuf>,
+    /// Keep finished jobs this long (seconds; default: the service's default). With a
+    /// short retention, a long run shows the store's size staying bounded.
+    #[arg(long)]
+    retention_s: Option<u64>,
     /// Measure watch fan-out instead: this many concurrent WatchJob streams on one
     /// `serve` process, over 100 jobs and then one (steps at least 10 of 100 ms).
     #[arg(long, conflicts_with_all = ["embed", "generate"])]
@@ -138,16 +142,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let mut etcd_jobs_per_s = None;
     let mut per_job_operations = Vec::new();
+    let (mut embedded_dir, mut embedded_bytes) = (None, None);
     for store_name in &stores {
         let store: SharedStore = match *store_name {
             "embedded" => {
                 let dir = tempfile_dir()?;
+                embedded_dir = Some(dir.clone());
                 Arc::new(EmbeddedStore::open(&dir).await?)
             }
             "etcd" => Arc::new(EtcdStore::connect(&[etcd_url.clone().expect("set above")]).await?),
             other => anyhow::bail!("--stores: unknown store {other:?}"),
         };
         let (jobs_per_s, latencies, writes_per_job, operations) = measure(store.clone(), &args).await?;
+        // Its size after the jobs, before the raw puts below add to it.
+        if let Some(dir) = embedded_dir.take() {
+            let files = std::fs::read_dir(&dir)?.flatten().filter_map(|e| e.metadata().ok());
+            embedded_bytes = Some(files.map(|m| m.len()).sum::<u64>());
+        }
         per_job_operations.push((store_name.to_string(), operations));
         let put_rate = raw_put_rate(store, args.clients, (args.jobs * 10).max(2000)).await?;
         let (mut first, mut done) = (latencies.first_event, latencies.done);
@@ -170,6 +181,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    if let Some(bytes) = embedded_bytes {
+        println!();
+        println!(
+            "embedded store after the jobs: {:.1} MiB on disk (retention {})",
+            bytes as f64 / (1024.0 * 1024.0),
+            args.retention_s.map_or("the default".to_string(), |s| format!("{s} s"))
+        );
+    }
     println!();
     for (store_name, operations) in &per_job_operations {
         let listed: Vec<String> = operations.iter().map(|(op, n)| format!("{op} {n:.1}")).collect();
@@ -209,7 +228,10 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<Measure
     let url = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();
     let server_stop = stop.clone();
-    let config = ServiceConfig { max_queue_depth: args.jobs * 2 + 100, ..ServiceConfig::default() };
+    let mut config = ServiceConfig { max_queue_depth: args.jobs * 2 + 100, ..ServiceConfig::default() };
+    if let Some(seconds) = args.retention_s {
+        config.retention = Duration::from_secs(seconds);
+    }
     let server = tokio::spawn(server::serve(listener, store.clone(), config, Web::default(), async move {
         server_stop.cancelled().await
     }));
