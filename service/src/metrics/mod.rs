@@ -259,7 +259,7 @@ impl Metrics {
         let training_images = Family::<ModelWorkerLabels, Counter>::default();
         registry.register(
             "training_images",
-            "Images trained on (forward and backward), per trained model and worker",
+            "Images trained on (forward and backward), per training model (the trainer) and worker",
             training_images.clone(),
         );
         let open_streams = Family::<StreamLabels, Gauge>::default();
@@ -372,14 +372,28 @@ impl Metrics {
     }
 
     /// A worker session started: its series exist until the returned guard is dropped.
-    pub fn worker_connected(self: &Arc<Self>, worker: &str, name: &str, device: &str, slots: u32) -> WorkerSeries {
+    /// Its heartbeats are read only for the models it announced (`served`): a worker
+    /// cannot make up model names, each of which would be series of its own.
+    pub fn worker_connected(
+        self: &Arc<Self>,
+        worker: &str,
+        name: &str,
+        device: &str,
+        slots: u32,
+        served: impl IntoIterator<Item = String>,
+    ) -> WorkerSeries {
         let labels = WorkerLabels { worker: worker.to_string() };
         self.workers_connected.inc();
         let info = WorkerInfoLabels { worker: worker.to_string(), name: name.to_string(), device: device.to_string() };
         self.worker_info.get_or_create(&info).set(1);
         self.worker_slots.get_or_create(&labels).set(i64::from(slots));
         self.worker_running_jobs.get_or_create(&labels).set(0);
-        WorkerSeries { metrics: self.clone(), info, models: Mutex::new(BTreeSet::new()) }
+        WorkerSeries {
+            metrics: self.clone(),
+            info,
+            served: served.into_iter().collect(),
+            models: Mutex::new(BTreeSet::new()),
+        }
     }
 
     /// Reads the store's own counters (watch restarts) into their metrics.
@@ -428,6 +442,8 @@ const MAX_BATCHES_PER_HEARTBEAT: u64 = 16_384;
 pub struct WorkerSeries {
     metrics: Arc<Metrics>,
     info: WorkerInfoLabels,
+    /// The models it announced; activity for any other is ignored.
+    served: BTreeSet<String>,
     /// The models it reported, whose series to remove.
     models: Mutex<BTreeSet<String>>,
 }
@@ -442,7 +458,8 @@ impl WorkerSeries {
         // A worker is trusted to run jobs, not with this replica's CPU: what one heartbeat
         // can make it record is bounded (far above what a real worker sends).
         let mut observations_left = MAX_BATCHES_PER_HEARTBEAT;
-        for activity in beat.models.iter().take(MAX_MODELS_PER_HEARTBEAT) {
+        let announced = beat.models.iter().filter(|a| self.served.contains(&a.model));
+        for activity in announced.take(MAX_MODELS_PER_HEARTBEAT) {
             let labels = ModelWorkerLabels { model: activity.model.clone(), worker: self.info.worker.clone() };
             models.insert(activity.model.clone());
             if !activity.batch_sizes.is_empty() {
@@ -542,7 +559,7 @@ mod tests {
             })),
         });
         metrics.finished(&job);
-        let worker = metrics.worker_connected("w1", "host", "cpu", 4);
+        let worker = metrics.worker_connected("w1", "host", "cpu", 4, ["m".to_string()]);
         worker.heartbeat(&Heartbeat {
             running_jobs: 2,
             models: vec![ModelActivity {
@@ -627,16 +644,21 @@ mod tests {
     #[test]
     fn a_heartbeat_records_a_bounded_number_of_batches() {
         let metrics = Arc::new(Metrics::new());
-        let worker = metrics.worker_connected("w", "n", "cpu", 1);
+        let worker = metrics.worker_connected("w", "n", "cpu", 1, ["m".to_string()]);
         let flood = ModelActivity {
             model: "m".into(),
             batch_sizes: (1..=8).map(|size| BatchSizeCount { size, count: u64::MAX }).collect(),
             ..Default::default()
         };
-        worker.heartbeat(&Heartbeat { running_jobs: 0, models: vec![flood; 1000] });
+        // ... and model names it never announced are no series at all.
+        let made_up = |i| ModelActivity { model: format!("made-up-{i}"), training_images: 1, ..Default::default() };
+        let mut models = vec![flood; 1000];
+        models.extend((0..100).map(made_up));
+        worker.heartbeat(&Heartbeat { running_jobs: 0, models });
         let text = metrics.encode();
         let count = format!(r#"deephardway_batch_size_count{{model="m",worker="w"}} {MAX_BATCHES_PER_HEARTBEAT}"#);
         assert!(text.contains(&count), "{text}");
+        assert!(!text.contains("made-up"), "{text}");
     }
 
     #[test]

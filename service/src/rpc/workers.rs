@@ -267,8 +267,13 @@ impl Session {
         let (assign_tx, mut assignments) = mpsc::channel(self.record.slots.max(1) as usize);
         self.ctx.dispatcher.register(self.record.clone(), self.lease, assign_tx);
         let record = &self.record;
-        let series =
-            self.ctx.lifecycle.metrics().worker_connected(&worker_id, &record.name, &record.device, record.slots);
+        let series = self.ctx.lifecycle.metrics().worker_connected(
+            &worker_id,
+            &record.name,
+            &record.device,
+            record.slots,
+            record.models.iter().map(|m| m.name.clone()),
+        );
         let mut changes = self.ctx.hub.changes();
         let mut flush = tokio::time::interval(config.output_coalesce);
         let mut keepalive = tokio::time::interval(config.worker_lease_ttl / 3);

@@ -233,7 +233,7 @@ struct Reporter {
     epochs: usize,
     epoch_stride: usize,
     last_sent: Option<Instant>,
-    /// The images trained on, for the heartbeats, under the trained model's name.
+    /// The images trained on, for the heartbeats, under the job's model (the trainer's name).
     activity: Arc<Activity>,
     model: String,
 }
