@@ -227,19 +227,35 @@ impl ServiceProcess {
     }
 }
 
-/// A free loopback port (bound, then released).
-/// A port free now, never handed out before in this process: tests run side by side, and
-/// two servers told the same port would have one of them answering for the other.
+/// A loopback port for a server process to be told to listen on: free now, never handed
+/// out before in this process, and outside the kernel's ephemeral range.
+///
+/// That range is where `bind(…:0)` and outgoing connections get their ports, and tests
+/// here do both side by side: a port taken from it and released could be handed to an
+/// in-process test server (or a client socket) before the process told to use it binds
+/// it, and then that other server answers for it. Below the range, only a process told a
+/// port number can take one.
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let mut handed_out = HANDED_OUT.lock().unwrap();
-        if !handed_out.contains(&port) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (ephemeral_low.saturating_sub(12_000).max(1024), ephemeral_low);
+    assert!(high > low + 1000, "the ephemeral port range starts at {ephemeral_low}: no room below it");
+    // A different starting point in each process, should two test binaries run at once.
+    let span = u32::from(high - low);
+    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    let start = handed_out.len() as u32 + seed % span;
+    for step in 0..span {
+        let port = low + ((start + step) % span) as u16;
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             handed_out.push(port);
             return port;
         }
     }
+    panic!("no free port in {low}..{high}");
 }
 
 pub async fn wait_until_serving(url: &str) {
