@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// CPU threads for model arithmetic (default: one per physical core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where --embed and --generate run the model: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Where the models are (default: the model cache).
     #[arg(long)]
     models_dir: Option<std::path::PathBuf>,

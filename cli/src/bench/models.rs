@@ -1,5 +1,6 @@
 //! `deephardway bench --embed` and `--generate`: real models through the whole job path
-//! (in-process service on the embedded store, in-process worker, gRPC clients), on the CPU.
+//! (in-process service on the embedded store, in-process worker, gRPC clients), on the CPU
+//! or (`--device cuda`, in scripts/gpu-check) a GPU.
 //! Their baselines (sentence-transformers, llama.cpp) run in the scripts that call these:
 //! `scripts/bench-embed` and `scripts/bench-generate`.
 
@@ -30,7 +31,7 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(runner: Arc<dyn Runner>, slots: u32) -> anyhow::Result<Self> {
+    async fn start(runner: Arc<dyn Runner>, slots: u32, device: &str) -> anyhow::Result<Self> {
         let model = runner.models().remove(0).name;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -46,7 +47,7 @@ impl Bench {
             key: Default::default(),
             name: "bench".into(),
             slots,
-            device: "cpu".into(),
+            device: device.into(),
             runners: vec![runner],
         };
         let worker = tokio::spawn(deephardway_worker::run(options, stop.clone()));
@@ -97,10 +98,10 @@ pub async fn embed(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     use deephardway_worker::runners::embed::EmbedRunner;
 
     let dir = args.models_dir.clone().unwrap_or_else(default_models_dir).join("all-minilm-l6-v2");
-    let device = deephardway_worker::device::select("cpu")?;
+    let device = deephardway_worker::device::select(&args.device)?;
     let runner = EmbedRunner::load("all-minilm-l6-v2", &dir, &device)
         .with_context(|| format!("cannot load {} (run scripts/fetch-models)", dir.display()))?;
-    let bench = Bench::start(Arc::new(runner), 32).await?;
+    let bench = Bench::start(Arc::new(runner), 32, &args.device).await?;
     let request = |texts: Vec<String>| {
         let spec = JobSpec {
             input: Some(Input::Embed(EmbedInput { texts })),
@@ -120,7 +121,7 @@ pub async fn embed(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let client = bench.client().await?;
     run_job(client.clone(), texts[..8].to_vec()).await?; // warm up
 
-    println!("deephardway embed bench: all-MiniLM-L6-v2 on cpu, {total} sentences per row");
+    println!("deephardway embed bench: all-MiniLM-L6-v2 on {}, {total} sentences per row", args.device);
     println!("{:<34} {:>12}", "mode", "sentences/s");
     let started = Instant::now();
     for text in &texts {
@@ -193,19 +194,20 @@ pub async fn generate(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     use deephardway_worker::runners::generate::GenerateRunner;
 
     let dir = args.models_dir.clone().unwrap_or_else(default_models_dir).join("smollm2-135m-instruct");
-    let device = deephardway_worker::device::select("cpu")?;
+    let device = deephardway_worker::device::select(&args.device)?;
     let max_concurrency = 16;
     let runner = GenerateRunner::load("smollm2-135m-instruct", &dir, &device, max_concurrency)
         .with_context(|| format!("cannot load {} (run scripts/fetch-models)", dir.display()))?;
-    let bench = Bench::start(Arc::new(runner), max_concurrency as u32).await?;
+    let bench = Bench::start(Arc::new(runner), max_concurrency as u32, &args.device).await?;
     let client = bench.client().await?;
     let tokens = args.tokens;
     generation(client.clone(), 8).await?; // warm up
 
-    println!(
-        "deephardway generate bench: SmolLM2-135M-Instruct Q4_1 on cpu ({} threads), greedy, {tokens} tokens per job",
-        deephardway_worker::device::cpu_threads()
-    );
+    let on = match args.device.as_str() {
+        "cpu" => format!("cpu ({} threads)", deephardway_worker::device::cpu_threads()),
+        gpu => gpu.to_string(),
+    };
+    println!("deephardway generate bench: SmolLM2-135M-Instruct Q4_1 on {on}, greedy, {tokens} tokens per job");
     println!(
         "{:<22} {:>16} {:>22} {:>22}",
         "concurrent jobs", "first token ms", "tokens/s per stream", "aggregate tokens/s"
