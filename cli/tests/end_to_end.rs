@@ -550,8 +550,13 @@ async fn finished_jobs_are_removed_after_retention(backend: Backend) {
     panic!("job {id} was still there 10 s after a 1 s retention");
 }
 
+/// A burst of 300 steps, each with output: the outputs are merged into few events, none
+/// lost or reordered. The flush interval is longer than the burst, so the session holds
+/// all of it at once: more reports than one store transaction may carry (etcd refuses
+/// more than 128 operations), which it must write in several.
 async fn output_bursts_are_coalesced(backend: Backend) {
-    let server = TestServer::start(backend.open().await).await;
+    let config = ServiceConfig { output_coalesce: Duration::from_millis(500), ..test_config() };
+    let server = TestServer::start_with(backend.open().await, config).await;
     let _worker = TestWorker::start(&server.url, "w1", 1);
     wait_for_workers(&server.url, 1).await;
     let mut client = server.client().await;
@@ -575,6 +580,8 @@ async fn output_bursts_are_coalesced(backend: Backend) {
         .collect();
     assert_eq!(outputs.concat(), "tok ".repeat(300), "no output lost or reordered");
     assert!(outputs.len() < 100, "300 chunks written as {} events", outputs.len());
+    let steps = events.iter().filter(|e| matches!(&e.event, Some(Event::Progress(_)))).count();
+    assert_eq!(steps, 300, "every step's progress is kept");
     server.shutdown().await;
 }
 

@@ -132,7 +132,8 @@ def llama_decode(w, batch, tokens, device, dim=576, layers=30, heads=9, kv_heads
         return torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
 
     def rms(x, name):
-        return F.rms_norm(x.float(), (dim,), eps=1e-5).to(x.dtype) * w[name]
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype) * w[name]
 
     for pos in range(tokens):
         x = emb[ids][:, None, :]

@@ -85,6 +85,7 @@ macro_rules! all_tests {
                 put_get_range_and_revisions,
                 reverse_ranges_page_backwards,
                 transactions_are_atomic_compare_and_swap,
+                transactions_are_bounded_in_operations,
                 transactions_under_contention_lose_no_update,
                 watch_replays_history_then_follows_live,
                 watch_from_zero_starts_at_the_next_write,

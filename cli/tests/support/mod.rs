@@ -48,6 +48,7 @@ impl TestServer {
     }
 
     pub async fn start_full(store: SharedStore, config: ServiceConfig, web: Web) -> TestServer {
+        log_if_asked();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -224,6 +225,15 @@ impl ServiceProcess {
 
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("kill service");
+    }
+}
+
+/// With `DEEPHARDWAY_TEST_LOG` set (a `RUST_LOG`-style filter, e.g.
+/// `warn,deephardway_service=info`), the in-process services and workers log to stderr:
+/// what a flaky test's servers did (how a refused etcd transaction was found).
+pub fn log_if_asked() {
+    if let Ok(filter) = std::env::var("DEEPHARDWAY_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     }
 }
 

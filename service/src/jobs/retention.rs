@@ -44,7 +44,7 @@ impl JobLifecycle {
     async fn purge(&self, kv: &KeyValue) -> Result<(), Status> {
         let id = keys::last_segment(&kv.key).to_string();
         let events = self.store.range(&keys::events(&id), 0).await?;
-        for chunk in events.kvs.chunks(128) {
+        for chunk in events.kvs.chunks(crate::store::MAX_TXN_OPS) {
             let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
             self.store.txn(txn).await?;
         }

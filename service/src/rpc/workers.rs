@@ -54,9 +54,9 @@ use super::SharedContext;
 use crate::{
     auth::Caller,
     hub::Change,
-    jobs::{Claimed, Fence, Rejected, ServedModel, WorkerRecord},
+    jobs::{Claimed, Fence, JobLifecycle, Rejected, ServedModel, WorkerRecord},
     keys,
-    store::{Op, StoreError, Txn},
+    store::{MAX_TXN_OPS, Op, StoreError, Txn},
     trained_models, validate,
 };
 use reports::{Expected, check_report};
@@ -487,8 +487,8 @@ impl Session {
             return;
         }
         let (fence, events) = (running.fence, coalesce(std::mem::take(&mut running.pending)));
-        let outcome = self.ctx.lifecycle.report(id, &fence, events.clone()).await;
-        self.settle(id, events, outcome).await;
+        let (outcome, unwritten) = write_reports(&self.ctx.lifecycle, id, &fence, events).await;
+        self.settle(id, unwritten, outcome).await;
     }
 
     /// Writes every job's pending reports, one transaction per job, all at once: the
@@ -504,17 +504,19 @@ impl Session {
             return;
         }
         let lifecycle = &self.ctx.lifecycle;
-        let outcomes = futures::future::join_all(
-            batch.iter().map(|(id, fence, events)| lifecycle.report(id, fence, events.clone())),
-        )
+        let outcomes = futures::future::join_all(batch.into_iter().map(|(id, fence, events)| async move {
+            let (outcome, unwritten) = write_reports(lifecycle, &id, &fence, events).await;
+            (id, outcome, unwritten)
+        }))
         .await;
-        for ((id, _, events), outcome) in batch.into_iter().zip(outcomes) {
-            self.settle(&id, events, outcome).await;
+        for (id, outcome, unwritten) in outcomes {
+            self.settle(&id, unwritten, outcome).await;
         }
     }
 
-    /// Acts on the outcome of writing a job's reports.
-    async fn settle(&mut self, id: &str, events: Vec<Event>, outcome: Result<Job, Rejected>) {
+    /// Acts on the outcome of writing a job's reports; `unwritten` are the ones to try
+    /// again if the store could not take them.
+    async fn settle(&mut self, id: &str, unwritten: Vec<Event>, outcome: Result<Job, Rejected>) {
         match outcome {
             Ok(job) => {
                 if job.end_time.is_some() {
@@ -533,7 +535,7 @@ impl Session {
             Err(Rejected::Status(status)) => {
                 tracing::warn!(job = %id, error = %status, "could not record reports; retrying");
                 if let Some(running) = self.running.get_mut(id) {
-                    let newer = std::mem::replace(&mut running.pending, events);
+                    let newer = std::mem::replace(&mut running.pending, unwritten);
                     running.pending.extend(newer);
                 }
             }
@@ -567,6 +569,34 @@ impl Session {
 
 /// Merges all output chunks of one flush into a single event, placed where the first
 /// chunk was; every other event keeps its order. Text order is preserved.
+/// Reports in one transaction at most: with the job's record and the ops a final event
+/// adds, within the store's [`MAX_TXN_OPS`]. A session that fell behind (a burst of
+/// progress, a slow store) has more pending than that; one transaction with all of them
+/// would be refused by etcd every time, and the job would never move again.
+const MAX_EVENTS_PER_WRITE: usize = MAX_TXN_OPS - 16;
+
+/// Writes a job's reports in order, in transactions of at most [`MAX_EVENTS_PER_WRITE`]
+/// events. Returns the last outcome and the events not written (those of the write that
+/// failed and after it), so that a retry neither loses nor repeats any.
+async fn write_reports(
+    lifecycle: &JobLifecycle,
+    id: &str,
+    fence: &Fence,
+    mut events: Vec<Event>,
+) -> (Result<Job, Rejected>, Vec<Event>) {
+    loop {
+        let rest = events.split_off(events.len().min(MAX_EVENTS_PER_WRITE));
+        match lifecycle.report(id, fence, events.clone()).await {
+            Ok(job) if rest.is_empty() || job.end_time.is_some() => return (Ok(job), Vec::new()),
+            Ok(_) => events = rest,
+            Err(rejected) => {
+                events.extend(rest);
+                return (Err(rejected), events);
+            }
+        }
+    }
+}
+
 fn coalesce(events: Vec<Event>) -> Vec<Event> {
     let mut merged: Vec<Event> = Vec::with_capacity(events.len());
     let mut output_at: Option<usize> = None;

@@ -100,6 +100,10 @@ impl Op {
     }
 }
 
+/// The most operations one transaction may carry: etcd refuses more (its
+/// `--max-txn-ops`, 128 by default), so writes that could grow past it are split.
+pub const MAX_TXN_OPS: usize = 128;
+
 /// An atomic compare-and-swap: if every comparison holds, every operation is applied
 /// at one new revision; otherwise nothing changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -96,6 +96,22 @@ pub async fn reverse_ranges_page_backwards(backend: &mut dyn Backend) {
     assert_eq!(all.kvs[0].value, b"24");
 }
 
+/// Both stores take at most `MAX_TXN_OPS` operations in one transaction (etcd's default
+/// `--max-txn-ops`); one more is refused and changes nothing, and writers that can grow
+/// past the bound split their writes.
+pub async fn transactions_are_bounded_in_operations(backend: &mut dyn Backend) {
+    use deephardway_service::store::MAX_TXN_OPS;
+    let store = backend.store();
+    let ops = |n: usize| (0..n).fold(Txn::new(), |txn, i| txn.then(Op::put(format!("/ops/{i:03}"), "v")));
+    let before = store.revision().await.unwrap();
+    let refused = store.txn(ops(MAX_TXN_OPS + 1)).await;
+    assert!(refused.is_err(), "{} operations were taken: {refused:?}", MAX_TXN_OPS + 1);
+    assert_eq!(store.revision().await.unwrap(), before, "a refused transaction changes nothing");
+    assert!(store.range("/ops/", 0).await.unwrap().kvs.is_empty());
+    assert!(store.txn(ops(MAX_TXN_OPS)).await.unwrap().succeeded);
+    assert_eq!(store.range("/ops/", 0).await.unwrap().kvs.len(), MAX_TXN_OPS);
+}
+
 pub async fn transactions_are_atomic_compare_and_swap(backend: &mut dyn Backend) {
     let store = backend.store();
     let r = put(&store, "/t/cas", "0").await;

@@ -37,7 +37,7 @@ pub use history::{HISTORY, HISTORY_BYTES, HistoryLimits};
 use tokio::sync::{mpsc, oneshot};
 use writer::{Request, Writer};
 
-use super::{KeyValue, LeaseId, RangeResult, Store, StoreError, Txn, TxnOutcome, WatchStream};
+use super::{KeyValue, LeaseId, MAX_TXN_OPS, RangeResult, Store, StoreError, Txn, TxnOutcome, WatchStream};
 
 /// Events buffered per watcher before it is dropped as too slow.
 const WATCH_BUFFER: usize = 8192;
@@ -266,6 +266,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        // The same bound as etcd's, so that a write that would fail on a cluster fails in
+        // development and in the tests on this store too.
+        if txn.ops.len() > MAX_TXN_OPS || txn.compares.len() > MAX_TXN_OPS {
+            return Err(StoreError::Internal(format!(
+                "a transaction of {} operations and {} comparisons; at most {MAX_TXN_OPS} of each",
+                txn.ops.len(),
+                txn.compares.len()
+            )));
+        }
         self.ask(|tx| Request::Txn(txn, tx)).await?
     }
 
