@@ -110,3 +110,50 @@ async fn a_job_fails_after_its_last_attempt() {
     })
     .await;
 }
+
+/// A report write whose outcome was unknown is tried again with the job's last event
+/// from before it: if the first try landed, the retry adds nothing (a streamed text must
+/// not repeat a chunk); if it did not, the retry writes it; one with the result after a
+/// try that landed finds the job finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_report_that_landed_is_not_written_twice() {
+    on_both(async |store: SharedStore| {
+        use deephardway::v1::JobOutput;
+        let lifecycle = JobLifecycle::new(store.clone(), test_config());
+        let w = worker("w");
+        let lease = connect(&store, &w).await;
+        let (job, _) =
+            lifecycle.submit(diagnostic(1, 1), "", &deephardway_service::auth::Caller::anonymous()).await.unwrap();
+        let claimed = lifecycle.claim(&queue_head(&store).await, &w, lease).await.unwrap().expect("claimed");
+        let before = claimed.job.last_seq;
+        let chunk = vec![
+            Event::Output(JobOutput { text: "Hello".into() }),
+            Event::Progress(JobProgress { fraction: 0.5, ..Default::default() }),
+        ];
+        // The first try landed; its answer was lost; the retry adds nothing.
+        let landed = lifecycle.report(&job.id, &claimed.fence, chunk.clone()).await.unwrap();
+        assert_eq!(landed.last_seq, before + 2);
+        let retried = lifecycle.report_after(&job.id, &claimed.fence, Some(before), chunk.clone()).await.unwrap();
+        assert_eq!(retried.last_seq, before + 2, "the retry of a write that landed wrote again");
+        // A retry of a write that did not land is written.
+        let next = vec![Event::Output(JobOutput { text: ", world".into() })];
+        let written = lifecycle.report_after(&job.id, &claimed.fence, Some(before + 2), next).await.unwrap();
+        assert_eq!(written.last_seq, before + 3);
+        // The result landed, then its retry: the job is finished, with one result.
+        lifecycle.report(&job.id, &claimed.fence, vec![result()]).await.unwrap();
+        let again = lifecycle.report_after(&job.id, &claimed.fence, Some(before + 3), vec![result()]).await;
+        assert!(matches!(again, Err(Rejected::Finished)), "{again:?}");
+        let (events, _) = lifecycle.events(&job.id).await.unwrap();
+        assert_contiguous(&events, 1);
+        let text: String = events
+            .iter()
+            .filter_map(|e| match &e.event {
+                Some(Event::Output(o)) => Some(o.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "Hello, world");
+        assert_eq!(events.iter().filter(|e| matches!(e.event, Some(Event::Result(_)))).count(), 1);
+    })
+    .await;
+}

@@ -657,14 +657,40 @@ impl JobLifecycle {
     /// has checked the worker's secret against `fence.secret`). A final event ends the
     /// job and releases the claim.
     pub async fn report(&self, id: &str, fence: &Fence, events: Vec<Event>) -> Result<Job, Rejected> {
+        self.report_after(id, fence, None, events).await
+    }
+
+    /// [`JobLifecycle::report`], retrying a write whose outcome is unknown (the store
+    /// lost its answer): `after_seq` is the job's last event before `events` as the
+    /// writer last saw it. Only the claim's holder adds events to a running job, so if
+    /// the job is now exactly `events` further on, that write landed, and these are not
+    /// appended a second time (a streamed text would repeat a chunk).
+    pub async fn report_after(
+        &self,
+        id: &str,
+        fence: &Fence,
+        after_seq: Option<u64>,
+        events: Vec<Event>,
+    ) -> Result<Job, Rejected> {
         let fence_holds = Compare::CreateRevision(keys::claim(id), fence.revision);
+        // What applying `events` adds: up to and with the first final one.
+        let adds = events.iter().position(is_final).map_or(events.len(), |i| i + 1) as u64;
         self.update(id, |job| {
+            // (An earlier try that landed with a final event finished the job: Finished.)
             if job.state != JobState::Running as i32 {
                 return Err(if job.state == JobState::Queued as i32 {
                     Rejected::StaleFence
                 } else {
                     Rejected::Finished
                 });
+            }
+            if let Some(after) = after_seq
+                && job.last_seq != after
+            {
+                if job.last_seq == after + adds {
+                    return Ok(None); // the earlier try landed
+                }
+                tracing::warn!(job = %id, after, last_seq = job.last_seq, "a running job's events moved under its holder");
             }
             let mut change = Change { compares: vec![fence_holds.clone()], ..Default::default() };
             for event in &events {

@@ -228,6 +228,8 @@ struct Running {
     cancel_sent: Option<Instant>,
     /// Reports not yet written.
     pending: Vec<Event>,
+    /// What the session knows of the job's events in the store.
+    log: ReportLog,
     /// For the latency metrics: the job's kind and model, when it was handed over, and
     /// when its first output came.
     kind: i32,
@@ -391,6 +393,7 @@ impl Session {
             timeout,
             cancel_sent: None,
             pending: Vec::new(),
+            log: ReportLog { last_seq: job.last_seq, uncertain: false },
             kind: job.kind,
             model: job.model.clone(),
             assigned: Instant::now(),
@@ -486,37 +489,40 @@ impl Session {
         if running.pending.is_empty() {
             return;
         }
-        let (fence, events) = (running.fence, coalesce(std::mem::take(&mut running.pending)));
-        let (outcome, unwritten) = write_reports(&self.ctx.lifecycle, id, &fence, events).await;
-        self.settle(id, unwritten, outcome).await;
+        let (fence, log, events) = (running.fence, running.log, coalesce(std::mem::take(&mut running.pending)));
+        let written = write_reports(&self.ctx.lifecycle, id, &fence, log, events).await;
+        self.settle(id, written).await;
     }
 
-    /// Writes every job's pending reports, one transaction per job, all at once: the
-    /// store commits them together (one fsync for the embedded store).
+    /// Writes every job's pending reports, one transaction per job (more for a backlog),
+    /// all at once: the store commits them together (one fsync for the embedded store).
     async fn flush_all(&mut self) {
-        let batch: Vec<(String, Fence, Vec<Event>)> = self
+        let batch: Vec<(String, Fence, ReportLog, Vec<Event>)> = self
             .running
             .iter_mut()
             .filter(|(_, r)| !r.pending.is_empty())
-            .map(|(id, r)| (id.clone(), r.fence, coalesce(std::mem::take(&mut r.pending))))
+            .map(|(id, r)| (id.clone(), r.fence, r.log, coalesce(std::mem::take(&mut r.pending))))
             .collect();
         if batch.is_empty() {
             return;
         }
         let lifecycle = &self.ctx.lifecycle;
-        let outcomes = futures::future::join_all(batch.into_iter().map(|(id, fence, events)| async move {
-            let (outcome, unwritten) = write_reports(lifecycle, &id, &fence, events).await;
-            (id, outcome, unwritten)
+        let outcomes = futures::future::join_all(batch.into_iter().map(|(id, fence, log, events)| async move {
+            let written = write_reports(lifecycle, &id, &fence, log, events).await;
+            (id, written)
         }))
         .await;
-        for (id, outcome, unwritten) in outcomes {
-            self.settle(&id, unwritten, outcome).await;
+        for (id, written) in outcomes {
+            self.settle(&id, written).await;
         }
     }
 
-    /// Acts on the outcome of writing a job's reports; `unwritten` are the ones to try
-    /// again if the store could not take them.
-    async fn settle(&mut self, id: &str, unwritten: Vec<Event>, outcome: Result<Job, Rejected>) {
+    /// Acts on the outcome of writing a job's reports.
+    async fn settle(&mut self, id: &str, written: Written) {
+        let Written { outcome, unwritten, log } = written;
+        if let Some(running) = self.running.get_mut(id) {
+            running.log = log;
+        }
         match outcome {
             Ok(job) => {
                 if job.end_time.is_some() {
@@ -575,23 +581,50 @@ impl Session {
 /// would be refused by etcd every time, and the job would never move again.
 const MAX_EVENTS_PER_WRITE: usize = MAX_TXN_OPS - 16;
 
+/// What a session knows of a running job's events in the store.
+#[derive(Debug, Clone, Copy)]
+struct ReportLog {
+    /// The job's last event as of the session's last write that it saw succeed.
+    last_seq: u64,
+    /// A write failed since: it may have landed all the same (the store lost its answer).
+    uncertain: bool,
+}
+
+/// The outcome of [`write_reports`].
+struct Written {
+    /// The last write's.
+    outcome: Result<Job, Rejected>,
+    /// The events not written: those of the write that failed and after it.
+    unwritten: Vec<Event>,
+    log: ReportLog,
+}
+
 /// Writes a job's reports in order, in transactions of at most [`MAX_EVENTS_PER_WRITE`]
-/// events. Returns the last outcome and the events not written (those of the write that
-/// failed and after it), so that a retry neither loses nor repeats any.
+/// events, so that a retry neither loses nor repeats any: after a failed write the
+/// events not written are kept for the next try, which checks (with the job's last
+/// event from before) whether the failed write landed after all.
 async fn write_reports(
     lifecycle: &JobLifecycle,
     id: &str,
     fence: &Fence,
+    mut log: ReportLog,
     mut events: Vec<Event>,
-) -> (Result<Job, Rejected>, Vec<Event>) {
+) -> Written {
     loop {
         let rest = events.split_off(events.len().min(MAX_EVENTS_PER_WRITE));
-        match lifecycle.report(id, fence, events.clone()).await {
-            Ok(job) if rest.is_empty() || job.end_time.is_some() => return (Ok(job), Vec::new()),
-            Ok(_) => events = rest,
+        let after_seq = log.uncertain.then_some(log.last_seq);
+        match lifecycle.report_after(id, fence, after_seq, events.clone()).await {
+            Ok(job) => {
+                log = ReportLog { last_seq: job.last_seq, uncertain: false };
+                if rest.is_empty() || job.end_time.is_some() {
+                    return Written { outcome: Ok(job), unwritten: Vec::new(), log };
+                }
+                events = rest;
+            }
             Err(rejected) => {
+                log.uncertain |= matches!(rejected, Rejected::Status(_));
                 events.extend(rest);
-                return (Err(rejected), events);
+                return Written { outcome: Err(rejected), unwritten: events, log };
             }
         }
     }
