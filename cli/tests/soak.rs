@@ -81,42 +81,35 @@ impl Cluster {
         let mut endpoints = self.etcd.endpoints();
         let first = i % endpoints.len();
         endpoints.rotate_left(first);
-        let child = tokio::process::Command::new(binary())
+        let mut serve = tokio::process::Command::new(binary());
+        serve
             .args(["serve", "--listen", &listen, "--store", &format!("etcd:{}", endpoints.join(","))])
             .args(["--worker-lease-s", "3", "--worker-heartbeat-ms", "500", "--max-attempts", "10"])
             .arg("--data-dir")
-            .arg(self.dir.path().join(format!("replica-{i}")))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stderr(self.log(&format!("replica-{i}")))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn serve");
-        self.replicas[i] = Some(child);
+            .arg(self.dir.path().join(format!("replica-{i}")));
+        self.replicas[i] = Some(self.spawn(serve, &format!("replica-{i}")));
         wait_until_serving(&format!("http://{listen}")).await;
     }
 
     fn start_worker(&mut self, i: usize) {
         let url = &self.urls()[i % REPLICAS];
-        let child = tokio::process::Command::new(binary())
+        let mut worker = tokio::process::Command::new(binary());
+        worker
             .args(["worker", "--server", url, "--name", &format!("soak-{i}"), "--device", "cpu", "--slots", "4"])
             .arg("--models-dir")
             .arg(self.dir.path().join("no-models"))
             .arg("--artifact-cache")
-            .arg(self.dir.path().join(format!("cache-{i}")))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stderr(self.log(&format!("worker-{i}")))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn worker");
-        self.workers[i] = Some(child);
+            .arg(self.dir.path().join(format!("cache-{i}")));
+        self.workers[i] = Some(self.spawn(worker, &format!("worker-{i}")));
     }
 
-    /// An append-only log file for a process, kept for a failure's diagnosis.
-    fn log(&self, name: &str) -> Stdio {
+    /// Starts `command` (killed when dropped), its stderr appended to `name`.log, kept
+    /// for a failure's diagnosis.
+    fn spawn(&self, mut command: tokio::process::Command, name: &str) -> tokio::process::Child {
         let path = self.dir.path().join(format!("{name}.log"));
-        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().into()
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        command.env("RUST_LOG", "warn").stdin(Stdio::null()).stderr(log).kill_on_drop(true);
+        command.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"))
     }
 
     fn pid(child: &Option<Child>) -> String {

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_models import BERT, GGUF, GGUF_FILE, gguf_layout  # noqa: E402
+from make_models import BERT, BLOCKS, GGUF, GGUF_FILE, gguf_layout  # noqa: E402
 
 
 def load_safetensors(path, device):
@@ -107,10 +107,9 @@ def load_llama(models, device):
     path = models / GGUF / GGUF_FILE
     data = path.read_bytes()
     tensors, start = gguf_layout(data)
-    sizes = {0: (1, 4), 3: (32, 20), 8: (32, 34)}
     w = {}
     for name, kind, count, offset in tensors:
-        per, size = sizes[kind]
+        per, size = BLOCKS[kind]
         raw = data[start + offset : start + offset + count // per * size]
         w[name] = dequantize(raw, kind, count).to(device, torch.float16)
     return w

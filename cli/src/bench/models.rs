@@ -31,7 +31,8 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(runner: Arc<dyn Runner>, slots: u32, device: &str) -> anyhow::Result<Self> {
+    /// `device` names where the runner computes, as the worker announces it.
+    async fn start(runner: Arc<dyn Runner>, slots: u32, device: String) -> anyhow::Result<Self> {
         let model = runner.models().remove(0).name;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -47,7 +48,7 @@ impl Bench {
             key: Default::default(),
             name: "bench".into(),
             slots,
-            device: device.into(),
+            device,
             runners: vec![runner],
         };
         let worker = tokio::spawn(deephardway_worker::run(options, stop.clone()));
@@ -101,7 +102,7 @@ pub async fn embed(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let device = deephardway_worker::device::select(&args.device)?;
     let runner = EmbedRunner::load("all-minilm-l6-v2", &dir, &device)
         .with_context(|| format!("cannot load {} (run scripts/fetch-models)", dir.display()))?;
-    let bench = Bench::start(Arc::new(runner), 32, &args.device).await?;
+    let bench = Bench::start(Arc::new(runner), 32, deephardway_worker::device::name(&device)).await?;
     let request = |texts: Vec<String>| {
         let spec = JobSpec {
             input: Some(Input::Embed(EmbedInput { texts })),
@@ -198,7 +199,8 @@ pub async fn generate(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let max_concurrency = 16;
     let runner = GenerateRunner::load("smollm2-135m-instruct", &dir, &device, max_concurrency)
         .with_context(|| format!("cannot load {} (run scripts/fetch-models)", dir.display()))?;
-    let bench = Bench::start(Arc::new(runner), max_concurrency as u32, &args.device).await?;
+    let bench =
+        Bench::start(Arc::new(runner), max_concurrency as u32, deephardway_worker::device::name(&device)).await?;
     let client = bench.client().await?;
     let tokens = args.tokens;
     generation(client.clone(), 8).await?; // warm up

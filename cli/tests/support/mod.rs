@@ -257,7 +257,7 @@ pub fn free_port() -> u16 {
     let span = u32::from(high - low);
     let seed = std::process::id().wrapping_mul(2_654_435_761) ^ std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
     let mut handed_out = HANDED_OUT.lock().unwrap();
-    let start = handed_out.len() as u32 + seed % span;
+    let start = seed % span;
     for step in 0..span {
         let port = low + ((start + step) % span) as u16;
         if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {

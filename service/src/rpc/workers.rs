@@ -573,8 +573,6 @@ impl Session {
     }
 }
 
-/// Merges all output chunks of one flush into a single event, placed where the first
-/// chunk was; every other event keeps its order. Text order is preserved.
 /// Reports in one transaction at most: with the job's record and the ops a final event
 /// adds, within the store's [`MAX_TXN_OPS`]. A session that fell behind (a burst of
 /// progress, a slow store) has more pending than that; one transaction with all of them
@@ -630,6 +628,8 @@ async fn write_reports(
     }
 }
 
+/// Merges all output chunks of one flush into a single event, placed where the first
+/// chunk was; every other event keeps its order. Text order is preserved.
 fn coalesce(events: Vec<Event>) -> Vec<Event> {
     let mut merged: Vec<Event> = Vec::with_capacity(events.len());
     let mut output_at: Option<usize> = None;
