@@ -150,21 +150,18 @@ async fn a_models_health_follows_its_workers() {
     let server = TestServer::start(backend.open().await).await;
     let mut health = HealthClient::new(deephardway::connect(&server.url).await.unwrap());
     let request = HealthCheckRequest { service: "model/diagnostic".into() };
-    // A model never served is unknown (tonic-health answers a Watch of an unknown
-    // service with NOT_FOUND rather than a SERVICE_UNKNOWN message).
+    // A model never served is unknown: Check says NOT_FOUND, and Watch streams
+    // SERVICE_UNKNOWN and then follows the model once a worker serves it (the protocol's
+    // rule for Watch).
     assert_eq!(health.check(request.clone()).await.unwrap_err().code(), tonic::Code::NotFound);
-    let worker = TestWorker::start(&server.url, "w1", 1);
-    wait_for_workers(&server.url, 1).await;
-    let mut statuses = loop {
-        match health.watch(request.clone()).await {
-            Ok(statuses) => break statuses.into_inner(),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let mut statuses = health.watch(request.clone()).await.unwrap().into_inner();
     let mut next = async || {
         let message = tokio::time::timeout(Duration::from_secs(5), statuses.message()).await;
         message.expect("a status within 5 s").unwrap().unwrap().status()
     };
+    assert_eq!(next().await, ServingStatus::ServiceUnknown);
+    let worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
     assert_eq!(next().await, ServingStatus::Serving);
     let second = TestWorker::start(&server.url, "w2", 1);
     wait_for_workers(&server.url, 2).await;

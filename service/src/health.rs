@@ -13,16 +13,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     time::Duration,
 };
 
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tonic_health::{
     ServingStatus,
     pb::{
         HealthCheckRequest, HealthCheckResponse,
+        health_check_response::ServingStatus as ProtocolStatus,
         health_server::{Health, HealthServer},
     },
     server::{HealthReporter, HealthService},
@@ -57,13 +59,16 @@ const SERVICES: &[&str] = &[
 /// the server shuts down (a load balancer's open watch would otherwise hold the graceful
 /// shutdown forever).
 pub fn service(reporter: HealthReporter, shutdown: CancellationToken) -> HealthServer<EndingHealth> {
-    HealthServer::new(EndingHealth { inner: HealthService::from_health_reporter(reporter), shutdown })
+    HealthServer::new(EndingHealth { inner: Arc::new(HealthService::from_health_reporter(reporter)), shutdown })
 }
 
 pub struct EndingHealth {
-    inner: HealthService,
+    inner: Arc<HealthService>,
     shutdown: CancellationToken,
 }
+
+/// How often a `Watch` on a service not (yet) known looks for it again.
+const UNKNOWN_RECHECK: Duration = Duration::from_secs(1);
 
 type HealthStream = std::pin::Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
@@ -75,9 +80,32 @@ impl Health for EndingHealth {
 
     type WatchStream = HealthStream;
 
+    /// A service not known yet (a model no worker has served) is not an error: as the
+    /// health protocol says, the stream answers SERVICE_UNKNOWN and then follows the
+    /// service once it exists (tonic-health would refuse the call with NOT_FOUND).
     async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthStream>, Status> {
-        let statuses = self.inner.watch(request).await?.into_inner();
+        let service = request.get_ref().service.clone();
         let ended = self.shutdown.clone().cancelled_owned();
+        let statuses: HealthStream = match self.inner.watch(request).await {
+            Ok(statuses) => Box::pin(statuses.into_inner()),
+            Err(status) if status.code() == Code::NotFound => {
+                let unknown = HealthCheckResponse { status: ProtocolStatus::ServiceUnknown.into() };
+                let inner = self.inner.clone();
+                let known = async move {
+                    loop {
+                        tokio::time::sleep(UNKNOWN_RECHECK).await;
+                        let request = Request::new(HealthCheckRequest { service: service.clone() });
+                        if let Ok(statuses) = inner.watch(request).await {
+                            return statuses.into_inner();
+                        }
+                    }
+                };
+                Box::pin(
+                    futures::stream::once(async move { Ok(unknown) }).chain(futures::stream::once(known).flatten()),
+                )
+            }
+            Err(status) => return Err(status),
+        };
         Ok(Response::new(Box::pin(statuses.take_until(ended))))
     }
 }
