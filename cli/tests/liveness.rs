@@ -155,3 +155,39 @@ async fn reports_are_checked_before_they_are_stored() {
     assert_eq!(error.code, tonic::Code::Internal as i32);
     assert_eq!(error.message, "the worker reported a generate result for a diagnostic job");
 }
+
+/// Output that piles up between two writes (a burst, a slow store) is written in values
+/// and transactions etcd accepts: merged into one event it would pass etcd's request size
+/// limit (1.5 MiB by default), be refused at every retry, and the job would never end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_output_is_written_in_pieces_etcd_accepts() {
+    let backend = Backend::etcd().await;
+    // Every report of the burst arrives before the first write.
+    let config = ServiceConfig { output_coalesce: Duration::from_millis(1500), ..config() };
+    let server = TestServer::start_with(backend.open().await, config).await;
+    let mut worker = RawWorker::connect(&server.url, "big-output", 1, None).await;
+    worker.keep_beating(HEARTBEAT / 4);
+    let mut client = server.client().await;
+    let job = create(&mut client, JobSpec { model: "big-output".into(), ..diagnostic(1, 1) }).await;
+    let assignment = worker.assignment().await;
+    let piece = |i: usize| char::from(b'a' + (i % 26) as u8).to_string().repeat(900 * 1024);
+    for i in 0..6 {
+        let output = Event::Output(deephardway::v1::JobOutput { text: piece(i) });
+        worker.report(&job.id, assignment.fence, output).await;
+    }
+    let result =
+        JobResult { value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps: 1, echo: String::new() })) };
+    worker.report(&job.id, assignment.fence, Event::Result(result)).await;
+    let stream = watch(&mut client, &job.id, 0).await.unwrap();
+    let events = collect_events(stream, Duration::from_secs(20)).await.expect("the job ends");
+    let text: String = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Output(output)) => Some(output.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let expected: String = (0..6).map(piece).collect();
+    assert!(text == expected, "every byte of output, in order ({} of {} bytes)", text.len(), expected.len());
+    assert_eq!(get(&mut client, &job.id).await.state, JobState::Succeeded as i32);
+}

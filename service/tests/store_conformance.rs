@@ -156,3 +156,24 @@ async fn embedded_history_is_bounded_in_bytes() {
         assert_eq!(event.kv.value[..4], ((revision - first) as u32).to_le_bytes());
     }
 }
+
+/// A request past etcd's size limit (`--max-request-bytes`, 1.5 MiB by default) is refused
+/// as too large, which clients see as INVALID_ARGUMENT, not as an internal error; and it
+/// changes nothing.
+#[tokio::test]
+async fn etcd_refuses_a_request_too_large_clearly() {
+    use deephardway_service::store::{Op, StoreError, Txn};
+    let backend = Etcd::new().await;
+    let store = backend.store();
+    let before = store.revision().await.unwrap();
+    for size in [2 << 20, 8 << 20] {
+        match store.txn(Txn::new().then(Op::put("/big", vec![7u8; size]))).await {
+            Err(e @ StoreError::TooLarge(_)) => {
+                assert_eq!(tonic::Status::from(e).code(), tonic::Code::InvalidArgument);
+            }
+            other => panic!("{size} bytes: expected TooLarge, got {other:?}"),
+        }
+    }
+    assert_eq!(store.revision().await.unwrap(), before);
+    assert!(store.txn(Txn::new().then(Op::put("/big", vec![7u8; 1 << 20]))).await.unwrap().succeeded);
+}

@@ -59,7 +59,7 @@ use crate::{
     store::{MAX_TXN_OPS, Op, StoreError, Txn},
     trained_models, validate,
 };
-use reports::{Expected, check_report};
+use reports::{Expected, MAX_OUTPUT_PER_REPORT, check_report};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 256;
@@ -579,6 +579,12 @@ impl Session {
 /// would be refused by etcd every time, and the job would never move again.
 const MAX_EVENTS_PER_WRITE: usize = MAX_TXN_OPS - 16;
 
+/// Bytes of events in one transaction at most (one event alone may be larger: an output
+/// of [`MAX_OUTPUT_PER_REPORT`]). With the job's record, a transaction stays within
+/// etcd's default request size limit (`--max-request-bytes`, 1.5 MiB): a larger one is
+/// refused at every retry, like one with too many operations.
+const MAX_EVENT_BYTES_PER_WRITE: usize = 1 << 20;
+
 /// What a session knows of a running job's events in the store.
 #[derive(Debug, Clone, Copy)]
 struct ReportLog {
@@ -609,7 +615,7 @@ async fn write_reports(
     mut events: Vec<Event>,
 ) -> Written {
     loop {
-        let rest = events.split_off(events.len().min(MAX_EVENTS_PER_WRITE));
+        let rest = events.split_off(first_write(&events));
         let after_seq = log.uncertain.then_some(log.last_seq);
         match lifecycle.report_after(id, fence, after_seq, events.clone()).await {
             Ok(job) => {
@@ -628,17 +634,37 @@ async fn write_reports(
     }
 }
 
-/// Merges all output chunks of one flush into a single event, placed where the first
-/// chunk was; every other event keeps its order. Text order is preserved.
+/// How many of `events` the next transaction writes: at least one, at most
+/// [`MAX_EVENTS_PER_WRITE`], and no more than [`MAX_EVENT_BYTES_PER_WRITE`] of them
+/// unless a single event is larger.
+fn first_write(events: &[Event]) -> usize {
+    let mut bytes = 0;
+    for (i, event) in events.iter().enumerate().take(MAX_EVENTS_PER_WRITE) {
+        bytes += event.encoded_len();
+        if i > 0 && bytes > MAX_EVENT_BYTES_PER_WRITE {
+            return i;
+        }
+    }
+    events.len().min(MAX_EVENTS_PER_WRITE)
+}
+
+/// Merges the output chunks of one flush into as few events as fit
+/// [`MAX_OUTPUT_PER_REPORT`] each, the first placed where the first chunk was; every other
+/// event keeps its order. Text order is preserved. A session that fell behind holds many
+/// chunks, and one merged event of them all could be larger than the store accepts.
 fn coalesce(events: Vec<Event>) -> Vec<Event> {
     let mut merged: Vec<Event> = Vec::with_capacity(events.len());
     let mut output_at: Option<usize> = None;
     for event in events {
         match (event, output_at) {
-            (Event::Output(next), Some(i)) => {
+            (Event::Output(next), Some(i)) if matches!(&merged[i], Event::Output(o) if o.text.len() + next.text.len() <= MAX_OUTPUT_PER_REPORT) => {
                 if let Event::Output(first) = &mut merged[i] {
                     first.text.push_str(&next.text);
                 }
+            }
+            (event @ Event::Output(_), Some(_)) => {
+                output_at = Some(merged.len());
+                merged.push(event);
             }
             (event @ Event::Output(_), None) => {
                 output_at = Some(merged.len());
@@ -678,5 +704,29 @@ mod tests {
         let progress = |f: f64| Event::Progress(JobProgress { fraction: f, ..Default::default() });
         let merged = coalesce(vec![progress(0.1), out("a"), out("b"), progress(0.5), out("c"), progress(0.9)]);
         assert_eq!(merged, vec![progress(0.1), out("abc"), progress(0.5), progress(0.9)]);
+    }
+
+    #[test]
+    fn a_backlog_of_output_is_merged_and_written_in_pieces_a_store_accepts() {
+        let out = |t: String| Event::Output(JobOutput { text: t });
+        let chunk = |i: usize| char::from(b'a' + i as u8).to_string().repeat(300 * 1024);
+        let merged = coalesce((0..7).map(|i| out(chunk(i))).collect());
+        let texts: Vec<usize> = merged
+            .iter()
+            .map(|e| match e {
+                Event::Output(o) => o.text.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, [900 * 1024, 900 * 1024, 300 * 1024], "three chunks fit in 1 MiB, not four");
+        let whole: String =
+            merged.iter().map(|e| if let Event::Output(o) = e { o.text.as_str() } else { "" }).collect();
+        assert_eq!(whole, (0..7).map(chunk).collect::<String>());
+        // One write each: two of them would pass the bytes a write may hold.
+        assert_eq!(first_write(&merged), 1);
+        assert_eq!(first_write(&merged[2..]), 1);
+        // Small events: as many as a transaction's operations allow.
+        let small = vec![out("x".into()); 500];
+        assert_eq!(first_write(&small), MAX_EVENTS_PER_WRITE);
     }
 }

@@ -166,17 +166,24 @@ pub enum StoreError {
     /// The store could not be reached or failed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused a request for its size (etcd's `--max-request-bytes`, 1.5 MiB
+    /// by default): sending it again will not help.
+    #[error("the request is larger than the job store accepts ({0})")]
+    TooLarge(String),
     /// Any other failure, e.g. a corrupt file.
     #[error("store error: {0}")]
     Internal(String),
 }
 
 /// How a store failure reaches a client: UNAVAILABLE when the store cannot be reached
-/// (worth retrying), INTERNAL otherwise.
+/// (worth retrying), INVALID_ARGUMENT for a request too large for it, INTERNAL otherwise.
 impl From<StoreError> for tonic::Status {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Unavailable(m) => tonic::Status::unavailable(format!("job store unavailable: {m}")),
+            e @ StoreError::TooLarge(_) => tonic::Status::invalid_argument(format!(
+                "{e}; an etcd cluster takes requests up to its --max-request-bytes (see the README's cluster section)"
+            )),
             other => tonic::Status::internal(other.to_string()),
         }
     }

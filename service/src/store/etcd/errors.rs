@@ -76,6 +76,12 @@ pub(super) fn store_error(error: etcd_client::Error, lease: LeaseId) -> StoreErr
         E::GRpcStatus(status) if status.message().contains("requested lease not found") => {
             StoreError::LeaseNotFound(lease)
         }
+        // etcd's own refusal, or its gRPC server's for a message past its receive limit.
+        E::GRpcStatus(status)
+            if status.message().contains("request is too large") || status.message().contains("larger than max") =>
+        {
+            StoreError::TooLarge(format!("etcd: {}", status.message()))
+        }
         E::GRpcStatus(status) => {
             let message = format!("etcd: {}", status.message());
             match status.code() {
