@@ -10,8 +10,16 @@ use deephardway::v1::{
     DiagnosticResult, GenerateResult, GetJobRequest, Job, JobEvent, JobProgress, JobResult, JobSpec, JobState,
     job_event::Event, job_result,
 };
-use deephardway_service::ServiceConfig;
-use support::{raw_worker::RawWorker, *};
+use deephardway::worker::v1::{ConnectRequest, Report, connect_request};
+use deephardway_service::{
+    ServiceConfig,
+    store::{StoreError, Txn},
+};
+use support::{
+    hooked::{Hooked, TxnHook},
+    raw_worker::RawWorker,
+    *,
+};
 
 /// Heartbeats this often, so that a silent or stuck worker is found in about a second.
 const HEARTBEAT: Duration = Duration::from_millis(400);
@@ -190,4 +198,83 @@ async fn a_burst_of_large_output_is_written_in_pieces_etcd_accepts() {
     let expected: String = (0..6).map(piece).collect();
     assert!(text == expected, "every byte of output, in order ({} of {} bytes)", text.len(), expected.len());
     assert_eq!(get(&mut client, &job.id).await.state, JobState::Succeeded as i32);
+}
+
+/// Refuses every transaction while `refusing` is set, as a store that is down does.
+struct RefusesWrites {
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl TxnHook for RefusesWrites {
+    fn before(&self, _txn: &Txn) -> Option<StoreError> {
+        self.refusing
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| StoreError::Unavailable("refusing writes for the test".into()))
+    }
+}
+
+/// While reports cannot be written, a worker that keeps reporting does not fill the
+/// service's memory: past a bound the session stops reading it, and HTTP/2 flow control
+/// holds the worker back. Nothing it did send is lost, and its session survives the
+/// pause (the silence is the service's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reporting_faster_than_the_store_writes_is_held_back() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let backend = Backend::embedded().await;
+    let store =
+        Arc::new(Hooked { inner: backend.open().await, hook: RefusesWrites { refusing: AtomicBool::new(false) } });
+    let server = TestServer::start_with(store.clone(), config()).await;
+    let mut worker = RawWorker::connect(&server.url, "flood", 1, None).await;
+    worker.keep_beating(HEARTBEAT / 4);
+    let mut client = server.client().await;
+    let job = create(&mut client, JobSpec { model: "flood".into(), ..diagnostic(1, 1) }).await;
+    let assignment = worker.assignment().await;
+
+    store.hook.refusing.store(true, Ordering::SeqCst);
+    const PIECE: usize = 256 * 1024;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let requests = worker.requests.clone();
+    let (job_id, fence, counter) = (job.id.clone(), assignment.fence, sent.clone());
+    let flood = tokio::spawn(async move {
+        loop {
+            let output = Event::Output(deephardway::v1::JobOutput { text: "x".repeat(PIECE) });
+            let event = JobEvent { job_id: job_id.clone(), event: Some(output), ..Default::default() };
+            let report = Report { job_id: job_id.clone(), fence, event: Some(event) };
+            let message = ConnectRequest { message: Some(connect_request::Message::Report(report)) };
+            if requests.send(message).await.is_err() {
+                return;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // Several heartbeat silences long: the session must hold on through its pause.
+    tokio::time::sleep(HEARTBEAT * 8).await;
+    flood.abort();
+    let held = sent.load(Ordering::SeqCst);
+    // The service's bound (16 MiB, 64 pieces) plus what the channel and the connection
+    // buffer; without the bound the service took thousands.
+    assert!(held < 400, "the worker was not held back: {held} pieces of 256 KiB sent");
+    assert!(held > 64, "the bound is 16 MiB: {held}");
+
+    store.hook.refusing.store(false, Ordering::SeqCst);
+    let result =
+        JobResult { value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps: 1, echo: String::new() })) };
+    worker.report(&job.id, assignment.fence, Event::Result(result)).await;
+    let stream = watch(&mut client, &job.id, 0).await.unwrap();
+    let events = collect_events(stream, Duration::from_secs(30)).await.expect("the job ends");
+    let bytes: usize = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Output(output)) => Some(output.text.len()),
+            _ => None,
+        })
+        .sum();
+    let done = get(&mut client, &job.id).await;
+    assert_eq!((done.state, done.attempts), (JobState::Succeeded as i32, 1), "one session, to the end");
+    // Every piece the worker handed over, not one lost (the last may be in flight when
+    // the flood stopped, so between the count and one more).
+    assert!(bytes == held * PIECE || bytes == (held + 1) * PIECE, "{bytes} bytes stored for {held} pieces sent");
 }

@@ -12,72 +12,40 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
 use deephardway::v1::JobState;
 use deephardway_service::{
     dispatch::Dispatcher,
     hub::Hub,
     jobs::{JobLifecycle, ServedModel, WorkerRecord},
     keys,
-    store::{LeaseId, Op, RangeResult, SharedStore, Store, StoreError, Txn, TxnOutcome, WatchStream},
+    store::{Op, SharedStore, StoreError, Txn, TxnOutcome},
 };
-use support::*;
+use support::{
+    hooked::{Hooked, TxnHook},
+    *,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// A real store whose first claim transaction commits and then answers UNAVAILABLE, as
 /// etcd does when the connection breaks after the commit.
 struct LosesFirstClaimReply {
-    inner: SharedStore,
     lost: AtomicBool,
 }
 
-#[async_trait]
-impl Store for LosesFirstClaimReply {
-    async fn get(&self, key: &str) -> Result<Option<deephardway_service::store::KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn range(&self, prefix: &str, limit: usize) -> Result<RangeResult, StoreError> {
-        self.inner.range(prefix, limit).await
-    }
-    async fn range_rev(&self, prefix: &str, before: Option<&str>, limit: usize) -> Result<RangeResult, StoreError> {
-        self.inner.range_rev(prefix, before, limit).await
-    }
-    async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
-        self.inner.count(prefix).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+impl TxnHook for LosesFirstClaimReply {
+    fn after(&self, txn: &Txn, outcome: &TxnOutcome) -> Option<StoreError> {
         let claims = txn.ops.iter().any(|op| matches!(op, Op::Put { key, .. } if key.starts_with(keys::CLAIMS)));
-        let outcome = self.inner.txn(txn).await?;
-        if claims && outcome.succeeded && !self.lost.swap(true, Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("transport error: the reply was lost".into()));
-        }
-        Ok(outcome)
-    }
-    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, start_revision).await
-    }
-    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        self.inner.lease_grant(ttl).await
-    }
-    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.lease_keep_alive(lease).await
-    }
-    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.lease_revoke(lease).await
-    }
-    async fn revision(&self) -> Result<i64, StoreError> {
-        self.inner.revision().await
-    }
-    fn name(&self) -> &'static str {
-        "loses-first-claim-reply"
+        (claims && outcome.succeeded && !self.lost.swap(true, Ordering::SeqCst))
+            .then(|| StoreError::Unavailable("transport error: the reply was lost".into()))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_committed_without_an_answer_is_handed_over() {
     let backend = Backend::embedded().await;
-    let wrapper = Arc::new(LosesFirstClaimReply { inner: backend.open().await, lost: AtomicBool::new(false) });
+    let hook = LosesFirstClaimReply { lost: AtomicBool::new(false) };
+    let wrapper = Arc::new(Hooked { inner: backend.open().await, hook });
     let store: SharedStore = wrapper.clone();
     let shutdown = CancellationToken::new();
     let hub = Hub::start(store.clone(), shutdown.clone()).await.unwrap();
@@ -104,7 +72,7 @@ async fn a_claim_that_committed_without_an_answer_is_handed_over() {
         .await
         .expect("the job is handed over although the claim's answer was lost")
         .expect("a claimed job");
-    assert!(wrapper.lost.load(Ordering::SeqCst), "the claim's answer was lost");
+    assert!(wrapper.hook.lost.load(Ordering::SeqCst), "the claim's answer was lost");
     assert_eq!(claimed.job.id, job.id);
     assert_eq!(claimed.job.state, JobState::Running as i32);
     assert_eq!(claimed.job.attempts, 1);

@@ -14,7 +14,9 @@
 //! and its session ends. The worker proves it is alive itself (a heartbeat or a report
 //! at least every `worker_heartbeat`, the interval the welcome names); a session that
 //! hears nothing for five intervals ends. Reports are checked before they are stored
-//! (see [`reports`]).
+//! (see [`reports`]). Nor can the store's slowness make a worker fill the service's
+//! memory: past a bound of reports waiting to be written, the session stops reading
+//! its worker until they are ([`Session::backlogged`]).
 //!
 //! A worker touches only what its own session holds. Each assignment's fence is a random
 //! secret of the job's claim (see [`crate::jobs::Fence`]): the session accepts reports
@@ -71,6 +73,10 @@ const OUTBOUND_SPARE: usize = 32;
 const MISSED_HEARTBEATS: u32 = 5;
 /// How soon a failed lease renewal is tried again.
 const LEASE_RETRY: Duration = Duration::from_millis(250);
+/// Reports waiting to be written, across a session's jobs, past which the session stops
+/// reading its worker until they are written (see [`Session::backlogged`]).
+const MAX_BACKLOG_EVENTS: usize = 16 * 1024;
+const MAX_BACKLOG_BYTES: usize = 16 << 20;
 
 pub type ConnectResponses = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
 pub type ArtifactChunks = Pin<Box<dyn Stream<Item = Result<FetchArtifactResponse, Status>> + Send>>;
@@ -288,8 +294,9 @@ impl Session {
             if let Some(why) = self.ending.take() {
                 break why;
             }
+            let backlogged = self.backlogged();
             tokio::select! {
-                message = inbound.message() => {
+                message = inbound.message(), if !backlogged => {
                     last_heard = Instant::now();
                     match message {
                         Ok(Some(ConnectRequest { message: Some(connect_request::Message::Report(report)) })) => {
@@ -309,6 +316,10 @@ impl Session {
                     None => break "the dispatcher dropped this worker".to_string(),
                 },
                 _ = liveness.tick() => {
+                    // While the session is not reading, the silence is its own.
+                    if backlogged {
+                        last_heard = Instant::now();
+                    }
                     if last_heard.elapsed() > silence {
                         break format!("no heartbeat or report for {:?} (worker hung or gone)", last_heard.elapsed());
                     }
@@ -352,6 +363,24 @@ impl Session {
         }
         // Never wait for a worker that may not be reading.
         let _ = self.outbound.try_send(Err(Status::unavailable(end)));
+    }
+
+    /// Whether the reports waiting to be written are past the session's bound. The store
+    /// is down or slower than the worker reports (failed writes go back to wait), and
+    /// reading on would hold the worker's output in the service's memory without limit:
+    /// the session stops reading its stream instead, until a write gets through. HTTP/2
+    /// flow control then holds the worker back; its heartbeats wait in the stream too,
+    /// so the session does not count that silence against it.
+    fn backlogged(&self) -> bool {
+        let (mut events, mut bytes) = (0, 0);
+        for running in self.running.values() {
+            events += running.pending.len();
+            bytes += running.pending.iter().map(Event::encoded_len).sum::<usize>();
+            if events > MAX_BACKLOG_EVENTS || bytes > MAX_BACKLOG_BYTES {
+                return true;
+            }
+        }
+        false
     }
 
     /// Queues a message for the worker without waiting. A full queue means the worker

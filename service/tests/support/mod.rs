@@ -1,6 +1,7 @@
 //! Shared harness for the service library's tests: real stores, no mocks.
 //!
 //! - [`Backend`]: a fresh embedded store (temp dir) or a real etcd ([`etcd`]).
+//! - [`hooked::Hooked`]: a real store whose transactions a test can fail.
 //! - [`test_config`]: service settings that make tests quick.
 //! - [`diagnostic`], [`assert_contiguous`]: job specs and event checks.
 //!
@@ -8,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod hooked;
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,0 +1,76 @@
+//! A real store whose transactions pass through a test's hook: to make the store refuse
+//! writes for a while, or lose the answer to one that committed. Every other call goes
+//! straight to the real store.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deephardway_service::store::{
+    KeyValue, LeaseId, RangeResult, SharedStore, Store, StoreError, Txn, TxnOutcome, WatchStream,
+};
+
+/// What a test does to transactions.
+pub trait TxnHook: Send + Sync + 'static {
+    /// Before the transaction: `Some(error)` answers it without committing anything.
+    fn before(&self, _txn: &Txn) -> Option<StoreError> {
+        None
+    }
+
+    /// After it committed: `Some(error)` is answered instead of its outcome.
+    fn after(&self, _txn: &Txn, _outcome: &TxnOutcome) -> Option<StoreError> {
+        None
+    }
+}
+
+pub struct Hooked<H> {
+    pub inner: SharedStore,
+    pub hook: H,
+}
+
+#[async_trait]
+impl<H: TxnHook> Store for Hooked<H> {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn range(&self, prefix: &str, limit: usize) -> Result<RangeResult, StoreError> {
+        self.inner.range(prefix, limit).await
+    }
+    async fn range_rev(&self, prefix: &str, before: Option<&str>, limit: usize) -> Result<RangeResult, StoreError> {
+        self.inner.range_rev(prefix, before, limit).await
+    }
+    async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
+        self.inner.count(prefix).await
+    }
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        if let Some(error) = self.hook.before(&txn) {
+            return Err(error);
+        }
+        let checked = txn.clone();
+        let outcome = self.inner.txn(txn).await?;
+        match self.hook.after(&checked, &outcome) {
+            Some(error) => Err(error),
+            None => Ok(outcome),
+        }
+    }
+    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix, start_revision).await
+    }
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.inner.lease_grant(ttl).await
+    }
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.lease_keep_alive(lease).await
+    }
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.lease_revoke(lease).await
+    }
+    async fn revision(&self) -> Result<i64, StoreError> {
+        self.inner.revision().await
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        self.inner.health().await
+    }
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+}
