@@ -9,13 +9,15 @@
 //!   the gRPC API like any other;
 //! - [`bench`]: job throughput on each store, and model speed;
 //! - [`tls`]: the client side's TLS flags (`--ca-cert`, `--client-cert`, `--client-key`);
-//! - [`signal`], [`logging`], [`telemetry`], [`memory`]: process plumbing shared by the
-//!   roles (logs, traces over OTLP, memory given back by `serve`).
+//! - [`signal`], [`logging`], [`telemetry`], [`memory`], [`file_limit`]: process plumbing
+//!   shared by the roles (logs, traces over OTLP, memory given back by `serve`, a
+//!   connection limit within the file limit).
 
 mod access;
 mod bench;
 mod cli;
 mod client;
+mod file_limit;
 mod logging;
 mod memory;
 mod server;

@@ -22,7 +22,7 @@ use deephardway_service::{
     web::{Cors, DEFAULT_CLIENT_DIR, Web},
 };
 
-use crate::{signal::shutdown_signal, tls::ClientIdentityArgs, worker};
+use crate::{file_limit, signal::shutdown_signal, tls::ClientIdentityArgs, worker};
 
 #[derive(Args, Clone)]
 pub struct ServiceFlags {
@@ -82,8 +82,8 @@ pub struct ServiceFlags {
     #[arg(long, default_value_t = defaults::WORKER_HEARTBEAT_MS,
           value_parser = clap::value_parser!(u64).range(limits::WORKER_HEARTBEAT_MS))]
     worker_heartbeat_ms: u64,
-    /// Open connections at most; a new one beyond it is closed at once. Keep it below the
-    /// process's file limit (`ulimit -n`).
+    /// Open connections at most; a new one beyond it is closed at once. The service raises
+    /// its file limit (`ulimit -n`) to the hard limit and keeps this 256 below it.
     #[arg(long, env = "DEEPHARDWAY_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u64).range(limits::MAX_CONNECTIONS).map(|v| v as usize))]
     max_connections: usize,
@@ -195,6 +195,21 @@ impl ServiceFlags {
         Ok(Some(ServerTls::load(files).context("cannot set up TLS")?))
     }
 
+    /// `--max-connections`, within the file limit (raised to its hard limit first).
+    fn connection_limit(&self) -> usize {
+        let files = file_limit::raise();
+        let limit = file_limit::connections_within(self.max_connections, files);
+        if limit < self.max_connections {
+            tracing::warn!(
+                asked = self.max_connections,
+                limit,
+                file_limit = files,
+                "--max-connections is above what the file limit allows (ulimit -n); using {limit}"
+            );
+        }
+        limit
+    }
+
     fn config(&self) -> anyhow::Result<ServiceConfig> {
         let artifacts = match &self.artifacts {
             Some(location) => ArtifactStore::open(location)?,
@@ -211,7 +226,7 @@ impl ServiceFlags {
             artifacts,
             max_upload_bytes: self.max_upload_mb << 20,
             connections: ConnectionLimits {
-                max_connections: self.max_connections,
+                max_connections: self.connection_limit(),
                 start_timeout: Duration::from_millis(self.connection_start_timeout_ms),
             },
             auth: self.auth()?,
