@@ -326,6 +326,10 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
             return Err(Status::not_found(format!("job {job_id} not found")));
         }
         let final_seq = stored.last().filter(|e| e.event.as_ref().is_some_and(is_final)).map(|e| e.seq);
+        // Whether the job waits in line, by its latest event: only then do changes to the
+        // queues concern this stream. (Waking every stream of a running job at every
+        // dispatch anywhere cost the fan-out most of its time.)
+        let mut in_line = matches!(stored.last().and_then(|e| e.event.as_ref()), Some(Event::Queued(_)));
         for event in stored {
             match deliver(tx, event, &mut last).await {
                 Some(true) => return Ok(()),
@@ -351,6 +355,9 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
                 event = live.recv() => match event {
                     Some(event) => {
                         let requeued = matches!(event.event, Some(Event::Queued(_)));
+                        if requeued || matches!(event.event, Some(Event::Started(_))) {
+                            in_line = requeued;
+                        }
                         match deliver(tx, event, &mut last).await {
                             Some(true) => return Ok(()),
                             Some(false) => {}
@@ -364,7 +371,7 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
                     }
                     None => break, // dropped by the hub: list again
                 },
-                changed = queue_changes.changed() => {
+                changed = queue_changes.changed(), if in_line => {
                     if changed.is_err() {
                         return Err(shutting_down(last));
                     }
@@ -379,13 +386,13 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
                         pending = true;
                     }
                 }
-                _ = tokio::time::sleep(wait), if pending => {
+                _ = tokio::time::sleep(wait), if pending && in_line => {
                     pending = false;
                     if !sent.send(ctx, job_id, tx, false).await {
                         return Ok(());
                     }
                 }
-                _ = recheck.tick() => {
+                _ = recheck.tick(), if in_line => {
                     if !sent.send(ctx, job_id, tx, false).await {
                         return Ok(());
                     }
