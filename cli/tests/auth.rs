@@ -733,3 +733,46 @@ async fn a_key_runs_at_most_its_running_limit() {
     }
     server.shutdown().await;
 }
+
+/// Two replicas on one store both see every job finish and both count usage, in
+/// batches while jobs finish faster than one count is written: every job is counted
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_each_job_once_while_replicas_race_in_batches() {
+    let backend = Backend::embedded().await;
+    let store = backend.open().await;
+    let a = TestServer::start(store.clone()).await;
+    let b = TestServer::start(store).await;
+    let worker = TestWorker::start(&a.url, "w", 32);
+    wait_for_workers(&a.url, 1).await;
+    const JOBS: usize = 200;
+    let runs = (0..JOBS).map(|_| {
+        let url = a.url.clone();
+        async move {
+            let mut client = jobs_client(&url).await;
+            run(&mut client, diagnostic(1, 0), Duration::from_secs(30)).await
+        }
+    });
+    let results = futures::stream::iter(runs).buffer_unordered(32).collect::<Vec<_>>().await;
+    assert_eq!(results.len(), JOBS);
+    let list = async || {
+        let request = ListUsageRequest::default();
+        let usage =
+            UsageServiceClient::new(channel(&b.url).await).list_usage(request).await.unwrap().into_inner().usage;
+        let counted: u64 = usage.iter().flat_map(|u| u.jobs.values()).sum();
+        (counted, usage)
+    };
+    for _ in 0..100 {
+        if list().await.0 >= JOBS as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Settled: a double count would show by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (counted, usage) = list().await;
+    assert_eq!(counted, JOBS as u64, "{usage:?}");
+    worker.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

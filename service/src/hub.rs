@@ -154,7 +154,7 @@ impl Hub {
 /// Reads every queue entry into `queues`; returns the revision it read at.
 async fn load_queues(store: &SharedStore, queues: &QueueView) -> Result<i64, StoreError> {
     let range = store.range(keys::QUEUE, 0).await?;
-    queues.reset(&range.kvs);
+    queues.reset(&range.kvs, range.revision);
     Ok(range.revision)
 }
 

@@ -45,6 +45,9 @@ pub struct QueueView {
     state: Arc<Mutex<State>>,
     /// Bumped on every change to any line, so that watchers wake up and re-ask.
     version: Arc<watch::Sender<u64>>,
+    /// The store revision of the last watch event the hub handed over (whatever its
+    /// key), so that a submit can wait until the view has everything it has committed.
+    seen: Arc<watch::Sender<i64>>,
 }
 
 #[derive(Default)]
@@ -141,12 +144,12 @@ impl Default for QueueView {
 
 impl QueueView {
     pub fn new() -> Self {
-        Self { state: Default::default(), version: Arc::new(watch::channel(0).0) }
+        Self { state: Default::default(), version: Arc::new(watch::channel(0).0), seen: Arc::new(watch::channel(0).0) }
     }
 
-    /// Replaces every line with the entries of a range of [`keys::QUEUE`] (rates are kept:
-    /// they are about the past).
-    pub fn reset(&self, entries: &[KeyValue]) {
+    /// Replaces every line with the entries of a range of [`keys::QUEUE`] read at
+    /// `revision` (rates are kept: they are about the past).
+    pub fn reset(&self, entries: &[KeyValue], revision: i64) {
         let mut state = self.state.lock().expect("queue view lock");
         state.entries.clear();
         for line in state.lines.values_mut() {
@@ -159,12 +162,46 @@ impl QueueView {
             }
         }
         drop(state);
+        self.loaded_at(revision);
         self.bump();
     }
 
     /// Applies one event of the store watch (events outside the queue and claims are
-    /// ignored).
+    /// ignored, but count as seen).
     pub fn apply(&self, event: &WatchEvent) {
+        self.apply_entry(event);
+        let revision = event.kv.mod_revision;
+        self.seen.send_if_modified(|seen| std::mem::replace(seen, revision.max(*seen)) < revision);
+    }
+
+    /// Marks the view as loaded at `revision` (a range read's).
+    fn loaded_at(&self, revision: i64) {
+        self.seen.send_if_modified(|seen| std::mem::replace(seen, revision.max(*seen)) < revision);
+    }
+
+    /// Waits until the view has applied every change up to `revision` (a revision the
+    /// store answered, e.g. after the caller's own writes), for at most `within`. False if
+    /// it has not by then (the hub's watch is restarting, say).
+    pub async fn caught_up(&self, revision: i64, within: Duration) -> bool {
+        let mut seen = self.seen.subscribe();
+        tokio::time::timeout(within, seen.wait_for(|seen| *seen >= revision)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Where a queue entry (a key under [`keys::QUEUE`]) stands or would stand in its
+    /// line: the number of entries before it.
+    pub fn place(&self, entry_key: &str) -> Option<u32> {
+        let (model, order, _) = parse(entry_key)?;
+        let state = self.state.lock().expect("queue view lock");
+        let ahead = state.lines.get(model).map_or(0, |line| line.order.rank(order));
+        Some(u32::try_from(ahead).unwrap_or(u32::MAX))
+    }
+
+    /// Jobs waiting in every line.
+    pub fn total(&self) -> usize {
+        self.state.lock().expect("queue view lock").lines.values().map(|l| l.order.len()).sum()
+    }
+
+    fn apply_entry(&self, event: &WatchEvent) {
         let key = event.kv.key.as_str();
         let is_claim = event.kind == EventKind::Put && key.starts_with(keys::CLAIMS);
         let entry = parse(key);
@@ -288,7 +325,7 @@ mod tests {
         let a = keys::queue_entry("m", 0, 1, "a");
         let b = keys::queue_entry("m", 0, 2, "b");
         let urgent = keys::queue_entry("m", 50, 3, "urgent");
-        view.reset(&[kv(&a, 1)]);
+        view.reset(&[kv(&a, 1)], 1);
         view.apply(&event(EventKind::Put, &b, 2));
         assert_eq!(view.status("a").unwrap().position, 0);
         assert_eq!(view.status("b").unwrap().position, 1);
@@ -316,7 +353,7 @@ mod tests {
         let view = QueueView::new();
         let entry = |priority, i: i64| keys::queue_entry("m", priority, i, &format!("job-{i:05}"));
         let entries: Vec<KeyValue> = (0..10_000).map(|i| kv(&entry(0, i), 1)).collect();
-        view.reset(&entries);
+        view.reset(&entries, 1);
         assert_eq!(view.status("job-09999").unwrap().position, 9_999);
         assert_eq!(view.status("job-05000").unwrap().position, 5_000);
         // A higher priority goes ahead of everyone; the first two leave.

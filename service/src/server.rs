@@ -78,7 +78,7 @@ pub async fn serve(
     };
     let auth = keyring.clone().map_or_else(Auth::off, Auth::with);
     let metrics_public = config.metrics_public;
-    let lifecycle = JobLifecycle::new(store.clone(), config).with_metrics(metrics);
+    let lifecycle = JobLifecycle::new(store.clone(), config).with_metrics(metrics).with_queues(hub.queues().clone());
     usage::start(store.clone(), &hub, token.clone());
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
     reaper::start(lifecycle.clone(), &hub, token.clone());

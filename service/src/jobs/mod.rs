@@ -50,6 +50,7 @@ use crate::{
     config::ServiceConfig,
     keys,
     metrics::Metrics,
+    queue_view::QueueView,
     quota::Quotas,
     store::{Compare, KeyValue, Op, SharedStore, StoreError, Txn},
     time::{micros, now},
@@ -104,6 +105,19 @@ pub struct Claimed {
     pub job: Job,
     /// The claim's fence: its secret goes to the worker, which copies it into its reports.
     pub fence: Fence,
+    /// The job's record as the claim wrote it, for the first report to update without
+    /// reading it again.
+    pub record: StoredRecord,
+}
+
+/// A job's record as stored (its spec without the input) and the revision it was written
+/// at. A writer that keeps it (a worker session) updates the job next by comparing that
+/// revision instead of reading the record first; if someone else wrote it meanwhile (a
+/// cancel), the compare fails and the update reads it afresh.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub job: Job,
+    pub revision: i64,
 }
 
 /// Why a transition of a job did not happen.
@@ -149,6 +163,9 @@ pub struct JobLifecycle {
     metrics: std::sync::Arc<Metrics>,
     /// The connected workers as last read, for submits (see [`JobLifecycle::check_served`]).
     workers_seen: std::sync::Arc<std::sync::Mutex<Option<WorkersSeen>>>,
+    /// The replica's view of the queues, for a submit's depth check and place in line
+    /// without reading the queues (see [`JobLifecycle::place_in_line`]).
+    queues: Option<QueueView>,
 }
 
 /// A worker list and when it was read.
@@ -157,6 +174,9 @@ type WorkersSeen = (std::time::Instant, std::sync::Arc<Vec<WorkerRecord>>);
 /// How long a submit may trust the worker list another submit read: a model found there
 /// is accepted without reading it again; one not found is always read afresh.
 const WORKERS_SEEN_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long a submit waits for the queue view to catch up before reading the store.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What a transition writes besides the job record and its events.
 #[derive(Default)]
@@ -218,7 +238,13 @@ impl JobLifecycle {
             quotas: Default::default(),
             metrics: Default::default(),
             workers_seen: Default::default(),
+            queues: None,
         }
+    }
+
+    /// Answers submits' queue questions from `queues` (the hub's view) instead of the store.
+    pub fn with_queues(self, queues: QueueView) -> Self {
+        Self { queues: Some(queues), ..self }
     }
 
     /// Records into `metrics` (the server's registry) instead of a private one.
@@ -285,13 +311,6 @@ impl JobLifecycle {
         }
         let input = spec.input.as_ref().expect("validated");
         self.check_served(deephardway::served_model(kind, &spec.model), input).await?;
-        let depth = self.store.count(keys::QUEUE).await?;
-        if depth >= self.config.max_queue_depth {
-            return Err(Status::resource_exhausted(format!(
-                "the queue is full ({depth} jobs waiting, limit {}); retry later",
-                self.config.max_queue_depth
-            )));
-        }
         self.quotas.check_active(&self.store, owner).await?;
 
         let created = now();
@@ -318,7 +337,13 @@ impl JobLifecycle {
             ..Default::default()
         };
         let entry = queue_key(&job);
-        let position = self.position(deephardway::served_model(kind, &job.model), &entry).await?;
+        let (depth, position) = self.place_in_line(deephardway::served_model(kind, &job.model), &entry).await?;
+        if depth >= self.config.max_queue_depth {
+            return Err(Status::resource_exhausted(format!(
+                "the queue is full ({depth} jobs waiting, limit {}); retry later",
+                self.config.max_queue_depth
+            )));
+        }
         let queued = self.event(&id, 1, Event::Queued(JobQueued { position, attempt: 1, reason: "submitted".into() }));
 
         // The request is written once, under its own key; the record holds the rest.
@@ -418,10 +443,24 @@ impl JobLifecycle {
     }
 
     /// Jobs ahead of the queue entry `entry` in the same queue.
-    async fn position(&self, model: &str, entry: &str) -> Result<u32, Status> {
+    /// How many jobs wait in all queues, and how many would be ahead of `entry` in its
+    /// line. From the replica's queue view once it has caught up with the store's
+    /// current revision (so a client's previous submit is counted): a rank in memory
+    /// rather than two reads of whole queues per submit. From the store where there is
+    /// no view, or it lags (its watch restarting).
+    pub(super) async fn place_in_line(&self, model: &str, entry: &str) -> Result<(usize, u32), Status> {
+        if let Some(queues) = &self.queues {
+            let revision = self.store.revision().await?;
+            if queues.caught_up(revision, VIEW_WAIT).await
+                && let Some(position) = queues.place(entry)
+            {
+                return Ok((queues.total(), position));
+            }
+        }
+        let depth = self.store.count(keys::QUEUE).await?;
         let range = self.store.range(&keys::queue(model), 0).await?;
         let ahead = range.kvs.iter().filter(|kv| kv.key.as_str() < entry).count();
-        Ok(u32::try_from(ahead).unwrap_or(u32::MAX))
+        Ok((depth, u32::try_from(ahead).unwrap_or(u32::MAX)))
     }
 
     fn event(&self, job_id: &str, seq: u64, event: Event) -> JobEvent {
@@ -524,18 +563,37 @@ impl JobLifecycle {
     /// Applies `transition` to the job's record with optimistic concurrency: read, change,
     /// write if nobody else wrote in between, else retry. `transition` returns `None` to
     /// change nothing. Extra compares that fail (a fence) end it with `StaleFence`.
-    async fn update<F>(&self, id: &str, mut transition: F) -> Result<Job, Rejected>
+    async fn update<F>(&self, id: &str, transition: F) -> Result<Job, Rejected>
     where
         F: FnMut(&mut Job) -> Result<Option<Change>, Rejected>,
     {
+        self.update_from(id, None, transition).await.map(|record| record.job)
+    }
+
+    /// [`JobLifecycle::update`], starting from `known` (the record as the caller last
+    /// wrote or read it) instead of a read, and returning the record as written.
+    async fn update_from<F>(
+        &self,
+        id: &str,
+        mut known: Option<StoredRecord>,
+        mut transition: F,
+    ) -> Result<StoredRecord, Rejected>
+    where
+        F: FnMut(&mut Job) -> Result<Option<Change>, Rejected>,
+    {
+        let key = keys::job(id);
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let Some((current, kv)) = self.find(id).await? else {
-                return Err(Status::not_found(format!("job {id} not found")).into());
+            let (current, revision) = match known.take() {
+                Some(record) => (record.job, record.revision),
+                None => match self.find(id).await? {
+                    Some((job, kv)) => (job, kv.mod_revision),
+                    None => return Err(Status::not_found(format!("job {id} not found")).into()),
+                },
             };
             let mut job = current.clone();
-            let Some(change) = transition(&mut job)? else { return Ok(current) };
+            let Some(change) = transition(&mut job)? else { return Ok(StoredRecord { job: current, revision }) };
             let has_extra_compares = !change.compares.is_empty();
-            let mut txn = Txn::new().when(Compare::ModRevision(kv.key.clone(), kv.mod_revision));
+            let mut txn = Txn::new().when(Compare::ModRevision(key.clone(), revision));
             txn.compares.extend(change.compares);
             for event in change.events {
                 job.last_seq += 1;
@@ -544,18 +602,19 @@ impl JobLifecycle {
             }
             // A record from before the split moves its input out now (see `specs`).
             txn.ops.extend(specs::split(&mut job));
-            txn.ops.push(Op::put(kv.key.clone(), job.encode_to_vec()));
+            txn.ops.push(Op::put(key.clone(), job.encode_to_vec()));
             txn.ops.extend(change.ops);
-            if self.store.txn(txn).await?.succeeded {
+            let outcome = self.store.txn(txn).await?;
+            if outcome.succeeded {
                 if deephardway::is_finished(job.state) && !deephardway::is_finished(current.state) {
                     self.metrics.finished(&job);
                 }
-                return Ok(job);
+                return Ok(StoredRecord { job, revision: outcome.revision });
             }
             if has_extra_compares {
                 // Was it the record (retry) or the fence (reject)?
-                let still = self.store.get(&kv.key).await?;
-                if still.is_some_and(|s| s.mod_revision == kv.mod_revision) {
+                let still = self.store.get(&key).await?;
+                if still.is_some_and(|s| s.mod_revision == revision) {
                     return Err(Rejected::StaleFence);
                 }
             }
@@ -647,9 +706,10 @@ impl JobLifecycle {
         }
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started");
         self.metrics.started(&job);
+        let record = StoredRecord { job: job.clone(), revision: outcome.revision };
         // The worker's assignment carries the whole request.
         let job = self.with_spec(job).await?;
-        Ok(Some(Claimed { job, fence: Fence { secret, revision: outcome.revision } }))
+        Ok(Some(Claimed { job, fence: Fence { secret, revision: outcome.revision }, record }))
     }
 
     /// Applies a worker's events (in order, as one write) if its claim is still current:
@@ -672,10 +732,23 @@ impl JobLifecycle {
         after_seq: Option<u64>,
         events: Vec<Event>,
     ) -> Result<Job, Rejected> {
+        self.report_from(id, fence, after_seq, events, None).await.map(|record| record.job)
+    }
+
+    /// [`JobLifecycle::report_after`] from the record as the caller last wrote it (see
+    /// [`StoredRecord`]): no read of the record unless someone else wrote it since.
+    pub async fn report_from(
+        &self,
+        id: &str,
+        fence: &Fence,
+        after_seq: Option<u64>,
+        events: Vec<Event>,
+        known: Option<StoredRecord>,
+    ) -> Result<StoredRecord, Rejected> {
         let fence_holds = Compare::CreateRevision(keys::claim(id), fence.revision);
         // What applying `events` adds: up to and with the first final one.
         let adds = events.iter().position(is_final).map_or(events.len(), |i| i + 1) as u64;
-        self.update(id, |job| {
+        self.update_from(id, known, |job| {
             // (An earlier try that landed with a final event finished the job: Finished.)
             if job.state != JobState::Running as i32 {
                 return Err(if job.state == JobState::Queued as i32 {
@@ -784,7 +857,7 @@ impl JobLifecycle {
         if record.worker_id != worker.worker_id {
             return Ok(None);
         }
-        let Some((job, _)) = self.find(id).await? else { return Ok(None) };
+        let Some((job, kv)) = self.find(id).await? else { return Ok(None) };
         let ours = job.state == JobState::Running as i32
             && job.worker_id == worker.worker_id
             && job.attempts == record.attempt;
@@ -792,8 +865,9 @@ impl JobLifecycle {
             return Ok(None);
         }
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started (claim read back)");
+        let stored = StoredRecord { job: job.clone(), revision: kv.mod_revision };
         let job = self.with_spec(job).await?;
         let fence = Fence { secret: record.secret, revision: claim.create_revision };
-        Ok(Some(Claimed { job, fence }))
+        Ok(Some(Claimed { job, fence, record: stored }))
     }
 }

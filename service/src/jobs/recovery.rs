@@ -24,7 +24,7 @@ impl JobLifecycle {
             return Ok(());
         }
         let entry = queue_key(&job);
-        let position = self.position(deephardway::served_model(job.kind(), &job.model), &entry).await?;
+        let (_, position) = self.place_in_line(deephardway::served_model(job.kind(), &job.model), &entry).await?;
         let result = self
             .update(id, |job| {
                 if job.state != JobState::Running as i32 {

@@ -56,7 +56,7 @@ use super::SharedContext;
 use crate::{
     auth::Caller,
     hub::Change,
-    jobs::{Claimed, Fence, JobLifecycle, Rejected, ServedModel, WorkerRecord},
+    jobs::{Claimed, Fence, JobLifecycle, Rejected, ServedModel, StoredRecord, WorkerRecord},
     keys,
     store::{MAX_TXN_OPS, Op, StoreError, Txn},
     trained_models, validate,
@@ -413,7 +413,7 @@ impl Session {
     }
 
     async fn assign(&mut self, claimed: Claimed) {
-        let Claimed { job, fence } = claimed;
+        let Claimed { job, fence, record } = claimed;
         let timeout = job.timeout.and_then(|t| Duration::try_from(t).ok()).unwrap_or(Duration::MAX / 2);
         let running = Running {
             fence,
@@ -422,7 +422,7 @@ impl Session {
             timeout,
             cancel_sent: None,
             pending: Vec::new(),
-            log: ReportLog { last_seq: job.last_seq, uncertain: false },
+            log: ReportLog { last_seq: job.last_seq, uncertain: false, record: Some(record) },
             kind: job.kind,
             model: job.model.clone(),
             assigned: Instant::now(),
@@ -518,7 +518,8 @@ impl Session {
         if running.pending.is_empty() {
             return;
         }
-        let (fence, log, events) = (running.fence, running.log, coalesce(std::mem::take(&mut running.pending)));
+        let (fence, log, events) =
+            (running.fence, std::mem::take(&mut running.log), coalesce(std::mem::take(&mut running.pending)));
         let written = write_reports(&self.ctx.lifecycle, id, &fence, log, events).await;
         self.settle(id, written).await;
     }
@@ -530,7 +531,7 @@ impl Session {
             .running
             .iter_mut()
             .filter(|(_, r)| !r.pending.is_empty())
-            .map(|(id, r)| (id.clone(), r.fence, r.log, coalesce(std::mem::take(&mut r.pending))))
+            .map(|(id, r)| (id.clone(), r.fence, std::mem::take(&mut r.log), coalesce(std::mem::take(&mut r.pending))))
             .collect();
         if batch.is_empty() {
             return;
@@ -614,13 +615,16 @@ const MAX_EVENTS_PER_WRITE: usize = MAX_TXN_OPS - 16;
 /// refused at every retry, like one with too many operations.
 const MAX_EVENT_BYTES_PER_WRITE: usize = 1 << 20;
 
-/// What a session knows of a running job's events in the store.
-#[derive(Debug, Clone, Copy)]
+/// What a session knows of a running job's record and events in the store.
+#[derive(Debug, Clone, Default)]
 struct ReportLog {
     /// The job's last event as of the session's last write that it saw succeed.
     last_seq: u64,
     /// A write failed since: it may have landed all the same (the store lost its answer).
     uncertain: bool,
+    /// The record as that write left it, so that the next write needs no read of it
+    /// (none after a failed write: the next one reads it).
+    record: Option<StoredRecord>,
 }
 
 /// The outcome of [`write_reports`].
@@ -646,9 +650,10 @@ async fn write_reports(
     loop {
         let rest = events.split_off(first_write(&events));
         let after_seq = log.uncertain.then_some(log.last_seq);
-        match lifecycle.report_after(id, fence, after_seq, events.clone()).await {
-            Ok(job) => {
-                log = ReportLog { last_seq: job.last_seq, uncertain: false };
+        match lifecycle.report_from(id, fence, after_seq, events.clone(), log.record.take()).await {
+            Ok(record) => {
+                let job = record.job.clone();
+                log = ReportLog { last_seq: job.last_seq, uncertain: false, record: Some(record) };
                 if rest.is_empty() || job.end_time.is_some() {
                     return Written { outcome: Ok(job), unwritten: Vec::new(), log };
                 }
