@@ -3,8 +3,9 @@
 //!
 //! - A claim that vanishes while its job is still running means the worker (or the
 //!   replica holding it) was lost: the job goes back in line or fails. Claim deletes are
-//!   seen through the hub, and a periodic scan catches any that were missed (for
-//!   example while this replica was down).
+//!   seen through the hub (those of jobs just seen to finish need no look), and a
+//!   periodic scan catches any that were missed (for example while this replica was
+//!   down).
 //! - Finished jobs older than the retention are removed with their events.
 
 use std::{sync::Arc, time::Duration};
@@ -19,18 +20,53 @@ use crate::{
 
 const SCAN_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Jobs seen to finish lately, the oldest forgotten past [`RecentlyFinished::CAPACITY`].
+/// The hub routes a transaction's events in its operations' order, and a job's final
+/// write puts its record before it deletes its claim; if that ever came the other way
+/// round, the release is checked with a read, as for any job not in here.
+#[derive(Default)]
+struct RecentlyFinished {
+    ids: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RecentlyFinished {
+    const CAPACITY: usize = 10_000;
+
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_string()) {
+            self.order.push_back(id.to_string());
+            if self.order.len() > Self::CAPACITY
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+}
+
 pub fn start(lifecycle: JobLifecycle, hub: &Hub, shutdown: CancellationToken) {
     let mut changes = hub.changes();
     let lifecycle = Arc::new(lifecycle);
     tokio::spawn(async move {
         let mut scan = tokio::time::interval(SCAN_INTERVAL);
+        let mut finished = RecentlyFinished::default();
         let mut purge = tokio::time::interval(
             lifecycle.config().retention.min(Duration::from_secs(60)).max(Duration::from_millis(200)),
         );
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
-                    Ok(Change::ClaimReleased { job_id: id }) => {
+                    Ok(Change::JobUpdated(job)) if deephardway::is_finished(job.state) => {
+                        finished.insert(&job.id);
+                    }
+                    // A job that finished gives up its claim in the same transaction: not
+                    // an orphan, and no read needed to tell.
+                    Ok(Change::ClaimReleased { job_id: id }) if !finished.contains(&id) => {
                         if let Err(e) = lifecycle.recover_orphan(&id).await {
                             tracing::warn!(job = %id, error = %e, "could not recover job");
                         }
