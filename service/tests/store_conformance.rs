@@ -177,3 +177,55 @@ async fn etcd_refuses_a_request_too_large_clearly() {
     assert_eq!(store.revision().await.unwrap(), before);
     assert!(store.txn(Txn::new().then(Op::put("/big", vec![7u8; 1 << 20]))).await.unwrap().succeeded);
 }
+
+/// The file does not stay at its high-water mark: after a burst of large values that
+/// were then deleted, with small ones written after them that stay, a store with
+/// compaction gives most of the file back, where the same writes leave a store without
+/// it near its peak.
+#[tokio::test]
+async fn embedded_file_is_compacted_when_mostly_free() {
+    use deephardway_service::store::{
+        Op, Store, Txn,
+        embedded::{FileLimits, HistoryLimits},
+    };
+    let history = HistoryLimits { revisions: 1_000, bytes: 1 << 20 };
+    let burst = async |file: FileLimits| {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open_with_file_limits(dir.path(), history, file).await.unwrap();
+        // 16 MiB of large values, then small keys that stay, written after them (so the
+        // space the large ones leave is inside the file, not at its end, which redb does
+        // give back), then the large values go.
+        for batch in 0..8 {
+            let puts = (0..8).fold(Txn::new(), |txn, i| {
+                txn.then(Op::put(format!("/big/{batch}/{i}"), vec![batch as u8; 256 << 10]))
+            });
+            store.txn(puts).await.unwrap();
+        }
+        for i in 0..64 {
+            store.txn(Txn::new().then(Op::put(format!("/keep/{i}"), vec![1u8; 100]))).await.unwrap();
+        }
+        for batch in 0..8 {
+            let deletes = (0..8).fold(Txn::new(), |txn, i| txn.then(Op::delete(format!("/big/{batch}/{i}"))));
+            store.txn(deletes).await.unwrap();
+        }
+        // A few quiet commits after the burst, past the check interval.
+        for i in 0..20 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            store.txn(Txn::new().then(Op::put("/small", format!("{i}")))).await.unwrap();
+        }
+        let size = std::fs::metadata(store.path()).unwrap().len();
+        assert_eq!(store.get("/small").await.unwrap().unwrap().value, b"19", "the data survives compaction");
+        store.close();
+        (dir, size)
+    };
+    let never = FileLimits { compact_above: u64::MAX, ..FileLimits::default() };
+    let (_kept, uncompacted) = burst(never).await;
+    let eager = FileLimits { compact_above: 1 << 20, check_every: std::time::Duration::from_millis(50) };
+    let (dir, compacted) = burst(eager).await;
+    eprintln!("file after the burst: {} KiB without compaction, {} KiB with", uncompacted >> 10, compacted >> 10);
+    assert!(uncompacted >= 8 << 20, "the burst should leave a large file: {uncompacted}");
+    assert!(compacted * 4 <= uncompacted, "{compacted} bytes compacted vs {uncompacted}");
+    // And a compacted file reopens with everything in it.
+    let store = EmbeddedStore::open(dir.path()).await.unwrap();
+    assert_eq!(store.get("/small").await.unwrap().unwrap().value, b"19");
+}

@@ -14,17 +14,21 @@
 //! - A watcher that falls [`WATCH_BUFFER`] events behind is dropped; its stream ends with
 //!   an error and it resumes from its next revision (the service's hub does).
 //!
+//! - **A bounded file.** redb never gives freed pages back to the file system; the
+//!   writer compacts the file when it is large and mostly free ([`file`]).
+//!
 //! Files: this one is the handle and the reads; [`writer`] the thread that owns every
 //! write; [`encoding`] the bytes of entries and log records; [`history`] what of the
-//! log is kept.
+//! log is kept; [`file`] when the file is compacted.
 
 mod encoding;
+mod file;
 mod history;
 mod writer;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc as std_mpsc},
+    sync::{Arc, Mutex, RwLock, mpsc as std_mpsc},
     thread::JoinHandle,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -33,6 +37,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 use encoding::Entry;
+pub use file::FileLimits;
+use file::SharedDb;
 pub use history::{HISTORY, HISTORY_BYTES, HistoryLimits};
 use tokio::sync::{mpsc, oneshot};
 use writer::{Request, Writer};
@@ -65,7 +71,7 @@ fn now_ms() -> i64 {
 
 /// The embedded store. Dropping the last handle stops the writer and closes the file.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    db: SharedDb,
     requests: Mutex<Option<std_mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
@@ -84,17 +90,30 @@ impl EmbeddedStore {
 
     /// Like [`open`](Self::open), keeping history for watches within `limits`.
     pub async fn open_with_limits(dir: impl AsRef<Path>, limits: HistoryLimits) -> Result<EmbeddedStore, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, limits)).await.map_err(internal)?
+        Self::open_with_file_limits(dir, limits, FileLimits::default()).await
     }
 
-    fn open_blocking(dir: &Path, history: HistoryLimits) -> Result<EmbeddedStore, StoreError> {
+    /// Like [`open_with_limits`](Self::open_with_limits), compacting the file by `file`.
+    pub async fn open_with_file_limits(
+        dir: impl AsRef<Path>,
+        limits: HistoryLimits,
+        file: FileLimits,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, limits, file)).await.map_err(internal)?
+    }
+
+    fn open_blocking(dir: &Path, history: HistoryLimits, file_limits: FileLimits) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("store.redb");
-        let db = Database::create(&path).map_err(|e| internal(format!("cannot open {}: {e}", path.display())))?;
-        let db = Arc::new(db);
+        let mut db = Database::create(&path).map_err(|e| internal(format!("cannot open {}: {e}", path.display())))?;
+        // Nothing else has the file yet: the one moment compaction waits for no one.
+        if file::worth_compacting(&db, &path, file_limits)? {
+            file::compact(&mut db, &path)?;
+        }
+        let db = Arc::new(RwLock::new(db));
         {
-            let txn = db.begin_write().map_err(internal)?;
+            let txn = file::hold(&db).begin_write().map_err(internal)?;
             {
                 txn.open_table(KV).map_err(internal)?;
                 txn.open_table(LOG).map_err(internal)?;
@@ -105,7 +124,7 @@ impl EmbeddedStore {
             txn.commit().map_err(internal)?;
         }
         let (tx, rx) = std_mpsc::channel();
-        let writer = Writer::new(db.clone(), history)?;
+        let writer = Writer::new(db.clone(), path.clone(), history, file_limits)?;
         let handle = std::thread::Builder::new()
             .name("embedded-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -134,7 +153,9 @@ impl EmbeddedStore {
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(internal)?;
+            // Held for the whole read: compaction waits for no transaction to be open.
+            let held = file::hold(&db);
+            let txn = held.begin_read().map_err(internal)?;
             f(&txn)
         })
         .await

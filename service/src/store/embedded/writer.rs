@@ -7,16 +7,18 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, mpsc as std_mpsc},
-    time::Duration,
+    path::PathBuf,
+    sync::{Arc, PoisonError, mpsc as std_mpsc},
+    time::{Duration, Instant},
 };
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     KV, LEASE_KEYS, LEASE_TICK, LEASES, LOG, META,
     encoding::{Entry, decode_changes, encode_changes},
+    file::{self, FileLimits, SharedDb},
     history::{History, HistoryLimits},
     internal, now_ms,
 };
@@ -42,7 +44,10 @@ struct Watcher {
 
 /// The writer thread's state.
 pub(super) struct Writer {
-    db: Arc<Database>,
+    db: SharedDb,
+    path: PathBuf,
+    file_limits: FileLimits,
+    last_file_check: Instant,
     revision: i64,
     compacted: i64,
     /// The log's revisions and sizes, and its bounds.
@@ -83,8 +88,13 @@ impl Reply {
 }
 
 impl Writer {
-    pub fn new(db: Arc<Database>, limits: HistoryLimits) -> Result<Writer, StoreError> {
-        let txn = db.begin_read().map_err(internal)?;
+    pub fn new(
+        db: SharedDb,
+        path: PathBuf,
+        limits: HistoryLimits,
+        file_limits: FileLimits,
+    ) -> Result<Writer, StoreError> {
+        let txn = file::hold(&db).begin_read().map_err(internal)?;
         let meta = txn.open_table(META).map_err(internal)?;
         let get = |k: &str| -> Result<i64, StoreError> { Ok(meta.get(k).map_err(internal)?.map_or(0, |v| v.value())) };
         let (revision, compacted, next_lease) = (get("revision")?, get("compacted")?, get("next_lease")?);
@@ -96,7 +106,19 @@ impl Writer {
         }
         let history = History::load(&txn.open_table(LOG).map_err(internal)?, limits)?;
         let next_lease = next_lease.max(1);
-        Ok(Writer { db, revision, compacted, history, limits, next_lease, deadlines, watchers: Vec::new() })
+        Ok(Writer {
+            db,
+            path,
+            file_limits,
+            last_file_check: Instant::now(),
+            revision,
+            compacted,
+            history,
+            limits,
+            next_lease,
+            deadlines,
+            watchers: Vec::new(),
+        })
     }
 
     pub fn run(mut self, requests: std_mpsc::Receiver<Request>) {
@@ -113,7 +135,23 @@ impl Writer {
             if let Err(e) = self.apply(batch) {
                 tracing::error!(error = %e, "embedded store write failed");
             }
+            if self.last_file_check.elapsed() >= self.file_limits.check_every {
+                self.last_file_check = Instant::now();
+                if let Err(e) = self.compact_file() {
+                    tracing::warn!(error = %e, "could not compact the embedded store's file");
+                }
+            }
         }
+    }
+
+    /// Compacts the file if it is worth it (see [`file`]). Every read and write waits.
+    fn compact_file(&mut self) -> Result<(), StoreError> {
+        let db = Arc::clone(&self.db);
+        if !file::worth_compacting(&file::hold(&db), &self.path, self.file_limits)? {
+            return Ok(());
+        }
+        let mut db = db.write().unwrap_or_else(PoisonError::into_inner);
+        file::compact(&mut db, &self.path)
     }
 
     /// Applies a batch in one write transaction (one fsync), then answers and notifies.
@@ -165,7 +203,8 @@ impl Writer {
         replies: &mut Vec<Reply>,
         changes_by_revision: &mut Vec<(i64, Vec<WatchEvent>)>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(internal)?;
+        let db = Arc::clone(&self.db);
+        let txn = file::hold(&db).begin_write().map_err(internal)?;
         {
             let mut tables = Tables {
                 kv: txn.open_table(KV).map_err(internal)?,
@@ -374,8 +413,7 @@ impl Writer {
     /// Re-reads the log's sizes after a failed commit, whose pushes and compactions the
     /// mirror already took in.
     fn reload_history(&mut self) {
-        let loaded = self
-            .db
+        let loaded = file::hold(&self.db)
             .begin_read()
             .map_err(internal)
             .and_then(|txn| History::load(&txn.open_table(LOG).map_err(internal)?, self.limits));
@@ -407,7 +445,7 @@ impl Writer {
             return;
         }
         let replay = (|| -> Result<Vec<WatchEvent>, StoreError> {
-            let txn = self.db.begin_read().map_err(internal)?;
+            let txn = file::hold(&self.db).begin_read().map_err(internal)?;
             let log = txn.open_table(LOG).map_err(internal)?;
             let mut out = Vec::new();
             for item in log.range(start_revision..).map_err(internal)? {
