@@ -145,6 +145,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let mut etcd_jobs_per_s = None;
     let mut per_job_operations = Vec::new();
+    let mut goals = Vec::new();
     let (mut embedded_dir, mut embedded_bytes) = (None, None);
     for store_name in &stores {
         let store: SharedStore = match *store_name {
@@ -158,12 +159,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         };
         let (jobs_per_s, latencies, writes_per_job, operations) = measure(store.clone(), &args).await?;
         // Its size after the jobs, before the raw puts below add to it.
-        if let Some(dir) = embedded_dir.take() {
-            let files = std::fs::read_dir(&dir)?.flatten().filter_map(|e| e.metadata().ok());
+        let dir = embedded_dir.take();
+        if let Some(dir) = &dir {
+            let files = std::fs::read_dir(dir)?.flatten().filter_map(|e| e.metadata().ok());
             embedded_bytes = Some(files.map(|m| m.len()).sum::<u64>());
         }
         per_job_operations.push((store_name.to_string(), operations));
         let put_rate = raw_put_rate(store, args.clients, (args.jobs * 10).max(2000)).await?;
+        // The store is closed (its last handle went with the raw puts): its files go too.
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let (mut first, mut done) = (latencies.first_event, latencies.done);
         first.sort();
         done.sort();
@@ -182,6 +188,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if *store_name == "etcd" {
             etcd_jobs_per_s = Some(jobs_per_s);
         }
+        // The goal: half the rate the store's own writes allow a job (issue 12's scale goal).
+        let goal = 0.5 * put_rate / writes_per_job.max(1.0);
+        goals.push(format!(
+            "goal, {store_name}: jobs/s >= 0.5 x raw puts/s / writes per job = {goal:.0}; measured {jobs_per_s:.0} ({:.2} of the goal{})",
+            jobs_per_s / goal,
+            if jobs_per_s >= goal { ", met" } else { ", not met" }
+        ));
+    }
+    println!();
+    for goal in &goals {
+        println!("{goal}");
     }
 
     if let Some(bytes) = embedded_bytes {

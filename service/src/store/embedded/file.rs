@@ -52,6 +52,7 @@ pub(super) fn worth_compacting(db: &Database, path: &Path, limits: FileLimits) -
     let txn = db.begin_write().map_err(internal)?;
     let free = txn.stats().map_err(internal)?.fragmented_bytes();
     txn.abort().map_err(internal)?;
+    tracing::debug!(size_mib = size >> 20, free_mib = free >> 20, "the embedded store's file");
     Ok(free.saturating_mul(2) >= size)
 }
 
