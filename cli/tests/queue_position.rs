@@ -9,7 +9,14 @@ mod support;
 use std::time::{Duration, SystemTime};
 
 use deephardway::v1::{CancelJobRequest, GetJobRequest, Job, QueueStatus, WatchJobsRequest, job_event::Event};
-use support::*;
+use deephardway_service::{
+    keys,
+    store::{Op, Txn},
+};
+use support::{
+    hooked::{Hooked, TxnHook},
+    *,
+};
 use tokio::time::Instant;
 
 /// A stream message as a watcher saw it, and when.
@@ -268,5 +275,53 @@ async fn a_job_back_in_line_after_its_worker_was_killed_shows_its_new_position()
     }
     assert_eq!(get(&mut client, &second.id).await.queue_status.expect("queued again").position, 0);
     assert_eq!(get(&mut client, &third.id).await.queue_status.expect("queued").position, 1);
+    server.shutdown().await;
+}
+
+/// Counts reads of the queues.
+#[derive(Default)]
+struct CountsQueueReads(std::sync::atomic::AtomicUsize);
+
+impl TxnHook for CountsQueueReads {
+    fn read(&self, _operation: &'static str, key: &str) {
+        if key.starts_with(keys::QUEUE) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A submit's place in line comes from the replica's view of the queues, not from reading
+/// them, and is exact for a client submitting one job after another, even while another
+/// application writes to the same etcd (its writes move the store's revision, and the
+/// replica never sees their keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn places_in_line_come_from_the_view_while_others_share_the_etcd() {
+    let backend = Backend::etcd().await;
+    let store = std::sync::Arc::new(Hooked { inner: backend.open().await, hook: CountsQueueReads::default() });
+    let server = TestServer::start(store.clone()).await;
+    // A worker serves the model, then leaves: jobs wait in line.
+    let worker = TestWorker::start(&server.url, "w", 1);
+    wait_for_workers(&server.url, 1).await;
+    worker.stop().await;
+    let other = backend.open().await;
+    let elsewhere = tokio::spawn(async move {
+        for i in 0u64.. {
+            other.txn(Txn::new().then(Op::put("/elsewhere/counter", i.to_string()))).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut client = server.client().await;
+    let reads_before = store.hook.0.load(std::sync::atomic::Ordering::SeqCst);
+    for expected in 0..5 {
+        let job = create(&mut client, diagnostic(1, 1)).await;
+        let mut stream = watch(&mut client, &job.id, 0).await.expect("WatchJob");
+        match next_event(&mut stream).await.unwrap().unwrap().event {
+            Some(Event::Queued(queued)) => assert_eq!(queued.position, expected, "job {expected}"),
+            other => panic!("expected the queued event, got {other:?}"),
+        }
+    }
+    let reads = store.hook.0.load(std::sync::atomic::Ordering::SeqCst) - reads_before;
+    assert_eq!(reads, 0, "submits read the queues {reads} times");
+    elsewhere.abort();
     server.shutdown().await;
 }

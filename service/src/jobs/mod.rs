@@ -166,6 +166,9 @@ pub struct JobLifecycle {
     /// The replica's view of the queues, for a submit's depth check and place in line
     /// without reading the queues (see [`JobLifecycle::place_in_line`]).
     queues: Option<QueueView>,
+    /// The revision of this replica's latest write to a job (submit, claim, report,
+    /// cancel): the view must have it before it answers a submit's place in line.
+    written: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A worker list and when it was read.
@@ -239,6 +242,7 @@ impl JobLifecycle {
             metrics: Default::default(),
             workers_seen: Default::default(),
             queues: None,
+            written: Default::default(),
         }
     }
 
@@ -367,6 +371,7 @@ impl JobLifecycle {
             txn = txn.then(Op::put(keys::trace(&id), traceparent));
         }
         let outcome = self.store.txn(txn).await?;
+        self.wrote(outcome.revision);
         if !outcome.succeeded {
             // Another submit with the same request_id won the race: return its job.
             return match self.by_request_id(tenant, request_id).await? {
@@ -443,14 +448,21 @@ impl JobLifecycle {
     }
 
     /// Jobs ahead of the queue entry `entry` in the same queue.
+    /// Notes a revision this replica wrote a job at.
+    fn wrote(&self, revision: i64) {
+        self.written.fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// How many jobs wait in all queues, and how many would be ahead of `entry` in its
-    /// line. From the replica's queue view once it has caught up with the store's
-    /// current revision (so a client's previous submit is counted): a rank in memory
-    /// rather than two reads of whole queues per submit. From the store where there is
-    /// no view, or it lags (its watch restarting).
+    /// line. From the replica's queue view once it has this replica's own latest write
+    /// (so a client's previous submit here is counted; one through another replica a
+    /// moment ago may not be): a rank in memory rather than two reads of whole queues per
+    /// submit. Not the store's current revision: other writers of a shared etcd move it,
+    /// and the view would never see their keys. From the store where there is no view,
+    /// or it lags (its watch restarting).
     pub(super) async fn place_in_line(&self, model: &str, entry: &str) -> Result<(usize, u32), Status> {
         if let Some(queues) = &self.queues {
-            let revision = self.store.revision().await?;
+            let revision = self.written.load(std::sync::atomic::Ordering::Relaxed);
             if queues.caught_up(revision, VIEW_WAIT).await
                 && let Some(position) = queues.place(entry)
             {
@@ -606,6 +618,7 @@ impl JobLifecycle {
             txn.ops.extend(change.ops);
             let outcome = self.store.txn(txn).await?;
             if outcome.succeeded {
+                self.wrote(outcome.revision);
                 if deephardway::is_finished(job.state) && !deephardway::is_finished(current.state) {
                     self.metrics.finished(&job);
                 }
@@ -704,6 +717,7 @@ impl JobLifecycle {
         if !outcome.succeeded {
             return Ok(None);
         }
+        self.wrote(outcome.revision);
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started");
         self.metrics.started(&job);
         let record = StoredRecord { job: job.clone(), revision: outcome.revision };

@@ -1,6 +1,6 @@
-//! A real store whose transactions pass through a test's hook: to make the store refuse
-//! writes for a while, or lose the answer to one that committed. Every other call goes
-//! straight to the real store.
+//! A real store whose calls pass through a test's hook: to make the store refuse writes
+//! for a while, lose the answer to one that committed, or count the reads of some keys.
+//! Everything else goes straight to the real store.
 
 use std::time::Duration;
 
@@ -9,8 +9,11 @@ use deephardway_service::store::{
     KeyValue, LeaseId, RangeResult, SharedStore, Store, StoreError, Txn, TxnOutcome, WatchStream,
 };
 
-/// What a test does to transactions.
+/// What a test does to store calls.
 pub trait TxnHook: Send + Sync + 'static {
+    /// Before a read (`get`, `range`, `range_rev` or `count`) of `key` (or prefix).
+    fn read(&self, _operation: &'static str, _key: &str) {}
+
     /// Before the transaction: `Some(error)` answers it without committing anything.
     fn before(&self, _txn: &Txn) -> Option<StoreError> {
         None
@@ -30,15 +33,19 @@ pub struct Hooked<H> {
 #[async_trait]
 impl<H: TxnHook> Store for Hooked<H> {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.hook.read("get", key);
         self.inner.get(key).await
     }
     async fn range(&self, prefix: &str, limit: usize) -> Result<RangeResult, StoreError> {
+        self.hook.read("range", prefix);
         self.inner.range(prefix, limit).await
     }
     async fn range_rev(&self, prefix: &str, before: Option<&str>, limit: usize) -> Result<RangeResult, StoreError> {
+        self.hook.read("range_rev", prefix);
         self.inner.range_rev(prefix, before, limit).await
     }
     async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
+        self.hook.read("count", prefix);
         self.inner.count(prefix).await
     }
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
