@@ -89,7 +89,7 @@ fn change_of(event: &WatchEvent) -> Option<Change> {
 }
 
 enum Command {
-    Subscribe { job_id: String, tx: mpsc::Sender<JobEvent>, ack: oneshot::Sender<()> },
+    Subscribe { job_id: String, tx: mpsc::Sender<Arc<JobEvent>>, ack: oneshot::Sender<()> },
 }
 
 /// A cheap handle to the replica's watch.
@@ -130,7 +130,7 @@ impl Hub {
 
     /// Events of `job_id` committed after this call returns. The channel closes if the
     /// subscriber falls behind or the watch had to restart: re-list, then subscribe again.
-    pub async fn subscribe(&self, job_id: &str) -> Option<mpsc::Receiver<JobEvent>> {
+    pub async fn subscribe(&self, job_id: &str) -> Option<mpsc::Receiver<Arc<JobEvent>>> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let (ack, acked) = oneshot::channel();
         self.commands.send(Command::Subscribe { job_id: job_id.to_string(), tx, ack }).await.ok()?;
@@ -161,7 +161,7 @@ async fn load_queues(store: &SharedStore, queues: &QueueView) -> Result<i64, Sto
 struct HubTask {
     store: SharedStore,
     queues: QueueView,
-    subscribers: HashMap<String, Vec<mpsc::Sender<JobEvent>>>,
+    subscribers: HashMap<String, Vec<mpsc::Sender<Arc<JobEvent>>>>,
     changes: broadcast::Sender<Change>,
     next_revision: i64,
     /// Mirrors the number of senders in `subscribers`, for [`Hub::subscriber_count`].
@@ -265,7 +265,11 @@ impl HubTask {
                 tracing::error!(key = %event.kv.key, "undecodable job event");
                 return;
             };
+            // One event shared by every subscriber: with thousands of watchers on a job, a
+            // copy each would be this one task's work, and a slot each of every
+            // subscriber's channel would hold a whole event (see `SUBSCRIBER_BUFFER`).
             // A full or closed channel drops the subscriber; a full one re-lists.
+            let job_event = Arc::new(job_event);
             let before = subscribers.len();
             subscribers.retain(|tx| tx.try_send(job_event.clone()).is_ok());
             self.total -= before - subscribers.len();

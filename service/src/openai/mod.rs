@@ -215,7 +215,7 @@ async fn final_event(events: &mut EventStream, mut on_event: impl FnMut(&JobEven
             Ok(Update::Event(event)) => {
                 on_event(&event);
                 if event.event.as_ref().is_some_and(deephardway::is_final) {
-                    return Ok(event);
+                    return Ok(*event);
                 }
             }
             Ok(Update::Queue(_)) => {}

@@ -10,7 +10,7 @@
 //! from the replica's [`QueueView`](crate::queue_view::QueueView): not events, so no
 //! seq and no replay; sent after the stored events, then when it changes, coalesced.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use deephardway::{
     is_final,
@@ -39,15 +39,17 @@ fn tenant_filter(caller: &Caller) -> Option<&str> {
 }
 
 /// What a job's stream carries: its events, and, while it is queued, its place in line.
+/// The event is boxed: each stream's channel holds 32 slots from the start, and at 144
+/// bytes an event those were most of an idle watcher's memory.
 pub(crate) enum Update {
-    Event(JobEvent),
+    Event(Box<JobEvent>),
     Queue(QueueStatus),
 }
 
 impl From<Update> for RunJobResponse {
     fn from(update: Update) -> Self {
         match update {
-            Update::Event(event) => RunJobResponse { event: Some(event), queue_status: None },
+            Update::Event(event) => RunJobResponse { event: Some(*event), queue_status: None },
             Update::Queue(status) => RunJobResponse { event: None, queue_status: Some(status) },
         }
     }
@@ -56,7 +58,7 @@ impl From<Update> for RunJobResponse {
 impl From<Update> for WatchJobResponse {
     fn from(update: Update) -> Self {
         match update {
-            Update::Event(event) => WatchJobResponse { event: Some(event), queue_status: None },
+            Update::Event(event) => WatchJobResponse { event: Some(*event), queue_status: None },
             Update::Queue(status) => WatchJobResponse { event: None, queue_status: Some(status) },
         }
     }
@@ -258,7 +260,7 @@ async fn deliver(tx: &Sink, event: JobEvent, last: &mut u64) -> Option<bool> {
     *last = event.seq;
     let done = event.event.as_ref().is_some_and(is_final);
     // A closed channel means the client went away: nothing more to do.
-    Some(tx.send(Ok(Update::Event(event))).await.is_err() || done)
+    Some(tx.send(Ok(Update::Event(Box::new(event)))).await.is_err() || done)
 }
 
 /// Queue statuses are sent at most this often per stream.
@@ -358,7 +360,7 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
                         if requeued || matches!(event.event, Some(Event::Started(_))) {
                             in_line = requeued;
                         }
-                        match deliver(tx, event, &mut last).await {
+                        match deliver(tx, Arc::unwrap_or_clone(event), &mut last).await {
                             Some(true) => return Ok(()),
                             Some(false) => {}
                             None => break, // a gap: list again
