@@ -89,6 +89,7 @@ macro_rules! all_tests {
                 transactions_under_contention_lose_no_update,
                 watch_replays_history_then_follows_live,
                 watch_from_zero_starts_at_the_next_write,
+                watch_reports_a_transactions_changes_in_operation_order,
                 concurrent_writers_are_seen_by_a_watcher_in_revision_order,
                 lease_expiry_deletes_keys_and_watchers_see_it,
                 keep_alive_holds_and_revoke_ends_a_lease,

@@ -353,12 +353,15 @@ impl JobLifecycle {
         // The request is written once, under its own key; the record holds the rest.
         let mut record = job.clone();
         let spec = specs::split(&mut record).expect("a validated spec has an input");
+        // The queue entry first: stores report a transaction's changes in the order of its
+        // operations, so once the queue view has seen any of them it has the entry (see
+        // `place_in_line`, which waits for the view to reach this revision).
         let mut txn = Txn::new()
             .when(Compare::absent(keys::job(&id)))
+            .then(Op::put(entry, id.clone()))
             .then(spec)
             .then(Op::put(keys::job(&id), record.encode_to_vec()))
-            .then(Op::put(keys::event(&id, 1), queued.encode_to_vec()))
-            .then(Op::put(entry, id.clone()));
+            .then(Op::put(keys::event(&id, 1), queued.encode_to_vec()));
         if !request_id.is_empty() {
             txn = txn
                 .when(Compare::absent(keys::request(tenant, request_id)))

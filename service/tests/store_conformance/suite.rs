@@ -230,6 +230,33 @@ pub async fn watch_from_zero_starts_at_the_next_write(backend: &mut dyn Backend)
     assert_eq!((e.kv.key.as_str(), e.kv.mod_revision), ("/z/new", r));
 }
 
+/// A transaction's changes reach a watcher in the order of its operations, not of its
+/// keys: the service puts a job's queue entry first so that a replica that has seen any
+/// change of the submit has the entry (`JobLifecycle::place_in_line`).
+pub async fn watch_reports_a_transactions_changes_in_operation_order(backend: &mut dyn Backend) {
+    let store = backend.store();
+    put(&store, "/o/m", "old").await;
+    let mut watch = store.watch("/o/", 0).await.unwrap();
+    let txn = Txn::new()
+        .then(Op::put("/o/z", "1"))
+        .then(Op::delete("/o/m"))
+        .then(Op::put("/o/a", "2"))
+        .then(Op::put("/o/q", "3"));
+    store.txn(txn).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let e = next(&mut watch).await;
+        seen.push((e.kind, e.kv.key));
+    }
+    let expected = [
+        (EventKind::Put, "/o/z".to_string()),
+        (EventKind::Delete, "/o/m".to_string()),
+        (EventKind::Put, "/o/a".to_string()),
+        (EventKind::Put, "/o/q".to_string()),
+    ];
+    assert_eq!(seen, expected);
+}
+
 pub async fn concurrent_writers_are_seen_by_a_watcher_in_revision_order(backend: &mut dyn Backend) {
     let store = backend.store();
     let mut watch = store.watch("/c/", 0).await.unwrap();
