@@ -254,6 +254,7 @@ async fn a_worker_reporting_faster_than_the_store_writes_is_held_back() {
     tokio::time::sleep(HEARTBEAT * 8).await;
     flood.abort();
     let held = sent.load(Ordering::SeqCst);
+    eprintln!("pieces of 256 KiB the worker got to send while the store refused writes: {held}");
     // The service's bound (16 MiB, 64 pieces) plus what the channel and the connection
     // buffer; without the bound the service took thousands.
     assert!(held < 400, "the worker was not held back: {held} pieces of 256 KiB sent");
@@ -277,4 +278,53 @@ async fn a_worker_reporting_faster_than_the_store_writes_is_held_back() {
     // Every piece the worker handed over, not one lost (the last may be in flight when
     // the flood stopped, so between the count and one more).
     assert!(bytes == held * PIECE || bytes == (held + 1) * PIECE, "{bytes} bytes stored for {held} pieces sent");
+}
+
+/// Refuses, as too large, every transaction whose values pass `limit` bytes: an etcd run
+/// with a lower `--max-request-bytes`.
+struct RefusesLargeWrites {
+    limit: usize,
+}
+
+impl TxnHook for RefusesLargeWrites {
+    fn before(&self, txn: &Txn) -> Option<StoreError> {
+        let bytes: usize = txn
+            .ops
+            .iter()
+            .map(|op| match op {
+                deephardway_service::store::Op::Put { value, .. } => value.len(),
+                deephardway_service::store::Op::Delete { .. } => 0,
+            })
+            .sum();
+        (bytes > self.limit).then(|| StoreError::TooLarge(format!("etcdserver: request is too large ({bytes} bytes)")))
+    }
+}
+
+/// Reports the store refuses for their size, at every try, fail the job with
+/// RESOURCE_EXHAUSTED and stop the worker, instead of being retried forever (the job
+/// would never end, not even at its timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_too_large_for_the_store_fail_the_job() {
+    let backend = Backend::embedded().await;
+    let store =
+        std::sync::Arc::new(Hooked { inner: backend.open().await, hook: RefusesLargeWrites { limit: 300 << 10 } });
+    let server = TestServer::start_with(store, config()).await;
+    let mut worker = RawWorker::connect(&server.url, "too-much", 1, None).await;
+    worker.keep_beating(HEARTBEAT / 4);
+    let mut client = server.client().await;
+    let job = create(&mut client, JobSpec { model: "too-much".into(), ..diagnostic(1, 1) }).await;
+    let assignment = worker.assignment().await;
+    let output = Event::Output(deephardway::v1::JobOutput { text: "x".repeat(500 << 10) });
+    worker.report(&job.id, assignment.fence, output).await;
+    match worker.next().await {
+        deephardway::worker::v1::connect_response::Message::Cancel(cancel) => assert_eq!(cancel.job_id, job.id),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    let stream = watch(&mut client, &job.id, 0).await.unwrap();
+    let events = collect_events(stream, Duration::from_secs(10)).await.expect("the job ends");
+    let failed = get(&mut client, &job.id).await;
+    assert_eq!(failed.state, JobState::Failed as i32, "{events:?}");
+    let error = failed.error.expect("an error");
+    assert_eq!(error.code, tonic::Code::ResourceExhausted as i32);
+    assert!(error.message.contains("does not fit the job store"), "{}", error.message);
 }

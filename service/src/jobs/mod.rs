@@ -127,6 +127,9 @@ pub enum Rejected {
     StaleFence,
     /// The job is already finished.
     Finished,
+    /// The store refused the write for its size (etcd's `--max-request-bytes`): the same
+    /// write will never go through.
+    TooLarge(Status),
     /// Anything else, as the client should see it: the job does not exist, the store
     /// is unavailable, too many concurrent writers.
     Status(Status),
@@ -140,7 +143,10 @@ impl From<Status> for Rejected {
 
 impl From<StoreError> for Rejected {
     fn from(err: StoreError) -> Self {
-        Rejected::Status(err.into())
+        match err {
+            err @ StoreError::TooLarge(_) => Rejected::TooLarge(err.into()),
+            err => Rejected::Status(err.into()),
+        }
     }
 }
 
@@ -149,7 +155,7 @@ impl From<Rejected> for Status {
         match rejected {
             Rejected::StaleFence => Status::failed_precondition("this assignment is no longer current"),
             Rejected::Finished => Status::failed_precondition("the job is already finished"),
-            Rejected::Status(status) => status,
+            Rejected::TooLarge(status) | Rejected::Status(status) => status,
         }
     }
 }

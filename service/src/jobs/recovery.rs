@@ -69,7 +69,7 @@ impl JobLifecycle {
             }
             // The claim is back (another replica recovered and re-dispatched it first).
             Err(Rejected::StaleFence | Rejected::Finished) => {}
-            Err(Rejected::Status(status)) => return Err(status),
+            Err(Rejected::TooLarge(status) | Rejected::Status(status)) => return Err(status),
         }
         Ok(())
     }

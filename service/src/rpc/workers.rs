@@ -568,6 +568,7 @@ impl Session {
                 }
             }
             Err(Rejected::Status(status)) if status.code() == Code::NotFound => self.release(id),
+            Err(Rejected::TooLarge(status)) => self.fail_too_large(id, &status, &unwritten),
             Err(Rejected::Status(status)) => {
                 tracing::warn!(job = %id, error = %status, "could not record reports; retrying");
                 if let Some(running) = self.running.get_mut(id) {
@@ -576,6 +577,30 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The store refused a job's reports for their size, and would at every retry: the
+    /// job fails with a small write instead (the reports that did not fit are dropped,
+    /// and the worker is told to stop). If even that is refused, the session lets the
+    /// job go: its claim ends with the session, or its timeout fails it.
+    fn fail_too_large(&mut self, id: &str, status: &Status, unwritten: &[Event]) {
+        tracing::error!(job = %id, error = %status, "the job's reports are larger than the job store accepts");
+        let Some(running) = self.running.get_mut(id) else { return };
+        if unwritten.iter().all(|e| matches!(e, Event::Failed(_))) {
+            tracing::error!(job = %id, "not even the job's failure could be written; letting it go");
+            self.release(id);
+            return;
+        }
+        let failure = RpcStatus {
+            code: Code::ResourceExhausted as i32,
+            message: format!("the job's output does not fit the job store ({})", status.message()),
+            details: Vec::new(),
+        };
+        // Reports that came since go after it, and are not written: the failure is final.
+        let newer = std::mem::take(&mut running.pending);
+        running.pending = std::iter::once(Event::Failed(failure)).chain(newer).collect();
+        let cancel = Cancel { job_id: id.to_string(), reason: "its output does not fit the job store".into() };
+        self.send(connect_response::Message::Cancel(cancel));
     }
 
     fn release(&mut self, id: &str) {
