@@ -46,7 +46,7 @@ pub struct QueueView {
     /// Bumped on every change to any line, so that watchers wake up and re-ask.
     version: Arc<watch::Sender<u64>>,
     /// The store revision of the last watch event the hub handed over (whatever its
-    /// key), so that a submit can wait until the view has everything it has committed.
+    /// key), so that a submit can wait until the view has this replica's latest write.
     seen: Arc<watch::Sender<i64>>,
 }
 
@@ -179,9 +179,9 @@ impl QueueView {
         self.seen.send_if_modified(|seen| std::mem::replace(seen, revision.max(*seen)) < revision);
     }
 
-    /// Waits until the view has applied every change up to `revision` (a revision the
-    /// store answered, e.g. after the caller's own writes), for at most `within`. False if
-    /// it has not by then (the hub's watch is restarting, say).
+    /// Waits until the view has seen a change at `revision` or later (the revision of one
+    /// of this replica's own writes: the hub's watch sees every one), for at most `within`.
+    /// False if it has not by then (the hub's watch is restarting, say).
     pub async fn caught_up(&self, revision: i64, within: Duration) -> bool {
         let mut seen = self.seen.subscribe();
         tokio::time::timeout(within, seen.wait_for(|seen| *seen >= revision)).await.is_ok_and(|r| r.is_ok())
