@@ -52,6 +52,24 @@ async fn wait_all_ended(client: &mut JobsClient, ids: &[String], within: Duratio
     }
 }
 
+/// A diagnostic job's result, as a worker reports it.
+fn diagnostic_result() -> Event {
+    Event::Result(JobResult {
+        value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps: 1, echo: String::new() })),
+    })
+}
+
+/// The job's output text, from its events.
+fn output_text(events: &[JobEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Output(output)) => Some(output.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_reading_does_not_stall_the_others() {
     let backend = Backend::embedded().await;
@@ -133,9 +151,7 @@ async fn reports_are_checked_before_they_are_stored() {
     worker.report(&job.id, assignment.fence, progress(f64::NAN)).await;
     worker.report(&job.id, assignment.fence, progress(f64::INFINITY)).await;
     worker.report(&job.id, assignment.fence, progress(0.5)).await;
-    let result =
-        JobResult { value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps: 1, echo: String::new() })) };
-    worker.report(&job.id, assignment.fence, Event::Result(result)).await;
+    worker.report(&job.id, assignment.fence, diagnostic_result()).await;
     let stream = watch(&mut client, &job.id, 0).await.unwrap();
     let events = collect_events(stream, Duration::from_secs(10)).await.unwrap();
     let fractions: Vec<f64> = events
@@ -183,18 +199,10 @@ async fn a_burst_of_large_output_is_written_in_pieces_etcd_accepts() {
         let output = Event::Output(deephardway::v1::JobOutput { text: piece(i) });
         worker.report(&job.id, assignment.fence, output).await;
     }
-    let result =
-        JobResult { value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps: 1, echo: String::new() })) };
-    worker.report(&job.id, assignment.fence, Event::Result(result)).await;
+    worker.report(&job.id, assignment.fence, diagnostic_result()).await;
     let stream = watch(&mut client, &job.id, 0).await.unwrap();
     let events = collect_events(stream, Duration::from_secs(20)).await.expect("the job ends");
-    let text: String = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::Output(output)) => Some(output.text.as_str()),
-            _ => None,
-        })
-        .collect();
+    let text = output_text(&events);
     let expected: String = (0..6).map(piece).collect();
     assert!(text == expected, "every byte of output, in order ({} of {} bytes)", text.len(), expected.len());
     assert_eq!(get(&mut client, &job.id).await.state, JobState::Succeeded as i32);
@@ -261,18 +269,10 @@ async fn a_worker_reporting_faster_than_the_store_writes_is_held_back() {
     assert!(held > 64, "the bound is 16 MiB: {held}");
 
     store.hook.refusing.store(false, Ordering::SeqCst);
-    let result =
-        JobResult { value: Some(job_result::Value::Diagnostic(DiagnosticResult { steps: 1, echo: String::new() })) };
-    worker.report(&job.id, assignment.fence, Event::Result(result)).await;
+    worker.report(&job.id, assignment.fence, diagnostic_result()).await;
     let stream = watch(&mut client, &job.id, 0).await.unwrap();
     let events = collect_events(stream, Duration::from_secs(30)).await.expect("the job ends");
-    let bytes: usize = events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(Event::Output(output)) => Some(output.text.len()),
-            _ => None,
-        })
-        .sum();
+    let bytes = output_text(&events).len();
     let done = get(&mut client, &job.id).await;
     assert_eq!((done.state, done.attempts), (JobState::Succeeded as i32, 1), "one session, to the end");
     // Every piece the worker handed over, not one lost (the last may be in flight when

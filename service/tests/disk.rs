@@ -15,7 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_trait::async_trait;
 use deephardway::v1::{
     EmbedInput, EmbedResult, Embedding, JobKind, JobOutput, JobProgress, JobResult, JobSpec, JobState,
     job_event::Event, job_result, job_spec::Input,
@@ -24,80 +23,46 @@ use deephardway_service::{
     auth::Caller,
     jobs::{JobLifecycle, ServedModel, WorkerRecord},
     keys,
-    store::{
-        KeyValue, LeaseId, Op, RangeResult, SharedStore, Store, StoreError, Txn, TxnOutcome, WatchStream,
-        embedded::EmbeddedStore,
-    },
+    store::{Op, SharedStore, StoreError, Txn, TxnOutcome, embedded::EmbeddedStore},
 };
-use support::*;
+use support::{
+    hooked::{Hooked, TxnHook},
+    *,
+};
 
 const MIB: u64 = 1 << 20;
 const EMBED_MODEL: &str = "all-minilm-l6-v2";
 
 /// Counts the bytes of every key and value the service asks the store to put: what a
 /// backend has to write (and, without compaction, keep) whatever its own layout.
-struct Counting {
-    inner: SharedStore,
-    put_bytes: AtomicU64,
-}
+#[derive(Default)]
+struct CountsPutBytes(AtomicU64);
 
-impl Counting {
-    fn wrap(inner: SharedStore) -> Arc<Counting> {
-        Arc::new(Counting { inner, put_bytes: AtomicU64::new(0) })
-    }
-
-    fn put_bytes(&self) -> u64 {
-        self.put_bytes.load(Ordering::Relaxed)
-    }
-}
-
-#[async_trait]
-impl Store for Counting {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn range(&self, prefix: &str, limit: usize) -> Result<RangeResult, StoreError> {
-        self.inner.range(prefix, limit).await
-    }
-    async fn range_rev(&self, prefix: &str, before: Option<&str>, limit: usize) -> Result<RangeResult, StoreError> {
-        self.inner.range_rev(prefix, before, limit).await
-    }
-    async fn count(&self, prefix: &str) -> Result<usize, StoreError> {
-        self.inner.count(prefix).await
-    }
-    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        let bytes: usize = txn
-            .ops
-            .iter()
-            .map(|op| match op {
-                Op::Put { key, value, .. } => key.len() + value.len(),
-                Op::Delete { .. } => 0,
-            })
-            .sum();
-        let outcome = self.inner.txn(txn).await?;
+impl TxnHook for CountsPutBytes {
+    fn after(&self, txn: &Txn, outcome: &TxnOutcome) -> Option<StoreError> {
         if outcome.succeeded {
-            self.put_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            let bytes: usize = txn
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put { key, value, .. } => key.len() + value.len(),
+                    Op::Delete { .. } => 0,
+                })
+                .sum();
+            self.0.fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        Ok(outcome)
+        None
     }
-    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, start_revision).await
-    }
-    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        self.inner.lease_grant(ttl).await
-    }
-    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.lease_keep_alive(lease).await
-    }
-    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.lease_revoke(lease).await
-    }
-    async fn revision(&self) -> Result<i64, StoreError> {
-        self.inner.revision().await
-    }
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
+}
+
+type Counting = Hooked<CountsPutBytes>;
+
+fn counting(inner: SharedStore) -> Arc<Counting> {
+    Arc::new(Hooked { inner, hook: CountsPutBytes::default() })
+}
+
+fn put_bytes(store: &Counting) -> u64 {
+    store.hook.0.load(Ordering::Relaxed)
 }
 
 /// 256 texts of 4 KiB: the largest embed input (1 MiB), each text telling its index.
@@ -190,7 +155,7 @@ fn file_size(store: &EmbeddedStore) -> u64 {
 async fn progress_does_not_rewrite_the_input_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     let embedded = Arc::new(EmbeddedStore::open(dir.path()).await.unwrap());
-    let counting = Counting::wrap(embedded.clone());
+    let counting = counting(embedded.clone());
     let before = file_size(&embedded);
     let started = Instant::now();
     let job = start_large_job(counting.clone()).await;
@@ -199,11 +164,11 @@ async fn progress_does_not_rewrite_the_input_on_the_embedded_store() {
     eprintln!(
         "embedded: 1 MiB input + 1000 progress reports: file grew {:.1} MiB, {:.1} MiB put, in {:?}",
         grown as f64 / MIB as f64,
-        counting.put_bytes() as f64 / MIB as f64,
+        put_bytes(&counting) as f64 / MIB as f64,
         started.elapsed()
     );
     assert!(grown < 32 * MIB, "store.redb grew by {} MiB", grown / MIB);
-    assert!(counting.put_bytes() < 4 * MIB, "{} bytes written", counting.put_bytes());
+    assert!(put_bytes(&counting) < 4 * MIB, "{} bytes written", put_bytes(&counting));
 }
 
 /// The same workload on etcd, which keeps every revision until an operator compacts:
@@ -212,11 +177,11 @@ async fn progress_does_not_rewrite_the_input_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_does_not_rewrite_the_input_on_etcd() {
     let backend = Backend::etcd().await;
-    let counting = Counting::wrap(backend.open().await);
+    let counting = counting(backend.open().await);
     let job = start_large_job(counting.clone()).await;
     progress_then_result(&job, 1000).await;
-    eprintln!("etcd: 1 MiB input + 1000 progress reports: {:.1} MiB put", counting.put_bytes() as f64 / MIB as f64);
-    assert!(counting.put_bytes() < 4 * MIB, "{} bytes written", counting.put_bytes());
+    eprintln!("etcd: 1 MiB input + 1000 progress reports: {:.1} MiB put", put_bytes(&counting) as f64 / MIB as f64);
+    assert!(put_bytes(&counting) < 4 * MIB, "{} bytes written", put_bytes(&counting));
 }
 
 /// Large outputs are the job's data, and are kept (as events); what must not grow
