@@ -115,3 +115,51 @@ async fn jobs_queue_while_workers_are_away() {
     }
     server.shutdown().await;
 }
+
+/// A worker announces at most 256 models (each is remembered in the store), and a model
+/// no worker served for a day is forgotten: its record goes, so made-up names do not pile
+/// up in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_announce_a_bounded_number_of_models_and_stale_ones_are_forgotten() {
+    use deephardway::worker::v1::{
+        ConnectRequest, Hello, ServedModel, connect_request, worker_service_client::WorkerServiceClient,
+    };
+    use deephardway_service::{jobs::JobLifecycle, keys, store::Op};
+    use futures::StreamExt;
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let models = (0..257)
+        .map(|i| ServedModel {
+            name: format!("made-up-{i}"),
+            kind: deephardway::v1::JobKind::Diagnostic as i32,
+            ..Default::default()
+        })
+        .collect();
+    let hello = Hello { name: "greedy".into(), device: "cpu".into(), slots: 1, models, ..Default::default() };
+    let requests = futures::stream::iter([ConnectRequest { message: Some(connect_request::Message::Hello(hello)) }])
+        .chain(futures::stream::pending());
+    let channel = deephardway::connect(&server.url).await.unwrap();
+    let refused = WorkerServiceClient::new(channel).connect(requests).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("hello.models"), "{refused:?}");
+    assert!(server.store.range(keys::SERVED, 0).await.unwrap().kvs.is_empty(), "nothing remembered");
+
+    // A model last served two days ago is forgotten; one served now is kept.
+    let remembered = |name: &str, last_served: u64| {
+        let record = serde_json::json!({
+            "model": {"name": name, "kind": 1, "description": "", "context_length": 0},
+            "last_served": last_served,
+        });
+        Op::put(keys::served(1, name), serde_json::to_vec(&record).unwrap())
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let txn = deephardway_service::store::Txn::new()
+        .then(remembered("old", now - 2 * 24 * 3600))
+        .then(remembered("fresh", now));
+    server.store.txn(txn).await.unwrap();
+    let lifecycle = JobLifecycle::new(server.store.clone(), test_config());
+    assert_eq!(lifecycle.forget_unserved().await.unwrap(), 1);
+    let left: Vec<String> =
+        server.store.range(keys::SERVED, 0).await.unwrap().kvs.into_iter().map(|kv| kv.key).collect();
+    assert_eq!(left, [keys::served(1, "fresh")]);
+}

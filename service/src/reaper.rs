@@ -6,7 +6,8 @@
 //!   seen through the hub (those of jobs just seen to finish need no look), and a
 //!   periodic scan catches any that were missed (for example while this replica was
 //!   down).
-//! - Finished jobs older than the retention are removed with their events.
+//! - Finished jobs older than the retention are removed with their events, and models no
+//!   worker served for a day are forgotten.
 
 use std::{sync::Arc, time::Duration};
 
@@ -80,11 +81,18 @@ pub fn start(lifecycle: JobLifecycle, hub: &Hub, shutdown: CancellationToken) {
                         tracing::warn!(error = %e, "orphan scan failed");
                     }
                 }
-                _ = purge.tick() => match lifecycle.purge_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(jobs = n, "removed finished jobs past their retention"),
-                    Err(e) => tracing::warn!(error = %e, "retention purge failed"),
-                },
+                _ = purge.tick() => {
+                    match lifecycle.purge_expired().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(jobs = n, "removed finished jobs past their retention"),
+                        Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+                    }
+                    match lifecycle.forget_unserved().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(models = n, "forgot models no worker served for a day"),
+                        Err(e) => tracing::warn!(error = %e, "could not forget unserved models"),
+                    }
+                }
                 _ = shutdown.cancelled() => return,
             }
         }

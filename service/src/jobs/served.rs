@@ -5,7 +5,9 @@
 //! When a worker connects, each model it serves is written under `/dhw/served/<kind>/<name>`
 //! with its context length and the time, and rewritten every [`REFRESH`] while the worker
 //! stays connected. A model last served more than [`SERVED_MEMORY`] ago is forgotten: a
-//! job for it is FAILED_PRECONDITION again, as for a model never served.
+//! job for it is FAILED_PRECONDITION again, as for a model never served, and its record
+//! is deleted with the finished jobs past their retention
+//! ([`JobLifecycle::forget_unserved`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +17,7 @@ use tonic::Status;
 use super::{JobLifecycle, ServedModel, WorkerRecord};
 use crate::{
     keys,
-    store::{Op, Txn},
+    store::{Compare, Op, Txn},
 };
 
 /// How long after a worker last served a model its jobs are still accepted: a day.
@@ -74,6 +76,26 @@ impl JobLifecycle {
             self.store.txn(Txn { compares: vec![], ops }).await?;
         }
         Ok(())
+    }
+
+    /// Deletes the records of models no worker served within [`SERVED_MEMORY`] (each only
+    /// if it was not refreshed meanwhile). Returns how many.
+    pub async fn forget_unserved(&self) -> Result<usize, Status> {
+        let range = self.store.range(keys::SERVED, 0).await?;
+        let now = epoch_seconds();
+        let mut forgotten = 0;
+        for kv in range.kvs {
+            let stale = serde_json::from_slice::<RememberedModel>(&kv.value)
+                .map_or(true, |r| now.saturating_sub(r.last_served) > SERVED_MEMORY.as_secs());
+            if !stale {
+                continue;
+            }
+            let txn = Txn::new().when(Compare::ModRevision(kv.key.clone(), kv.mod_revision)).then(Op::delete(&kv.key));
+            if self.store.txn(txn).await?.succeeded {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// `model` for jobs of `kind`, if a worker served it within [`SERVED_MEMORY`].

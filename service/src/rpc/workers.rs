@@ -65,6 +65,8 @@ use reports::{Expected, MAX_OUTPUT_PER_REPORT, check_report};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 256;
+/// Models one worker may announce.
+const MAX_MODELS: usize = 256;
 /// Messages queued for a worker beyond what its slots explain (each assignment takes a
 /// slot; cancels are at most one per job). A worker that lets this many pile up unread
 /// has stopped reading.
@@ -196,6 +198,10 @@ impl WorkerService for WorkersRpc {
 fn record_from_hello(hello: Hello) -> Result<WorkerRecord, Status> {
     if hello.models.is_empty() {
         return Err(invalid_field("hello.models", "a worker must serve at least one model"));
+    }
+    // Each is remembered in the store (see `jobs::served`): no worker makes up thousands.
+    if hello.models.len() > MAX_MODELS {
+        return Err(invalid_field("hello.models", format!("has {}; at most {MAX_MODELS}", hello.models.len())));
     }
     for (i, m) in hello.models.iter().enumerate() {
         validate::model_name(&format!("hello.models[{i}].name"), &m.name)?;
