@@ -238,8 +238,10 @@ struct Running {
     timeout: Duration,
     /// When the worker was told to stop, if it was.
     cancel_sent: Option<Instant>,
-    /// Reports not yet written.
+    /// Reports not yet written, and their encoded size (kept as they come and go, so
+    /// that the session's backlog is known without going over them).
     pending: Vec<Event>,
+    pending_bytes: usize,
     /// What the session knows of the job's events in the store.
     log: ReportLog,
     /// For the latency metrics: the job's kind and model, when it was handed over, and
@@ -248,6 +250,26 @@ struct Running {
     model: String,
     assigned: Instant,
     first_output: Option<Instant>,
+}
+
+impl Running {
+    /// Adds a report to those waiting to be written.
+    fn wait(&mut self, event: Event) {
+        self.pending_bytes += event.encoded_len();
+        self.pending.push(event);
+    }
+
+    /// Takes every report waiting, to be written.
+    fn take_waiting(&mut self) -> Vec<Event> {
+        self.pending_bytes = 0;
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Puts reports back to wait (a write failed).
+    fn set_waiting(&mut self, events: Vec<Event>) {
+        self.pending_bytes = events.iter().map(Event::encoded_len).sum();
+        self.pending = events;
+    }
 }
 
 struct Session {
@@ -381,7 +403,7 @@ impl Session {
         let (mut events, mut bytes) = (0, 0);
         for running in self.running.values() {
             events += running.pending.len();
-            bytes += running.pending.iter().map(Event::encoded_len).sum::<usize>();
+            bytes += running.pending_bytes;
             if events > MAX_BACKLOG_EVENTS || bytes > MAX_BACKLOG_BYTES {
                 return true;
             }
@@ -428,6 +450,7 @@ impl Session {
             timeout,
             cancel_sent: None,
             pending: Vec::new(),
+            pending_bytes: 0,
             log: ReportLog { last_seq: job.last_seq, uncertain: false, record: Some(record) },
             kind: job.kind,
             model: job.model.clone(),
@@ -474,7 +497,7 @@ impl Session {
         };
         let last = is_final(&event);
         observe_latency(self.ctx.lifecycle.metrics(), running, &event);
-        running.pending.push(event);
+        running.wait(event);
         if last {
             // Don't make the job's watchers wait for the next tick; write everyone's
             // pending reports with it.
@@ -509,7 +532,7 @@ impl Session {
     /// Ends a job without waiting for its worker (timeout, unresponsive to cancel).
     async fn end_on_behalf(&mut self, id: &str, event: Event, why: &str) {
         let Some(running) = self.running.get_mut(id) else { return };
-        running.pending.push(event);
+        running.wait(event);
         self.flush(id).await;
         if self.running.contains_key(id) {
             return; // the write failed; try again next tick
@@ -524,8 +547,7 @@ impl Session {
         if running.pending.is_empty() {
             return;
         }
-        let (fence, log, events) =
-            (running.fence, std::mem::take(&mut running.log), coalesce(std::mem::take(&mut running.pending)));
+        let (fence, log, events) = (running.fence, std::mem::take(&mut running.log), coalesce(running.take_waiting()));
         let written = write_reports(&self.ctx.lifecycle, id, &fence, log, events).await;
         self.settle(id, written).await;
     }
@@ -537,7 +559,7 @@ impl Session {
             .running
             .iter_mut()
             .filter(|(_, r)| !r.pending.is_empty())
-            .map(|(id, r)| (id.clone(), r.fence, std::mem::take(&mut r.log), coalesce(std::mem::take(&mut r.pending))))
+            .map(|(id, r)| (id.clone(), r.fence, std::mem::take(&mut r.log), coalesce(r.take_waiting())))
             .collect();
         if batch.is_empty() {
             return;
@@ -578,8 +600,8 @@ impl Session {
             Err(Rejected::Status(status)) => {
                 tracing::warn!(job = %id, error = %status, "could not record reports; retrying");
                 if let Some(running) = self.running.get_mut(id) {
-                    let newer = std::mem::replace(&mut running.pending, unwritten);
-                    running.pending.extend(newer);
+                    let newer = running.take_waiting();
+                    running.set_waiting(unwritten.into_iter().chain(newer).collect());
                 }
             }
         }
@@ -603,8 +625,8 @@ impl Session {
             details: Vec::new(),
         };
         // Reports that came since go after it, and are not written: the failure is final.
-        let newer = std::mem::take(&mut running.pending);
-        running.pending = std::iter::once(Event::Failed(failure)).chain(newer).collect();
+        let newer = running.take_waiting();
+        running.set_waiting(std::iter::once(Event::Failed(failure)).chain(newer).collect());
         let cancel = Cancel { job_id: id.to_string(), reason: "its output does not fit the job store".into() };
         self.send(connect_response::Message::Cancel(cancel));
     }
