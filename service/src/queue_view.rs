@@ -162,7 +162,7 @@ impl QueueView {
             }
         }
         drop(state);
-        self.loaded_at(revision);
+        self.seen_up_to(revision);
         self.bump();
     }
 
@@ -170,12 +170,11 @@ impl QueueView {
     /// ignored, but count as seen).
     pub fn apply(&self, event: &WatchEvent) {
         self.apply_entry(event);
-        let revision = event.kv.mod_revision;
-        self.seen.send_if_modified(|seen| std::mem::replace(seen, revision.max(*seen)) < revision);
+        self.seen_up_to(event.kv.mod_revision);
     }
 
-    /// Marks the view as loaded at `revision` (a range read's).
-    fn loaded_at(&self, revision: i64) {
+    /// Marks `revision` as seen (a watch event's, or a range read's).
+    fn seen_up_to(&self, revision: i64) {
         self.seen.send_if_modified(|seen| std::mem::replace(seen, revision.max(*seen)) < revision);
     }
 

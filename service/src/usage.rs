@@ -12,11 +12,11 @@
 //! At a few hundred jobs a second, counting one at a time cost a store read and a write
 //! per job, on one hot record; usage shows a fraction of a second later instead.
 
+use std::collections::{BTreeMap, HashSet};
+
 use deephardway::v1::Job;
 use deephardway::v1::{JobState, Usage, job_result, job_spec::Input};
 use prost::Message;
-use std::collections::BTreeMap;
-
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -77,7 +77,7 @@ fn collect(change: Result<Change, RecvError>, finished: &mut Vec<std::sync::Arc<
 /// each key's jobs are recorded together.
 async fn count(store: &SharedStore, finished: Vec<std::sync::Arc<Job>>) {
     let mut by_key: BTreeMap<String, Vec<Job>> = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     // A job updated again after it finished appears twice; its marker makes it count once.
     for job in finished.into_iter().filter(|job| seen.insert(job.id.clone())) {
         let mut job = Job::clone(&job);

@@ -456,7 +456,6 @@ impl JobLifecycle {
         Ok(range.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
     }
 
-    /// Jobs ahead of the queue entry `entry` in the same queue.
     /// Notes a revision this replica wrote a job at.
     fn wrote(&self, revision: i64) {
         self.written.fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
@@ -755,7 +754,7 @@ impl JobLifecycle {
         after_seq: Option<u64>,
         events: Vec<Event>,
     ) -> Result<Job, Rejected> {
-        self.report_from(id, fence, after_seq, events, None).await.map(|record| record.job)
+        self.report_from(id, fence, after_seq, &events, None).await.map(|record| record.job)
     }
 
     /// [`JobLifecycle::report_after`] from the record as the caller last wrote it (see
@@ -765,7 +764,7 @@ impl JobLifecycle {
         id: &str,
         fence: &Fence,
         after_seq: Option<u64>,
-        events: Vec<Event>,
+        events: &[Event],
         known: Option<StoredRecord>,
     ) -> Result<StoredRecord, Rejected> {
         let fence_holds = Compare::CreateRevision(keys::claim(id), fence.revision);
@@ -789,7 +788,7 @@ impl JobLifecycle {
                 tracing::warn!(job = %id, after, last_seq = job.last_seq, "a running job's events moved under its holder");
             }
             let mut change = Change { compares: vec![fence_holds.clone()], ..Default::default() };
-            for event in &events {
+            for event in events {
                 match event {
                     Event::Progress(p) => job.progress = p.fraction.clamp(0.0, 1.0),
                     Event::Result(r) => {

@@ -329,8 +329,7 @@ async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -
         }
         let final_seq = stored.last().filter(|e| e.event.as_ref().is_some_and(is_final)).map(|e| e.seq);
         // Whether the job waits in line, by its latest event: only then do changes to the
-        // queues concern this stream. (Waking every stream of a running job at every
-        // dispatch anywhere cost the fan-out most of its time.)
+        // queues concern this stream, which would otherwise wake at every dispatch anywhere.
         let mut in_line = matches!(stored.last().and_then(|e| e.event.as_ref()), Some(Event::Queued(_)));
         for event in stored {
             match deliver(tx, event, &mut last).await {

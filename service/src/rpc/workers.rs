@@ -703,7 +703,7 @@ async fn write_reports(
     loop {
         let rest = events.split_off(first_write(&events));
         let after_seq = log.uncertain.then_some(log.last_seq);
-        match lifecycle.report_from(id, fence, after_seq, events.clone(), log.record.take()).await {
+        match lifecycle.report_from(id, fence, after_seq, &events, log.record.take()).await {
             Ok(record) => {
                 let job = record.job.clone();
                 log = ReportLog { last_seq: job.last_seq, uncertain: false, record: Some(record) };
@@ -749,11 +749,8 @@ fn coalesce(events: Vec<Event>) -> Vec<Event> {
                     first.text.push_str(&next.text);
                 }
             }
-            (event @ Event::Output(_), Some(_)) => {
-                output_at = Some(merged.len());
-                merged.push(event);
-            }
-            (event @ Event::Output(_), None) => {
+            // The first output, or one the last merged output has no room for.
+            (event @ Event::Output(_), _) => {
                 output_at = Some(merged.len());
                 merged.push(event);
             }
