@@ -10,28 +10,12 @@
 /// connections, the artifact store, the listener, logs, outgoing calls.
 pub const RESERVED: u64 = 256;
 
-/// Raises the soft file limit to the hard one; returns the soft limit now in force, or
-/// `None` where it cannot be read.
+/// Raises the soft file limit to the hard one (or as far as the system allows); returns
+/// the soft limit now in force, the old one if raising failed, or `None` where it cannot
+/// be read.
 pub fn raise() -> Option<u64> {
-    #[cfg(unix)]
-    {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes one rlimit into the struct it is given, which lives
-        // for the call.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            // SAFETY: setrlimit reads the struct it is given, which lives for the call.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                limit = raised;
-            }
-        }
-        Some(limit.rlim_cur)
-    }
-    #[cfg(not(unix))]
-    None
+    let current = || rlimit::Resource::NOFILE.get().map(|(soft, _)| soft);
+    rlimit::increase_nofile_limit(u64::MAX).or_else(|_| current()).ok()
 }
 
 /// The connection limit to use: `asked`, or less where the file limit `files` would not
@@ -58,9 +42,7 @@ mod tests {
     #[test]
     fn the_soft_limit_is_raised_to_the_hard_one() {
         let files = raise().expect("a file limit on unix");
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: as in `raise`.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-        assert_eq!((files, limit.rlim_cur), (limit.rlim_max, limit.rlim_max));
+        let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        assert_eq!((files, soft), (hard, hard));
     }
 }
