@@ -79,3 +79,21 @@ fn agrees_with_sentence_transformers() {
     }
     println!("{} texts: lowest cosine {:.6}, largest element difference {:.2e}", ours.len(), worst.0, worst.1);
 }
+
+/// The GPU's encoder (candle-transformers' BERT, texts padded in sub-batches) agrees with
+/// the CPU's (packed kernels, no padding) on the reference texts, run here on the CPU.
+#[test]
+fn the_cpu_and_gpu_encoders_agree() {
+    use deephardway_worker::models::bert::SentenceEmbedder;
+
+    let dir = default_models_dir().join("all-minilm-l6-v2");
+    let texts: Vec<String> =
+        ["", "short", "A man is playing a guitar.", &"a much longer text, ".repeat(40), "Ein Mann spielt Gitarre."]
+            .map(String::from)
+            .to_vec();
+    let ours = SentenceEmbedder::load(&dir, &Device::Cpu).unwrap().embed(&texts).unwrap();
+    let candle = SentenceEmbedder::load_with_candle(&dir, &Device::Cpu).unwrap().embed(&texts).unwrap();
+    for (i, (a, b)) in ours.iter().zip(&candle).enumerate() {
+        assert!(cosine(a, b) > 0.99999, "text {i}: cosine {}", cosine(a, b));
+    }
+}

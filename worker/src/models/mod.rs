@@ -4,7 +4,10 @@
 //!
 //! - [`llama`]: the llama-architecture decoder from a GGUF file, its quantized CPU
 //!   kernels and attention, the GGUF's tokenizer and chat template;
-//! - [`bert`]: the sentence embedder on a BERT model (load, forward, mean pooling);
+//! - [`bert`]: the sentence embedder on a BERT model (load, forward, mean pooling), with
+//!   its own CPU encoder;
+//! - [`sgemm`]: f32 linear layers with weights packed at load, AVX2 kernels, for the CPU;
+//! - [`vector_math`]: vectorized exp, erf, GELU, softmax, layer norm and dot products;
 //! - [`vision`]: the image classifiers: images decoded to tensors, the networks, the
 //!   training loop, a trained classifier saved, loaded and labelling images;
 //! - [`disjoint`]: one output buffer written by parallel tasks, for the CPU kernels.
@@ -12,4 +15,6 @@
 pub mod bert;
 pub mod disjoint;
 pub mod llama;
+pub mod sgemm;
+pub mod vector_math;
 pub mod vision;
