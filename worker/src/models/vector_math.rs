@@ -68,8 +68,8 @@ dispatch! {
     pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) -> () {
         assert!(x.len() == gamma.len() && x.len() == beta.len() && !x.is_empty());
         let n = x.len() as f32;
-        let mean = lane_sum(x, |v| v) / n;
-        let variance = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
+        let mean = lane_sum_of(x, |v| v) / n;
+        let variance = lane_sum_of(x, |v| (v - mean) * (v - mean)) / n;
         let inverse = 1.0 / (variance + eps).sqrt();
         for ((x, g), b) in x.iter_mut().zip(gamma).zip(beta) {
             *x = (*x - mean) * inverse * g + b;
@@ -118,9 +118,16 @@ pub fn softmax_inline(xs: &mut [f32]) {
     }
 }
 
+dispatch! {
+    /// `Σ x`, in eight lanes.
+    pub fn lane_sum(xs: &[f32]) -> f32 {
+        lane_sum_of(xs, |v| v)
+    }
+}
+
 /// `Σ f(x)` in eight lanes, so that it vectorizes.
 #[inline(always)]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+fn lane_sum_of(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0f32; 8];
     let chunks = xs.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();

@@ -3,6 +3,9 @@
 //! - [`dataset`]: a dataset's images decoded and resized into tensors;
 //! - [`network`]: the networks (fully connected, small convolutional) and their seeded
 //!   initialisation;
+//! - [`cpu_ops`]: the CNN's patches (im2col) and max pooling as CPU custom ops with
+//!   direct backwards;
+//! - [`fused_adamw`]: AdamW on the CPU, one pass per parameter;
 //! - [`training`]: the training loop with its metrics;
 //! - [`classifier`]: a trained network saved, loaded and labelling images.
 //!
@@ -12,6 +15,8 @@
 //! runners use these; `worker/tests/vision.rs` trains on the shared datasets directly.
 
 pub mod classifier;
+pub mod cpu_ops;
 pub mod dataset;
+pub mod fused_adamw;
 pub mod network;
 pub mod training;

@@ -11,6 +11,7 @@ use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 
 use super::{
     dataset::Dataset,
+    fused_adamw::FusedAdamW,
     network::{ModelConfig, Network, initialised},
 };
 
@@ -62,15 +63,21 @@ impl From<candle_core::Error> for Stopped {
 enum AnyOptimizer {
     Sgd(SGD),
     AdamW(AdamW),
+    /// AdamW on the CPU (see [`FusedAdamW`]).
+    FusedAdamW(FusedAdamW),
 }
 
 impl AnyOptimizer {
-    fn new(options: &TrainOptions, vars: &VarMap) -> candle_core::Result<Self> {
+    fn new(options: &TrainOptions, vars: &VarMap, device: &Device) -> candle_core::Result<Self> {
         Ok(match options.optimizer {
             OptimizerKind::Sgd => AnyOptimizer::Sgd(SGD::new(vars.all_vars(), options.learning_rate)?),
             OptimizerKind::AdamW => {
                 let params = ParamsAdamW { lr: options.learning_rate, ..Default::default() };
-                AnyOptimizer::AdamW(AdamW::new(vars.all_vars(), params)?)
+                if device.is_cpu() {
+                    AnyOptimizer::FusedAdamW(FusedAdamW::new(vars.all_vars(), params)?)
+                } else {
+                    AnyOptimizer::AdamW(AdamW::new(vars.all_vars(), params)?)
+                }
             }
         })
     }
@@ -79,6 +86,7 @@ impl AnyOptimizer {
         match self {
             AnyOptimizer::Sgd(o) => o.backward_step(loss),
             AnyOptimizer::AdamW(o) => o.backward_step(loss),
+            AnyOptimizer::FusedAdamW(o) => o.backward_step(loss),
         }
     }
 
@@ -86,6 +94,7 @@ impl AnyOptimizer {
         match self {
             AnyOptimizer::Sgd(o) => o.set_learning_rate(lr),
             AnyOptimizer::AdamW(o) => o.set_learning_rate(lr),
+            AnyOptimizer::FusedAdamW(o) => o.set_learning_rate(lr),
         }
     }
 }
@@ -111,7 +120,7 @@ pub fn train(
     let mut rng = StdRng::seed_from_u64(seed);
     let (training, validation) = split(dataset, separate_validation, options.validation_split, &mut rng, device)?;
     let (network, vars) = initialised(&config, seed, device)?;
-    let optimizer = AnyOptimizer::new(options, &vars)?;
+    let optimizer = AnyOptimizer::new(options, &vars, device)?;
     let mut run = Run { dataset, options, device, network: &network, optimizer, rng, on_progress };
     let last = run.epochs(training, validation.as_ref())?;
     Ok(Trained { config, vars, network, last, seed })
