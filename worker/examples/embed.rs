@@ -3,8 +3,7 @@
 //!
 //!     cargo run -p deephardway-worker --example embed -- MODEL_DIR [SENTENCES] [BATCH] [ROUNDS]
 //!
-//! The sentences are the service benchmark's (`deephardway bench --embed`): ordinary
-//! sentences of 6 to 35 words.
+//! The sentences are the service benchmark's (`deephardway bench --embed`).
 
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = args.next().map_or(Ok(32), |s| s.parse())?;
     let rounds: usize = args.next().map_or(Ok(3), |s| s.parse())?;
     let embedder = SentenceEmbedder::load(dir.as_ref(), &Device::Cpu)?;
-    let texts = sentences(n);
+    let texts = deephardway_worker::runners::embed::benchmark_texts(n);
     embedder.embed(&texts[..batch.min(n)])?; // warm up
     for _ in 0..rounds {
         let started = Instant::now();
@@ -29,17 +28,4 @@ fn main() -> anyhow::Result<()> {
         println!("batch {batch}: {n} sentences in {elapsed:.3} s, {:.1} sentences/s", n as f64 / elapsed);
     }
     Ok(())
-}
-
-/// The same sentences as `deephardway bench --embed`.
-fn sentences(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let words = 6 + (i * 7) % 30;
-            (0..words)
-                .map(|w| ["the", "model", "streams", "tokens", "while", "jobs", "wait", "in", "line"][(i + w) % 9])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
 }

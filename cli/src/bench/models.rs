@@ -82,19 +82,6 @@ async fn wait_for_model(url: &str, model: &str) -> anyhow::Result<()> {
     anyhow::bail!("the bench worker did not serve {model}")
 }
 
-/// Sentences used by the embedding benchmark: ordinary sentences of varied length.
-fn sentences(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let words = 6 + (i * 7) % 30;
-            (0..words)
-                .map(|w| ["the", "model", "streams", "tokens", "while", "jobs", "wait", "in", "line"][(i + w) % 9])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
-
 pub async fn embed(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     use deephardway_worker::runners::embed::EmbedRunner;
 
@@ -118,7 +105,7 @@ pub async fn embed(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         Ok::<_, tonic::Status>(())
     };
     let total = args.jobs.max(64);
-    let texts = sentences(total);
+    let texts = deephardway_worker::runners::embed::benchmark_texts(total);
     let client = bench.client().await?;
     run_job(client.clone(), texts[..8].to_vec()).await?; // warm up
 

@@ -4,8 +4,8 @@
 //! One thread owns the forward pass, and while it is busy, jobs that arrive wait for it;
 //! it then takes every waiting job at once (up to [`BatchOptions::max_texts`] texts,
 //! waiting up to [`BatchOptions::max_wait`] for jobs this worker is already running but
-//! that have not reached it yet), runs all their texts as one call (the embedder sorts
-//! them by length so padding wastes little), and hands each job its own vectors. A
+//! that have not reached it yet), runs all their texts as one call (on the CPU one
+//! matrix of all their tokens, with no padding), and hands each job its own vectors. A
 //! text's vector is the same whatever it is batched with.
 
 use std::{
@@ -192,4 +192,12 @@ impl Runner for EmbedRunner {
             })),
         })
     }
+}
+
+/// The texts `deephardway bench --embed` and `examples/embed` time (and
+/// `scripts/reference/embed_baseline.py` gives sentence-transformers): `n` ordinary
+/// sentences of 6 to 35 words.
+pub fn benchmark_texts(n: usize) -> Vec<String> {
+    const WORDS: [&str; 9] = ["the", "model", "streams", "tokens", "while", "jobs", "wait", "in", "line"];
+    (0..n).map(|i| (0..6 + (i * 7) % 30).map(|w| WORDS[(i + w) % 9]).collect::<Vec<_>>().join(" ")).collect()
 }
