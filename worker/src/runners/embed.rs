@@ -28,7 +28,7 @@ use deephardway::{
 use crate::{
     activity::Activity,
     models::bert::SentenceEmbedder,
-    runner::{FailJob, JobContext, JobError, Runner, wrong_kind},
+    runner::{JobContext, JobError, Runner, wrong_kind},
 };
 
 /// How embed jobs are batched together.
@@ -62,8 +62,11 @@ pub struct EmbedRunner {
 /// One job's texts, waiting for a batch.
 struct Pending {
     texts: Vec<String>,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    reply: tokio::sync::oneshot::Sender<Result<Embedded, String>>,
 }
+
+/// A job's vectors, and how many tokens its texts made.
+type Embedded = (Vec<Vec<f32>>, usize);
 
 impl EmbedRunner {
     /// Loads the model in `dir`, served under `name`, with default batching.
@@ -124,14 +127,15 @@ fn batch_loop(
         let counts: Vec<usize> = batch.iter().map(|p| p.texts.len()).collect();
         let all: Vec<String> = batch.iter_mut().flat_map(|p| std::mem::take(&mut p.texts)).collect();
         on_batch(all.len());
-        let result = embedder.embed(&all);
+        let result = embedder.embed_counting(&all);
         // These jobs are answered now: the next batch need not wait for them.
         in_flight.fetch_sub(batch.len(), Ordering::AcqRel);
         match result {
-            Ok(vectors) => {
-                let mut vectors = vectors.into_iter();
+            Ok((vectors, tokens)) => {
+                let (mut vectors, mut tokens) = (vectors.into_iter(), tokens.into_iter());
                 for (job, count) in batch.into_iter().zip(counts) {
-                    let _ = job.reply.send(Ok(vectors.by_ref().take(count).collect()));
+                    let job_tokens = tokens.by_ref().take(count).sum();
+                    let _ = job.reply.send(Ok((vectors.by_ref().take(count).collect(), job_tokens)));
                 }
             }
             Err(e) => {
@@ -168,12 +172,6 @@ impl Runner for EmbedRunner {
         if job.cancel.is_cancelled() {
             return Err(JobError::Cancelled);
         }
-        // The result's `prompt_tokens` and the trace's `gen_ai.usage.input_tokens` (the
-        // current span is the job's GenAI span; see `traces`). Tokenizing once more costs
-        // a few percent of the forward pass.
-        let tokens = self.embedder.count_tokens(&input.texts).internal()?;
-        // As i64: tracing-opentelemetry exports a u64 as a string.
-        tracing::Span::current().record("gen_ai.usage.input_tokens", tokens as i64);
         // The batching thread runs the forward pass, off the async threads.
         let (reply, vectors) = tokio::sync::oneshot::channel();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -181,10 +179,14 @@ impl Runner for EmbedRunner {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(JobError::internal("the embedding thread stopped"));
         }
-        let vectors = vectors
+        let (vectors, tokens) = vectors
             .await
             .map_err(|_| JobError::internal("the embedding thread stopped"))?
             .map_err(|e| JobError::internal(format!("embedding failed: {e}")))?;
+        // The result's `prompt_tokens` and the trace's `gen_ai.usage.input_tokens` (the
+        // current span is the job's GenAI span; see `traces`), as i64: tracing-
+        // opentelemetry exports a u64 as a string.
+        tracing::Span::current().record("gen_ai.usage.input_tokens", tokens as i64);
         Ok(JobResult {
             value: Some(job_result::Value::Embed(EmbedResult {
                 embeddings: vectors.into_iter().map(|values| Embedding { values }).collect(),

@@ -100,15 +100,16 @@ impl SentenceEmbedder {
         self.dimensions
     }
 
-    /// How many tokens the texts make, special tokens included (what the model reads).
-    pub fn count_tokens(&self, texts: &[String]) -> anyhow::Result<usize> {
-        Ok(self.tokenize(texts.iter().map(String::as_str).collect())?.iter().map(Encoding::len).sum())
-    }
-
     /// One L2-normalised vector per text, in order.
     pub fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(self.embed_counting(texts)?.0)
+    }
+
+    /// [`SentenceEmbedder::embed`], and how many tokens each text made, special tokens
+    /// included (what the model read).
+    pub fn embed_counting(&self, texts: &[String]) -> anyhow::Result<(Vec<Vec<f32>>, Vec<usize>)> {
         if texts.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let encodings = self.tokenize(texts.iter().map(String::as_str).collect())?;
         let mut vectors = match &self.encoder {
@@ -137,7 +138,7 @@ impl SentenceEmbedder {
             let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
             vector.iter_mut().for_each(|v| *v /= norm);
         }
-        Ok(vectors)
+        Ok((vectors, encodings.iter().map(Encoding::len).collect()))
     }
 
     fn tokenize(&self, texts: Vec<&str>) -> anyhow::Result<Vec<Encoding>> {

@@ -70,6 +70,13 @@ impl Network {
         let mut x = images.clone();
         for layer in &self.layers {
             x = match layer {
+                Layer::Linear(l) if x.device().is_cpu() => {
+                    let y = cpu_ops::linear(&x, l.weight())?;
+                    match l.bias() {
+                        Some(bias) => y.broadcast_add(bias)?,
+                        None => y,
+                    }
+                }
                 Layer::Linear(l) => l.forward(&x)?,
                 Layer::ConvRelu(c) => conv3x3_same_relu(&x, c.weight(), c.bias())?,
                 Layer::Relu => x.relu()?,

@@ -174,19 +174,32 @@ struct Run<'a, F> {
 }
 
 impl<F: FnMut(&Progress) -> bool> Run<'_, F> {
-    /// Every epoch over the `training` rows, each shuffled anew; returns the last step's
-    /// progress.
+    /// Every epoch over the `training` rows, each shuffled anew (unless every step takes
+    /// them all); returns the last step's progress.
     fn epochs(&mut self, mut training: Vec<u32>, validation: Option<&Batch>) -> Result<Progress, Stopped> {
         let options = self.options;
         let batch = if options.batch_size == 0 { training.len() } else { options.batch_size.min(training.len()) };
         let per_epoch = training.len().div_ceil(batch);
         let mut progress = Progress { steps: per_epoch * options.epochs, ..Default::default() };
+        // When every step takes the whole set unchanged, the batch is the same each epoch
+        // (its order would change nothing but rounding): gathered once, not copied anew
+        // every step.
+        let whole_set = if per_epoch == 1 && options.augment_shift == 0 {
+            Some(pick(self.dataset, &training, self.device)?)
+        } else {
+            None
+        };
         for epoch in 0..options.epochs {
-            training.shuffle(&mut self.rng);
+            if whole_set.is_none() {
+                training.shuffle(&mut self.rng);
+            }
             let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
             let started = Instant::now();
             for (i, chunk) in training.chunks(batch).enumerate() {
-                let (loss, right) = self.step(chunk, &progress)?;
+                let (loss, right) = match &whole_set {
+                    Some(batch) => self.step_on(batch, &progress)?,
+                    None => self.step(chunk, &progress)?,
+                };
                 loss_sum += loss * chunk.len() as f64;
                 correct += right;
                 seen += chunk.len();
@@ -219,14 +232,20 @@ impl<F: FnMut(&Progress) -> bool> Run<'_, F> {
         let (images, labels) = pick(self.dataset, chunk, self.device)?;
         let images =
             if options.augment_shift > 0 { shifted(&images, options.augment_shift, &mut self.rng)? } else { images };
-        let logits = self.network.forward(&images)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        self.step_on(&(images, labels), progress)
+    }
+
+    /// One optimisation step on a batch already gathered.
+    fn step_on(&mut self, (images, labels): &Batch, progress: &Progress) -> Result<(f64, usize), Stopped> {
+        let options = self.options;
+        let logits = self.network.forward(images)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, labels)?;
         if options.cosine_decay {
             let done = progress.step as f64 / progress.steps as f64;
             self.optimizer.set_learning_rate(options.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * done).cos()));
         }
         self.optimizer.backward_step(&loss)?;
-        Ok((loss.to_scalar::<f32>()? as f64, correct_count(&logits, &labels)?))
+        Ok((loss.to_scalar::<f32>()? as f64, correct_count(&logits, labels)?))
     }
 }
 
