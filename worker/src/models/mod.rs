@@ -7,7 +7,7 @@
 //! - [`bert`]: the sentence embedder on a BERT model (load, forward, mean pooling), with
 //!   its own CPU encoder;
 //! - [`sgemm`]: f32 linear layers with weights packed at load, AVX2 kernels, for the CPU;
-//! - [`vector_math`]: vectorized exp, erf, GELU, softmax, layer norm and dot products;
+//! - [`vector_math`]: vectorized exp, erf, GELU, softmax, layer norm and sums;
 //! - [`vision`]: the image classifiers: images decoded to tensors, the networks, the
 //!   training loop, a trained classifier saved, loaded and labelling images;
 //! - [`disjoint`]: one output buffer written by parallel tasks, for the CPU kernels.

@@ -43,23 +43,9 @@ dispatch! {
 }
 
 dispatch! {
-    /// `Σ aᵢ bᵢ`.
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        dot_inline(a, b)
-    }
-}
-
-dispatch! {
     /// `y += alpha x`.
     pub fn add_scaled(y: &mut [f32], alpha: f32, x: &[f32]) -> () {
         add_scaled_inline(y, alpha, x)
-    }
-}
-
-dispatch! {
-    /// The softmax of `xs`, in place.
-    pub fn softmax_in_place(xs: &mut [f32]) -> () {
-        softmax_inline(xs)
     }
 }
 
@@ -77,21 +63,6 @@ dispatch! {
     }
 }
 
-/// [`dot`], to inline into other vectorized code.
-#[inline(always)]
-pub fn dot_inline(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a8.zip(b8) {
-        for l in 0..8 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
 /// [`add_scaled`], to inline into other vectorized code.
 #[inline(always)]
 pub fn add_scaled_inline(y: &mut [f32], alpha: f32, x: &[f32]) {
@@ -101,7 +72,7 @@ pub fn add_scaled_inline(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
-/// [`softmax_in_place`], to inline into other vectorized code.
+/// The softmax of `xs`, in place; inlined into other vectorized code (attention).
 #[inline(always)]
 pub fn softmax_inline(xs: &mut [f32]) {
     let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -195,11 +166,14 @@ mod tests {
     fn row_operations_match_plain_loops() {
         let xs: Vec<f32> = (0..37).map(|i| ((i * 7919) % 23) as f32 / 5.0 - 2.0).collect();
         let ys: Vec<f32> = (0..37).map(|i| ((i * 104_729) % 19) as f32 / 7.0 - 1.0).collect();
-        let plain: f32 = xs.iter().zip(&ys).map(|(a, b)| a * b).sum();
-        assert!((dot(&xs, &ys) - plain).abs() < 1e-4);
+        let mut scaled = ys.clone();
+        add_scaled(&mut scaled, 0.5, &xs);
+        for ((s, x), y) in scaled.iter().zip(&xs).zip(&ys) {
+            assert_eq!(*s, y + 0.5 * x);
+        }
 
         let mut soft = xs.clone();
-        softmax_in_place(&mut soft);
+        softmax_inline(&mut soft);
         let total: f32 = xs.iter().map(|x| x.exp()).sum();
         for (s, x) in soft.iter().zip(&xs) {
             assert!((s - x.exp() / total).abs() < 1e-6);

@@ -55,22 +55,15 @@ fn contiguous_f32<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Res
     Ok(&data[start..end])
 }
 
-/// Runs `f(plane, output plane)` for each of `planes` planes of `input` (`in_size` each)
-/// into a new buffer of `planes × out_size`, planes spread over the thread pool.
-fn per_plane(
-    input: &[f32],
-    planes: usize,
-    in_size: usize,
-    out_size: usize,
-    f: impl Fn(&[f32], &mut [f32]) + Sync,
-) -> Vec<f32> {
+/// A new buffer of `planes × out_size`, output plane `p` written by `f(p, plane)`, the
+/// planes spread over the thread pool.
+fn per_plane(planes: usize, out_size: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0f32; planes * out_size];
     let target = DisjointSlice::new(&mut out);
     candle_core::utils::barrier_pool().execute_chunked(planes, |range| {
         for plane in range {
             // SAFETY: output plane `plane` belongs to this task alone.
-            let out = unsafe { target.slice_mut(plane * out_size..(plane + 1) * out_size) };
-            f(&input[plane * in_size..(plane + 1) * in_size], out);
+            f(plane, unsafe { target.slice_mut(plane * out_size..(plane + 1) * out_size) });
         }
     });
     out
@@ -96,7 +89,8 @@ impl CustomOp1 for Patches3x3 {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
         let input = contiguous_f32(self.name(), storage, layout)?;
-        let out = per_plane(input, n * c, h * w, 9 * h * w, |image, taps| {
+        let out = per_plane(n * c, 9 * h * w, |p, taps| {
+            let image = &input[p * h * w..(p + 1) * h * w];
             for (tap, out) in taps.chunks_exact_mut(h * w).enumerate() {
                 let ((rows, first_row), (cols, first_col)) = (tap_span(tap / 3, h), tap_span(tap % 3, w));
                 for (i, y) in rows.enumerate() {
@@ -133,7 +127,8 @@ impl CustomOp1 for PatchesGrad {
             bail!("{}: gradient of shape {:?} does not fit {h}×{w} images", self.name(), layout.shape());
         }
         let grad = contiguous_f32(self.name(), storage, layout)?;
-        let out = per_plane(grad, n * c9 / 9, 9 * hw, hw, |taps, image| {
+        let out = per_plane(n * c9 / 9, hw, |p, image| {
+            let taps = &grad[p * 9 * hw..(p + 1) * 9 * hw];
             for (tap, grad) in taps.chunks_exact(hw).enumerate() {
                 let ((rows, first_row), (cols, first_col)) = (tap_span(tap / 3, h), tap_span(tap % 3, w));
                 for (i, y) in rows.enumerate() {
@@ -201,7 +196,8 @@ impl CustomOp1 for MaxPool2x2 {
         let (n, c, h, w) = layout.shape().dims4()?;
         let (oh, ow) = (h / 2, w / 2);
         let input = contiguous_f32(self.name(), storage, layout)?;
-        let out = per_plane(input, n * c, h * w, oh * ow, |plane, out| {
+        let out = per_plane(n * c, oh * ow, |p, out| {
+            let plane = &input[p * h * w..(p + 1) * h * w];
             for y in 0..oh {
                 let (top, bottom) = (&plane[2 * y * w..][..2 * ow], &plane[(2 * y + 1) * w..][..2 * ow]);
                 for (x, out) in out[y * ow..(y + 1) * ow].iter_mut().enumerate() {
@@ -233,17 +229,11 @@ impl candle_core::CustomOp2 for MaxPoolGrad {
             bail!("{}: gradient of shape {:?} for an input of {:?}", self.name(), l2.shape(), l1.shape());
         }
         let (input, grad) = (contiguous_f32(self.name(), s1, l1)?, contiguous_f32(self.name(), s2, l2)?);
-        let mut out = vec![0f32; n * c * h * w];
-        let target = DisjointSlice::new(&mut out);
-        candle_core::utils::barrier_pool().execute_chunked(n * c, |range| {
-            for p in range {
-                let plane = &input[p * h * w..(p + 1) * h * w];
-                // SAFETY: gradient plane `p` belongs to this task alone.
-                let out = unsafe { target.slice_mut(p * h * w..(p + 1) * h * w) };
-                for y in 0..oh {
-                    for x in 0..ow {
-                        out[MaxPool2x2::argmax(plane, w, y, x)] += grad[p * oh * ow + y * ow + x];
-                    }
+        let out = per_plane(n * c, h * w, |p, out| {
+            let plane = &input[p * h * w..(p + 1) * h * w];
+            for y in 0..oh {
+                for x in 0..ow {
+                    out[MaxPool2x2::argmax(plane, w, y, x)] += grad[p * oh * ow + y * ow + x];
                 }
             }
         });
@@ -265,16 +255,10 @@ impl candle_core::CustomOp2 for BiasRelu {
         }
         let (x, bias) = (contiguous_f32(self.name(), s1, l1)?, contiguous_f32(self.name(), s2, l2)?);
         let plane = h * w;
-        let mut out = vec![0f32; n * c * plane];
-        let target = DisjointSlice::new(&mut out);
-        candle_core::utils::barrier_pool().execute_chunked(n * c, |range| {
-            for p in range {
-                // SAFETY: output plane `p` belongs to this task alone.
-                let out = unsafe { target.slice_mut(p * plane..(p + 1) * plane) };
-                let b = bias[p % c];
-                for (o, &v) in out.iter_mut().zip(&x[p * plane..(p + 1) * plane]) {
-                    *o = (v + b).max(0.0);
-                }
+        let out = per_plane(n * c, plane, |p, out| {
+            let b = bias[p % c];
+            for (o, &v) in out.iter_mut().zip(&x[p * plane..(p + 1) * plane]) {
+                *o = (v + b).max(0.0);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
