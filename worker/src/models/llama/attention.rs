@@ -8,22 +8,35 @@
 //! sequence's new keys and values and computes every (sequence, head) pair directly,
 //! spread over candle's barrier thread pool. Each pair's arithmetic is the same whatever else is
 //! in the batch, so batching does not change a sequence's results.
+//!
+//! Keys are cached transposed, `[kv_head][head_dim][position]`: a query's scores are then
+//! `head_dim` vector updates across all its visible positions, where one short dot
+//! product per position would end each in a horizontal sum (that was most of attention's
+//! time). Keys and values are stored as f16, as llama.cpp stores them: half the memory a
+//! sequence holds, and half the bytes attention reads per step.
 
-use crate::models::disjoint::DisjointSlice;
+use half::{f16, slice::HalfFloatSliceExt};
 
-/// One layer's keys and values for one sequence: `[kv_head][position][head_dim]`, room
-/// for `capacity` positions.
+use crate::models::{
+    disjoint::DisjointSlice,
+    vector_math::{self, add_scaled_inline},
+};
+
+/// One layer's keys and values for one sequence, room for `capacity` positions: keys
+/// `[kv_head][head_dim][position]`, values `[kv_head][position][head_dim]`, in f16.
 pub struct LayerCache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Vec<f16>,
+    values: Vec<f16>,
     capacity: usize,
 }
 
 impl LayerCache {
     pub fn new(kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
+        // A multiple of eight: the SIMD scores read whole chunks of eight positions.
+        let capacity = capacity.next_multiple_of(8);
         LayerCache {
-            keys: vec![0.0; kv_heads * capacity * head_dim],
-            values: vec![0.0; kv_heads * capacity * head_dim],
+            keys: vec![f16::ZERO; kv_heads * capacity * head_dim],
+            values: vec![f16::ZERO; kv_heads * capacity * head_dim],
             capacity,
         }
     }
@@ -62,11 +75,14 @@ pub fn attend(shape: Shape, parts: &mut [Part], q: &[f32], k: &[f32], v: &[f32])
     for part in parts.iter_mut() {
         assert!(part.past + part.rows.len() <= part.cache.capacity, "the cache is full");
         for (t, row) in part.rows.clone().enumerate() {
+            let position = part.past + t;
             for h in 0..kv_heads {
                 let from = (row * kv_heads + h) * head_dim;
-                let to = (h * part.cache.capacity + part.past + t) * head_dim;
-                part.cache.keys[to..to + head_dim].copy_from_slice(&k[from..from + head_dim]);
-                part.cache.values[to..to + head_dim].copy_from_slice(&v[from..from + head_dim]);
+                let to = (h * part.cache.capacity + position) * head_dim;
+                part.cache.values[to..to + head_dim].convert_from_f32_slice(&v[from..from + head_dim]);
+                for (d, &key) in k[from..from + head_dim].iter().enumerate() {
+                    part.cache.keys[(h * head_dim + d) * part.cache.capacity + position] = f16::from_f32(key);
+                }
             }
         }
     }
@@ -79,8 +95,9 @@ pub fn attend(shape: Shape, parts: &mut [Part], q: &[f32], k: &[f32], v: &[f32])
         let part = &parts[p];
         let group = heads / kv_heads;
         let kv = h / group;
-        let base = kv * part.cache.capacity * head_dim;
-        let keys = &part.cache.keys[base..base + (part.past + part.rows.len()) * head_dim];
+        let capacity = part.cache.capacity;
+        let base = kv * capacity * head_dim;
+        let keys = Keys { transposed: &part.cache.keys[base..base + capacity * head_dim], capacity };
         let values = &part.cache.values[base..base + (part.past + part.rows.len()) * head_dim];
         let mut scores = Vec::with_capacity(part.past + part.rows.len());
         for (t, row) in part.rows.clone().enumerate() {
@@ -90,7 +107,7 @@ pub fn attend(shape: Shape, parts: &mut [Part], q: &[f32], k: &[f32], v: &[f32])
             // alone: each row belongs to one part (the parts' rows follow one another, as
             // asserted above) and each item runs once.
             let target = unsafe { shared_out.slice_mut(start..start + head_dim) };
-            head_attention(query, keys, values, part.past + t + 1, head_dim, &mut scores, target);
+            head_attention(query, keys, values, part.past + t + 1, &mut scores, target);
         }
     };
     // Decoding steps are tiny per item; only fan out when there is enough to share. The
@@ -105,92 +122,215 @@ pub fn attend(shape: Shape, parts: &mut [Part], q: &[f32], k: &[f32], v: &[f32])
     out
 }
 
+/// One kv head's cached keys, `[head_dim][capacity]`.
+#[derive(Clone, Copy)]
+struct Keys<'a> {
+    transposed: &'a [f16],
+    capacity: usize,
+}
+
 /// One query against the first `visible` cached positions of one head.
-fn head_attention(
-    query: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    visible: usize,
-    head_dim: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { head_attention_avx2(query, keys, values, visible, head_dim, scores, out) };
-    }
-    head_attention_generic(query, keys, values, visible, head_dim, scores, out)
-}
-
-/// The same code, compiled with AVX2 and FMA so the loops vectorize wider.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn head_attention_avx2(
-    query: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    visible: usize,
-    head_dim: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    head_attention_generic(query, keys, values, visible, head_dim, scores, out)
-}
-
-#[inline(always)]
-fn head_attention_generic(
-    query: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    visible: usize,
-    head_dim: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+fn head_attention(query: &[f32], keys: Keys, values: &[f16], visible: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let head_dim = query.len();
     let scale = 1.0 / (head_dim as f32).sqrt();
     scores.clear();
-    scores.extend(keys.chunks_exact(head_dim).take(visible).map(|key| dot(query, key) * scale));
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    out.fill(0.0);
-    for (weight, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
-        let weight = weight / sum;
-        for (o, v) in out.iter_mut().zip(value) {
-            *o += weight * v;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+        && head_dim.is_multiple_of(64)
+    {
+        // Whole chunks of eight positions: the cache's capacity is a multiple of eight
+        // (`LayerCache::new`), so the last chunk's loads stay inside it; the scores past
+        // `visible` are dropped before the softmax.
+        scores.resize(visible.next_multiple_of(8), 0.0);
+        // SAFETY: the CPU has AVX2, FMA and F16C; `keys` holds `head_dim` rows of `capacity`
+        // (a multiple of eight, at least `visible`), so at least `scores.len()` positions,
+        // and `values` `visible` rows of `head_dim`, a multiple of 64: what the kernels
+        // require.
+        unsafe {
+            avx2::scores(query, keys, scale, scores);
+            scores.truncate(visible);
+            softmax(scores);
+            for (d, out) in out.chunks_exact_mut(64).enumerate() {
+                avx2::weighted_values(scores, &values[d * 64..], head_dim, out);
+            }
         }
+        return;
+    }
+    head_attention_plain(query, keys, values, visible, scores, out)
+}
+
+/// [`head_attention`] without SIMD kernels (other CPUs, other head sizes).
+fn head_attention_plain(
+    query: &[f32],
+    keys: Keys,
+    values: &[f16],
+    visible: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let head_dim = query.len();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    scores.clear();
+    scores.resize(visible, 0.0);
+    let mut row = vec![0f32; visible.max(head_dim)];
+    for (&q, keys) in query.iter().zip(keys.transposed.chunks_exact(keys.capacity)) {
+        keys[..visible].convert_to_f32_slice(&mut row[..visible]);
+        add_scaled_inline(scores, q * scale, &row[..visible]);
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for (&weight, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
+        value.convert_to_f32_slice(&mut row[..head_dim]);
+        add_scaled_inline(out, weight, &row[..head_dim]);
     }
 }
 
-/// A dot product in eight independent lanes, so it vectorizes (float sums are not
-/// reassociated otherwise).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
+vector_math::dispatch! {
+    /// The softmax of `xs`, in place, with the vectorized `exp`.
+    fn softmax(xs: &mut [f32]) -> () {
+        vector_math::softmax_inline(xs)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::Keys;
+
+    /// Eight f16 at `at`, as f32.
+    ///
+    /// # Safety
+    ///
+    /// `at` must point at eight readable f16s.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn load8(at: *const f16) -> __m256 {
+        // SAFETY: the caller's contract.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(at as *const __m128i) })
+    }
+
+    /// `scores[p] = scale · query · key_p` for every position `p < scores.len()`, up to
+    /// 64 positions at a time: eight accumulators of eight positions each, every one
+    /// updated once per dimension, so the fused multiply-adds never wait on one another.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2, FMA and F16C; `scores.len()` must be a multiple of eight and at
+    /// most `keys.capacity`, and `keys.transposed` must hold `query.len()` rows of
+    /// `keys.capacity`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores(query: &[f32], keys: Keys, scale: f32, scores: &mut [f32]) {
+        assert!(scores.len().is_multiple_of(8) && scores.len() <= keys.capacity);
+        assert!(keys.transposed.len() >= query.len() * keys.capacity);
+        let chunks = scores.len() / 8;
+        let mut first = 0;
+        while first < chunks {
+            let n = (chunks - first).min(8);
+            // SAFETY: chunks `first..first + n` lie within `scores.len() ≤ capacity`
+            // positions (asserted above).
+            unsafe {
+                match n {
+                    1 => block::<1>(query, keys, scale, first, scores),
+                    2 => block::<2>(query, keys, scale, first, scores),
+                    3 => block::<3>(query, keys, scale, first, scores),
+                    4 => block::<4>(query, keys, scale, first, scores),
+                    5 => block::<5>(query, keys, scale, first, scores),
+                    6 => block::<6>(query, keys, scale, first, scores),
+                    7 => block::<7>(query, keys, scale, first, scores),
+                    _ => block::<8>(query, keys, scale, first, scores),
+                }
+            }
+            first += n;
         }
     }
-    let mut total: f32 = lanes.iter().sum();
-    for (x, y) in a_rest.iter().zip(b_rest) {
-        total += x * y;
+
+    /// Chunks `first..first + N` of eight positions.
+    ///
+    /// # Safety
+    ///
+    /// As [`scores`], with `(first + N) * 8 ≤ scores.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn block<const N: usize>(query: &[f32], keys: Keys, scale: f32, first: usize, scores: &mut [f32]) {
+        let mut sums = [_mm256_setzero_ps(); N];
+        for (d, &q) in query.iter().enumerate() {
+            let q = _mm256_set1_ps(q);
+            // SAFETY: row `d` < query.len() holds `capacity` positions, and the chunks'
+            // positions end at (first + N) * 8 ≤ capacity (the contract).
+            let row = unsafe { keys.transposed.as_ptr().add(d * keys.capacity + first * 8) };
+            for (k, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: as above.
+                *sum = _mm256_fmadd_ps(q, unsafe { load8(row.add(8 * k)) }, *sum);
+            }
+        }
+        let scale = _mm256_set1_ps(scale);
+        for (k, sum) in sums.into_iter().enumerate() {
+            // SAFETY: position (first + k) * 8 + 7 < scores.len() (the contract).
+            unsafe { _mm256_storeu_ps(scores.as_mut_ptr().add((first + k) * 8), _mm256_mul_ps(sum, scale)) };
+        }
     }
-    total
+
+    /// `out = Σ_p weights[p] · values[p]` for 64 dimensions of the value rows (rows of
+    /// `stride` floats, from `values[0]`), in eight register accumulators.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2, FMA and F16C; `out` must hold 64 floats and `values` at least
+    /// `(weights.len() - 1) * stride + 64`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn weighted_values(weights: &[f32], values: &[f16], stride: usize, out: &mut [f32]) {
+        assert!(out.len() == 64);
+        assert!(weights.is_empty() || values.len() >= (weights.len() - 1) * stride + 64);
+        let mut sums = [_mm256_setzero_ps(); 8];
+        for (p, &w) in weights.iter().enumerate() {
+            let w = _mm256_set1_ps(w);
+            // SAFETY: row p's 64 floats end within `values` (asserted above).
+            let row = unsafe { values.as_ptr().add(p * stride) };
+            for (k, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: as above.
+                *sum = _mm256_fmadd_ps(w, unsafe { load8(row.add(8 * k)) }, *sum);
+            }
+        }
+        for (k, sum) in sums.into_iter().enumerate() {
+            // SAFETY: `out` holds 64 floats (asserted above).
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), sum) };
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Against a plain softmax(q kᵀ / √d) v with a causal mask, two sequences of
-    /// different lengths in one call, grouped-query heads.
+    /// The SIMD path against the plain one, for visible lengths around the kernels'
+    /// chunk and block sizes and for one and two 64-dimension slices.
+    #[test]
+    fn simd_heads_agree_with_plain_ones() {
+        let value = |i: usize| ((i * 7919 % 1009) as f32 / 500.0) - 1.0;
+        for head_dim in [64, 128] {
+            for visible in [1usize, 7, 8, 9, 63, 64, 65, 130] {
+                let capacity = visible.next_multiple_of(8);
+                let query: Vec<f32> = (0..head_dim).map(value).collect();
+                let transposed: Vec<f16> = (0..head_dim * capacity).map(|i| f16::from_f32(value(i + 11))).collect();
+                let values: Vec<f16> = (0..visible * head_dim).map(|i| f16::from_f32(value(i + 23))).collect();
+                let keys = Keys { transposed: &transposed, capacity };
+                let (mut fast, mut plain) = (vec![0f32; head_dim], vec![0f32; head_dim]);
+                head_attention(&query, keys, &values, visible, &mut Vec::new(), &mut fast);
+                head_attention_plain(&query, keys, &values, visible, &mut Vec::new(), &mut plain);
+                for (d, (a, b)) in fast.iter().zip(&plain).enumerate() {
+                    assert!((a - b).abs() < 1e-5, "head_dim {head_dim}, visible {visible}, dimension {d}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// Against a plain softmax(q kᵀ / √d) v (keys and values rounded to f16, as cached)
+    /// with a causal mask, two sequences of different lengths in one call, grouped-query
+    /// heads.
     #[test]
     fn matches_the_textbook_formula() {
         let shape = Shape { heads: 4, kv_heads: 2, head_dim: 8 };
@@ -213,7 +353,10 @@ mod tests {
             let mut first = 0;
             for s in 0..2 {
                 for row in first..first + lengths[s] {
-                    history[s].push((k[row * 16..row * 16 + 16].to_vec(), v[row * 16..row * 16 + 16].to_vec()));
+                    // The cache holds f16: the reference uses the same rounded values.
+                    let f16_rounded = |x: &[f32]| x.iter().map(|&x| f16::from_f32(x).to_f32()).collect::<Vec<_>>();
+                    history[s]
+                        .push((f16_rounded(&k[row * 16..row * 16 + 16]), f16_rounded(&v[row * 16..row * 16 + 16])));
                     for h in 0..4 {
                         let kv = h / 2;
                         let query = &q[(row * 4 + h) * 8..][..8];

@@ -21,7 +21,10 @@ use candle_core::{
 };
 use candle_nn::kv_cache::KvCache;
 
-use super::{attention, qmatmul::QMatrix};
+use super::{
+    attention,
+    qmatmul::{self, QMatrix},
+};
 
 /// Hyper-parameters read from the GGUF's `llama.*` metadata.
 #[derive(Debug, Clone)]
@@ -84,6 +87,24 @@ impl Linear {
             Linear::Ours(m) => m.forward(x),
             Linear::Candle(m) => m.forward(x),
         }
+    }
+
+    /// `x · Wᵀ` for each of `weights`, in one pass over the input where all are ours
+    /// (see [`qmatmul::forward_stacked`]).
+    fn forward_stacked<const N: usize>(x: &Tensor, weights: [&Linear; N]) -> candle_core::Result<[Tensor; N]> {
+        let ours: Vec<&QMatrix> = weights
+            .iter()
+            .filter_map(|w| match w {
+                Linear::Ours(m) => Some(m),
+                Linear::Candle(_) => None,
+            })
+            .collect();
+        let out = if ours.len() == N {
+            qmatmul::forward_stacked(x, &ours)?
+        } else {
+            weights.iter().map(|w| w.forward(x)).collect::<candle_core::Result<_>>()?
+        };
+        Ok(out.try_into().unwrap_or_else(|_| unreachable!("one result per weight")))
     }
 }
 
@@ -218,15 +239,17 @@ impl Llama {
                 let t = t.reshape((total, heads, 1, cfg.head_dim))?;
                 candle_nn::rotary_emb::rope_i(&t, &cos, &sin)?.reshape((total, heads, cfg.head_dim))
             };
-            let q = rotate(layer.q.forward(&h)?, cfg.heads)?;
-            let k = rotate(layer.k.forward(&h)?, cfg.kv_heads)?;
-            let v = layer.v.forward(&h)?.reshape((total, cfg.kv_heads, cfg.head_dim))?;
+            let [q, k, v] = Linear::forward_stacked(&h, [&layer.q, &layer.k, &layer.v])?;
+            let q = rotate(q, cfg.heads)?;
+            let k = rotate(k, cfg.kv_heads)?;
+            let v = v.reshape((total, cfg.kv_heads, cfg.head_dim))?;
 
             let attention = self.attention(layer_index, sequences, tokens, &q, &k, &v)?;
             x = (x + layer.o.forward(&attention)?)?;
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
-            let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            let [gate, up] = Linear::forward_stacked(&h, [&layer.gate, &layer.up])?;
+            let gated = (candle_nn::ops::silu(&gate)? * up)?;
             x = (x + layer.down.forward(&gated)?)?;
         }
         for (sequence, new) in sequences.iter_mut().zip(tokens) {
