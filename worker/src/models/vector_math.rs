@@ -43,6 +43,16 @@ dispatch! {
 }
 
 dispatch! {
+    /// `out = silu(gate) · up` element by element (SwiGLU's gating), `silu(g) = g σ(g)`.
+    pub fn silu_times(out: &mut [f32], gate: &[f32], up: &[f32]) -> () {
+        assert!(out.len() == gate.len() && out.len() == up.len());
+        for ((out, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *out = g / (1.0 + exp(-g)) * u;
+        }
+    }
+}
+
+dispatch! {
     /// `y += alpha x`.
     pub fn add_scaled(y: &mut [f32], alpha: f32, x: &[f32]) -> () {
         add_scaled_inline(y, alpha, x)
@@ -177,6 +187,13 @@ mod tests {
         let total: f32 = xs.iter().map(|x| x.exp()).sum();
         for (s, x) in soft.iter().zip(&xs) {
             assert!((s - x.exp() / total).abs() < 1e-6);
+        }
+
+        let mut gated = vec![0f32; 37];
+        silu_times(&mut gated, &xs, &ys);
+        for ((g, x), y) in gated.iter().zip(&xs).zip(&ys) {
+            let want = x / (1.0 + (-x).exp()) * y;
+            assert!((g - want).abs() <= 1e-6 * want.abs().max(1.0), "silu({x}) · {y} = {g}, want {want}");
         }
 
         let mut normed = xs.clone();

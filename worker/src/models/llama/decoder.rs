@@ -25,6 +25,38 @@ use super::{
     attention,
     qmatmul::{self, QMatrix},
 };
+use crate::models::vector_math;
+
+/// `silu(gate) · up` in one pass on the CPU (candle's `silu` and product are two passes,
+/// two buffers and a libm `exp` per element).
+struct SiluTimes;
+
+impl candle_core::CustomOp2 for SiluTimes {
+    fn name(&self) -> &'static str {
+        "silu-times"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gate: &candle_core::CpuStorage,
+        gate_layout: &candle_core::Layout,
+        up: &candle_core::CpuStorage,
+        up_layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage::F32;
+        let (F32(gate), F32(up)) = (gate, up) else { candle_core::bail!("silu-times: f32 inputs only") };
+        if gate_layout.shape() != up_layout.shape() {
+            candle_core::bail!("silu-times: shapes {:?} and {:?} differ", gate_layout.shape(), up_layout.shape());
+        }
+        let (Some((g0, g1)), Some((u0, u1))) = (gate_layout.contiguous_offsets(), up_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("silu-times: inputs must be contiguous")
+        };
+        let mut out = vec![0f32; g1 - g0];
+        vector_math::silu_times(&mut out, &gate[g0..g1], &up[u0..u1]);
+        Ok((F32(out), gate_layout.shape().clone()))
+    }
+}
 
 /// Hyper-parameters read from the GGUF's `llama.*` metadata.
 #[derive(Debug, Clone)]
@@ -249,7 +281,11 @@ impl Llama {
 
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps as f32)?;
             let [gate, up] = Linear::forward_stacked(&h, [&layer.gate, &layer.up])?;
-            let gated = (candle_nn::ops::silu(&gate)? * up)?;
+            let gated = if self.device.is_cpu() {
+                gate.apply_op2_no_bwd(&up, &SiluTimes)?
+            } else {
+                (candle_nn::ops::silu(&gate)? * up)?
+            };
             x = (x + layer.down.forward(&gated)?)?;
         }
         for (sequence, new) in sequences.iter_mut().zip(tokens) {

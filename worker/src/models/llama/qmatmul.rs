@@ -746,6 +746,25 @@ mod tests {
         Ok(())
     }
 
+    /// Matrices multiplied together (one quantization, one hand-out of the threads) give
+    /// what each gives alone, bit for bit, including a padded group between them.
+    #[test]
+    fn stacked_products_equal_separate_ones() -> Result<()> {
+        let cols = 96;
+        let matrices = [
+            QMatrix::from_qtensor(&quantized(24, cols, 1, GgmlDType::Q4_1)?)?,
+            QMatrix::from_qtensor(&quantized(13, cols, 2, GgmlDType::Q8_0)?)?,
+            QMatrix::from_qtensor(&quantized(40, cols, 3, GgmlDType::Q4_1)?)?,
+        ];
+        let x = Tensor::from_vec(random(6, cols, 4), (6, cols), &Device::Cpu)?;
+        let stacked = forward_stacked(&x, &matrices.iter().collect::<Vec<_>>())?;
+        for (w, together) in matrices.iter().zip(stacked) {
+            assert_eq!(together.dims(), &[6, w.rows]);
+            assert_eq!(together.to_vec2::<f32>()?, w.forward(&x)?.to_vec2::<f32>()?);
+        }
+        Ok(())
+    }
+
     /// A row's result is bit for bit the same whatever rows it is multiplied with
     /// (batched decoding must give each sequence what it gets alone).
     #[test]
