@@ -8,10 +8,13 @@
 //!   its own CPU encoder;
 //! - [`sgemm`]: f32 linear layers with weights packed at load, AVX2 kernels, for the CPU;
 //! - [`vector_math`]: vectorized exp, erf, GELU, softmax, layer norm and sums;
+//! - [`attention_math`]: one query's attention scores and weighted values, SIMD, for
+//!   both models' CPU attention;
 //! - [`vision`]: the image classifiers: images decoded to tensors, the networks, the
 //!   training loop, a trained classifier saved, loaded and labelling images;
 //! - [`disjoint`]: one output buffer written by parallel tasks, for the CPU kernels.
 
+pub mod attention_math;
 pub mod bert;
 pub mod disjoint;
 pub mod llama;

@@ -31,7 +31,6 @@ macro_rules! dispatch {
         }
     };
 }
-pub(crate) use dispatch;
 
 dispatch! {
     /// `x = gelu(x)` for each element.
@@ -96,6 +95,13 @@ pub fn softmax_inline(xs: &mut [f32]) {
     let scale = 1.0 / sum.iter().sum::<f32>();
     for x in xs.iter_mut() {
         *x *= scale;
+    }
+}
+
+dispatch! {
+    /// The softmax of `xs`, in place.
+    pub fn softmax(xs: &mut [f32]) -> () {
+        softmax_inline(xs)
     }
 }
 

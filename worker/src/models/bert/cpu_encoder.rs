@@ -22,6 +22,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 
 use crate::models::{
+    attention_math,
     disjoint::DisjointSlice,
     sgemm::{Activation, PackedLinear},
     vector_math,
@@ -242,42 +243,34 @@ impl CpuEncoder {
     }
 }
 
-vector_math::dispatch! {
-    /// One head's attention over one text: `rows` are the text's fused query/key/value
-    /// rows (`3 hidden` wide; the head's query at `offset`, its key at `hidden + offset`,
-    /// its value at `2 hidden + offset`, each `d` long); `out` gets `len × d`.
-    fn attend_head(
-        rows: &[f32],
-        hidden: usize,
-        offset: usize,
-        d: usize,
-        keys: &mut Vec<f32>,
-        scores: &mut Vec<f32>,
-        out: &mut [f32]
-    ) -> () {
-        let width = 3 * hidden;
-        let len = rows.len() / width;
-        let scale = 1.0 / (d as f32).sqrt();
-        // The head's keys transposed (`d × len`): a query's scores are then `d` vector
-        // updates across all keys, instead of `len` short dot products that each end in
-        // a sum across lanes.
-        keys.resize(d * len, 0.0);
-        for j in 0..len {
-            for (c, &k) in rows[j * width + hidden + offset..][..d].iter().enumerate() {
-                keys[c * len + j] = k;
-            }
+/// One head's attention over one text: `rows` are the text's fused query/key/value rows
+/// (`3 hidden` wide; the head's query at `offset`, its key at `hidden + offset`, its value
+/// at `2 hidden + offset`, each `d` long); `out` gets `len × d`.
+fn attend_head(
+    rows: &[f32],
+    hidden: usize,
+    offset: usize,
+    d: usize,
+    keys: &mut Vec<f32>,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let width = 3 * hidden;
+    let len = rows.len() / width;
+    let scale = 1.0 / (d as f32).sqrt();
+    // The head's keys transposed (`d × stride`, zeros past `len`), as
+    // `attention_math::scores` takes them.
+    let stride = len.next_multiple_of(8);
+    keys.clear();
+    keys.resize(d * stride, 0.0);
+    for j in 0..len {
+        for (c, &k) in rows[j * width + hidden + offset..][..d].iter().enumerate() {
+            keys[c * stride + j] = k;
         }
-        scores.resize(len, 0.0);
-        for (i, out) in out.chunks_exact_mut(d).enumerate() {
-            scores.fill(0.0);
-            for (c, &q) in rows[i * width + offset..][..d].iter().enumerate() {
-                vector_math::add_scaled_inline(scores, q * scale, &keys[c * len..(c + 1) * len]);
-            }
-            vector_math::softmax_inline(scores);
-            out.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                vector_math::add_scaled_inline(out, p, &rows[j * width + 2 * hidden + offset..][..d]);
-            }
-        }
+    }
+    for (i, out) in out.chunks_exact_mut(d).enumerate() {
+        attention_math::scores(&rows[i * width + offset..][..d], keys, stride, len, scale, scores);
+        vector_math::softmax(scores);
+        attention_math::weighted_sum(scores, &rows[2 * hidden + offset..], width, out);
     }
 }

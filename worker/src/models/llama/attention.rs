@@ -17,10 +17,7 @@
 
 use half::{f16, slice::HalfFloatSliceExt};
 
-use crate::models::{
-    disjoint::DisjointSlice,
-    vector_math::{self, add_scaled_inline},
-};
+use crate::models::{attention_math, disjoint::DisjointSlice, vector_math};
 
 /// One layer's keys and values for one sequence, room for `capacity` positions: keys
 /// `[kv_head][head_dim][position]`, values `[kv_head][position][head_dim]`, in f16.
@@ -131,202 +128,15 @@ struct Keys<'a> {
 
 /// One query against the first `visible` cached positions of one head.
 fn head_attention(query: &[f32], keys: Keys, values: &[f16], visible: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let head_dim = query.len();
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    scores.clear();
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2")
-        && std::is_x86_feature_detected!("fma")
-        && std::is_x86_feature_detected!("f16c")
-        && head_dim.is_multiple_of(64)
-    {
-        // Whole chunks of eight positions: the cache's capacity is a multiple of eight
-        // (`LayerCache::new`), so the last chunk's loads stay inside it; the scores past
-        // `visible` are dropped before the softmax.
-        scores.resize(visible.next_multiple_of(8), 0.0);
-        // SAFETY: the CPU has AVX2, FMA and F16C; `keys` holds `head_dim` rows of `capacity`
-        // (a multiple of eight, at least `visible`), so at least `scores.len()` positions,
-        // and `values` `visible` rows of `head_dim`, a multiple of 64: what the kernels
-        // require.
-        unsafe {
-            avx2::scores(query, keys, scale, scores);
-            scores.truncate(visible);
-            softmax(scores);
-            for (d, out) in out.chunks_exact_mut(64).enumerate() {
-                avx2::weighted_values(scores, &values[d * 64..], head_dim, out);
-            }
-        }
-        return;
-    }
-    head_attention_plain(query, keys, values, visible, scores, out)
-}
-
-/// [`head_attention`] without SIMD kernels (other CPUs, other head sizes).
-fn head_attention_plain(
-    query: &[f32],
-    keys: Keys,
-    values: &[f16],
-    visible: usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let head_dim = query.len();
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    scores.clear();
-    scores.resize(visible, 0.0);
-    let mut row = vec![0f32; visible.max(head_dim)];
-    for (&q, keys) in query.iter().zip(keys.transposed.chunks_exact(keys.capacity)) {
-        keys[..visible].convert_to_f32_slice(&mut row[..visible]);
-        add_scaled_inline(scores, q * scale, &row[..visible]);
-    }
-    softmax(scores);
-    out.fill(0.0);
-    for (&weight, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
-        value.convert_to_f32_slice(&mut row[..head_dim]);
-        add_scaled_inline(out, weight, &row[..head_dim]);
-    }
-}
-
-vector_math::dispatch! {
-    /// The softmax of `xs`, in place, with the vectorized `exp`.
-    fn softmax(xs: &mut [f32]) -> () {
-        vector_math::softmax_inline(xs)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
-
-    use half::f16;
-
-    use super::Keys;
-
-    /// Eight f16 at `at`, as f32.
-    ///
-    /// # Safety
-    ///
-    /// `at` must point at eight readable f16s.
-    #[target_feature(enable = "avx2,f16c")]
-    #[inline]
-    unsafe fn load8(at: *const f16) -> __m256 {
-        // SAFETY: the caller's contract.
-        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(at as *const __m128i) })
-    }
-
-    /// `scores[p] = scale · query · key_p` for every position `p < scores.len()`, up to
-    /// 64 positions at a time: eight accumulators of eight positions each, every one
-    /// updated once per dimension, so the fused multiply-adds never wait on one another.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must have AVX2, FMA and F16C; `scores.len()` must be a multiple of eight and at
-    /// most `keys.capacity`, and `keys.transposed` must hold `query.len()` rows of
-    /// `keys.capacity`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores(query: &[f32], keys: Keys, scale: f32, scores: &mut [f32]) {
-        assert!(scores.len().is_multiple_of(8) && scores.len() <= keys.capacity);
-        assert!(keys.transposed.len() >= query.len() * keys.capacity);
-        let chunks = scores.len() / 8;
-        let mut first = 0;
-        while first < chunks {
-            let n = (chunks - first).min(8);
-            // SAFETY: chunks `first..first + n` lie within `scores.len() ≤ capacity`
-            // positions (asserted above).
-            unsafe {
-                match n {
-                    1 => block::<1>(query, keys, scale, first, scores),
-                    2 => block::<2>(query, keys, scale, first, scores),
-                    3 => block::<3>(query, keys, scale, first, scores),
-                    4 => block::<4>(query, keys, scale, first, scores),
-                    5 => block::<5>(query, keys, scale, first, scores),
-                    6 => block::<6>(query, keys, scale, first, scores),
-                    7 => block::<7>(query, keys, scale, first, scores),
-                    _ => block::<8>(query, keys, scale, first, scores),
-                }
-            }
-            first += n;
-        }
-    }
-
-    /// Chunks `first..first + N` of eight positions.
-    ///
-    /// # Safety
-    ///
-    /// As [`scores`], with `(first + N) * 8 ≤ scores.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn block<const N: usize>(query: &[f32], keys: Keys, scale: f32, first: usize, scores: &mut [f32]) {
-        let mut sums = [_mm256_setzero_ps(); N];
-        for (d, &q) in query.iter().enumerate() {
-            let q = _mm256_set1_ps(q);
-            // SAFETY: row `d` < query.len() holds `capacity` positions, and the chunks'
-            // positions end at (first + N) * 8 ≤ capacity (the contract).
-            let row = unsafe { keys.transposed.as_ptr().add(d * keys.capacity + first * 8) };
-            for (k, sum) in sums.iter_mut().enumerate() {
-                // SAFETY: as above.
-                *sum = _mm256_fmadd_ps(q, unsafe { load8(row.add(8 * k)) }, *sum);
-            }
-        }
-        let scale = _mm256_set1_ps(scale);
-        for (k, sum) in sums.into_iter().enumerate() {
-            // SAFETY: position (first + k) * 8 + 7 < scores.len() (the contract).
-            unsafe { _mm256_storeu_ps(scores.as_mut_ptr().add((first + k) * 8), _mm256_mul_ps(sum, scale)) };
-        }
-    }
-
-    /// `out = Σ_p weights[p] · values[p]` for 64 dimensions of the value rows (rows of
-    /// `stride` floats, from `values[0]`), in eight register accumulators.
-    ///
-    /// # Safety
-    ///
-    /// The CPU must have AVX2, FMA and F16C; `out` must hold 64 floats and `values` at least
-    /// `(weights.len() - 1) * stride + 64`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weighted_values(weights: &[f32], values: &[f16], stride: usize, out: &mut [f32]) {
-        assert!(out.len() == 64);
-        assert!(weights.is_empty() || values.len() >= (weights.len() - 1) * stride + 64);
-        let mut sums = [_mm256_setzero_ps(); 8];
-        for (p, &w) in weights.iter().enumerate() {
-            let w = _mm256_set1_ps(w);
-            // SAFETY: row p's 64 floats end within `values` (asserted above).
-            let row = unsafe { values.as_ptr().add(p * stride) };
-            for (k, sum) in sums.iter_mut().enumerate() {
-                // SAFETY: as above.
-                *sum = _mm256_fmadd_ps(w, unsafe { load8(row.add(8 * k)) }, *sum);
-            }
-        }
-        for (k, sum) in sums.into_iter().enumerate() {
-            // SAFETY: `out` holds 64 floats (asserted above).
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), sum) };
-        }
-    }
+    let scale = 1.0 / (query.len() as f32).sqrt();
+    attention_math::scores(query, keys.transposed, keys.capacity, visible, scale, scores);
+    vector_math::softmax(scores);
+    attention_math::weighted_sum(scores, values, query.len(), out);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The SIMD path against the plain one, for visible lengths around the kernels'
-    /// chunk and block sizes and for one and two 64-dimension slices.
-    #[test]
-    fn simd_heads_agree_with_plain_ones() {
-        let value = |i: usize| ((i * 7919 % 1009) as f32 / 500.0) - 1.0;
-        for head_dim in [64, 128] {
-            for visible in [1usize, 7, 8, 9, 63, 64, 65, 130] {
-                let capacity = visible.next_multiple_of(8);
-                let query: Vec<f32> = (0..head_dim).map(value).collect();
-                let transposed: Vec<f16> = (0..head_dim * capacity).map(|i| f16::from_f32(value(i + 11))).collect();
-                let values: Vec<f16> = (0..visible * head_dim).map(|i| f16::from_f32(value(i + 23))).collect();
-                let keys = Keys { transposed: &transposed, capacity };
-                let (mut fast, mut plain) = (vec![0f32; head_dim], vec![0f32; head_dim]);
-                head_attention(&query, keys, &values, visible, &mut Vec::new(), &mut fast);
-                head_attention_plain(&query, keys, &values, visible, &mut Vec::new(), &mut plain);
-                for (d, (a, b)) in fast.iter().zip(&plain).enumerate() {
-                    assert!((a - b).abs() < 1e-5, "head_dim {head_dim}, visible {visible}, dimension {d}: {a} vs {b}");
-                }
-            }
-        }
-    }
 
     /// Against a plain softmax(q kᵀ / √d) v (keys and values rounded to f16, as cached)
     /// with a causal mask, two sequences of different lengths in one call, grouped-query
