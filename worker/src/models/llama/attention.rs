@@ -9,11 +9,10 @@
 //! spread over candle's barrier thread pool. Each pair's arithmetic is the same whatever else is
 //! in the batch, so batching does not change a sequence's results.
 //!
-//! Keys are cached transposed, `[kv_head][head_dim][position]`: a query's scores are then
-//! `head_dim` vector updates across all its visible positions, where one short dot
-//! product per position would end each in a horizontal sum (that was most of attention's
-//! time). Keys and values are stored as f16, as llama.cpp stores them: half the memory a
-//! sequence holds, and half the bytes attention reads per step.
+//! Keys are cached transposed, `[kv_head][head_dim][position]`, the layout the SIMD
+//! arithmetic of [`attention_math`] takes (see there why). Keys and values are stored as
+//! f16, as llama.cpp stores them: half the memory a sequence holds, and half the bytes
+//! attention reads per step.
 
 use half::{f16, slice::HalfFloatSliceExt};
 

@@ -9,8 +9,10 @@
 //! sequence, against that sequence's own cache. A prompt is the same call with many
 //! tokens for one sequence.
 //!
-//! On the CPU, Q4_1 and Q8_0 weights go through [`super::qmatmul`]'s SIMD kernels;
-//! everything else, and every weight on a GPU, through candle's `QMatMul`.
+//! On the CPU, Q4_1 and Q8_0 weights go through [`super::qmatmul`]'s SIMD kernels (a
+//! layer's query, key and value in one pass, its gate and up in another), and SwiGLU's
+//! gate is one fused op; everything else, and every weight on a GPU, through candle's
+//! `QMatMul` and ops.
 
 use std::io::{Read, Seek};
 

@@ -216,10 +216,10 @@ impl QMatrix {
 /// threads are handed out once for all of them.
 struct Stacked<'a>(&'a [&'a QMatrix]);
 
-/// `x · Wᵀ` for each of `matrices`, all with `x.dim(1)` columns: one `(rows, matrix rows)`
-/// tensor each, computed together (see [`Stacked`]).
+/// `x · Wᵀ` for each of `matrices`, `x` of shape `(rows, cols)`: one `(rows, matrix rows)`
+/// tensor each, computed together: one quantized input, one hand-out to the threads.
 pub fn forward_stacked(x: &Tensor, matrices: &[&QMatrix]) -> Result<Vec<Tensor>> {
-    let rows = x.dim(0)?;
+    let (rows, _) = x.dims2()?;
     let flat = x.apply_op1_no_bwd(&Stacked(matrices))?;
     let mut offset = 0;
     let mut out = Vec::with_capacity(matrices.len());
