@@ -156,7 +156,13 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let er = p * r * r + r + 1.0;
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ built in the exponent bits. `n + 127` is an integer in 1..=255; added to 2²³ it
+    // sits in the low bits of that float's mantissa, and shifting them into the exponent
+    // drops the rest. Same bits as `(n as i32 + 127) << 23`, but that cast (saturating,
+    // NaN to zero) compiled to a scalar conversion and two checks per lane, which made
+    // every caller's loop scalar at that point.
+    let biased = n + (127.0 + 8_388_608.0);
+    er * f32::from_bits(biased.to_bits() << 23)
 }
 
 #[cfg(test)]
