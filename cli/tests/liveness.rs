@@ -1,6 +1,7 @@
 //! No peer can stall the service: a worker that stops reading, a worker process that
 //! hangs, and a worker that reports nonsense each lose (or are refused) what they hold,
-//! within a few heartbeat intervals, while the healthy workers carry on.
+//! within a few heartbeat intervals, while the healthy workers carry on; nor can one
+//! slow store write hold up the rest of its worker's jobs.
 
 mod support;
 
@@ -327,4 +328,56 @@ async fn reports_too_large_for_the_store_fail_the_job() {
     let error = failed.error.expect("an error");
     assert_eq!(error.code, tonic::Code::ResourceExhausted as i32);
     assert!(error.message.contains("does not fit the job store"), "{}", error.message);
+}
+
+/// Holds every transaction that touches one job's keys, once armed, until released.
+struct HoldsOneJob {
+    job_id: std::sync::Mutex<Option<String>>,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+impl TxnHook for HoldsOneJob {
+    fn hold(&self, txn: &Txn) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        let job_id = self.job_id.lock().unwrap().clone()?;
+        let touches = txn.ops.iter().any(|op| match op {
+            deephardway_service::store::Op::Put { key, .. } | deephardway_service::store::Op::Delete { key, .. } => {
+                key.ends_with(&format!("/{job_id}")) || key.contains(&format!("/{job_id}/"))
+            }
+        });
+        let mut released = self.released.subscribe();
+        touches.then(|| {
+            Box::pin(async move { while !*released.borrow_and_update() && released.changed().await.is_ok() {} }) as _
+        })
+    }
+}
+
+/// A worker session writes its jobs' reports beside its loop, not in it: while one job's
+/// result waits on a slow store write, the worker's other job still ends. (The session
+/// used to await each write, so a worker ran at most one job per commit latency, and a
+/// stuck write held every job of its worker.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_report_write_does_not_hold_up_the_workers_other_jobs() {
+    let backend = Backend::embedded().await;
+    let (released, _) = tokio::sync::watch::channel(false);
+    let hook = HoldsOneJob { job_id: std::sync::Mutex::new(None), released };
+    let store = std::sync::Arc::new(Hooked { inner: backend.open().await, hook });
+    let server = TestServer::start_with(store.clone(), config()).await;
+    let mut worker = RawWorker::connect(&server.url, "two-at-once", 2, None).await;
+    worker.keep_beating(HEARTBEAT / 4);
+    let mut client = server.client().await;
+    let spec = JobSpec { model: "two-at-once".into(), ..diagnostic(1, 1) };
+    let (slow, quick) = (create(&mut client, spec.clone()).await, create(&mut client, spec).await);
+    let (first, second) = (worker.assignment().await, worker.assignment().await);
+    let fence_of = |id: &str| if first.job_id == id { first.fence } else { second.fence };
+
+    *store.hook.job_id.lock().unwrap() = Some(slow.id.clone());
+    worker.report(&slow.id, fence_of(&slow.id), diagnostic_result()).await;
+    worker.report(&quick.id, fence_of(&quick.id), diagnostic_result()).await;
+    let ended = wait_all_ended(&mut client, std::slice::from_ref(&quick.id), Duration::from_secs(10)).await;
+    assert_eq!(ended[0].state, JobState::Succeeded as i32);
+    assert!(get(&mut client, &slow.id).await.end_time.is_none(), "the slow job's write is still held");
+
+    store.hook.released.send_replace(true);
+    let ended = wait_all_ended(&mut client, std::slice::from_ref(&slow.id), Duration::from_secs(10)).await;
+    assert_eq!((ended[0].state, ended[0].attempts), (JobState::Succeeded as i32, 1));
 }

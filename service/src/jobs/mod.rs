@@ -654,7 +654,10 @@ impl JobLifecycle {
                 .then(Op::delete(&entry.key));
             self.store.txn(txn).await
         };
-        let Some((mut job, kv)) = self.find(&id).await? else {
+        // The request is read beside the record, not after the claim: it never changes
+        // once submitted, and the worker's assignment needs it (one round trip less).
+        let (found, spec) = tokio::join!(self.find(&id), specs::read(self.store.as_ref(), &id));
+        let Some((mut job, kv)) = found? else {
             drop_stale_entry().await?;
             return Ok(None);
         };
@@ -729,8 +732,12 @@ impl JobLifecycle {
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started");
         self.metrics.started(&job);
         let record = StoredRecord { job: job.clone(), revision: outcome.revision };
-        // The worker's assignment carries the whole request.
-        let job = self.with_spec(job).await?;
+        // The worker's assignment carries the whole request (read again only for a
+        // record from before requests were stored apart, or if that read failed).
+        let job = match spec {
+            Ok(Some(spec)) => Job { spec: Some(spec), ..job },
+            _ => self.with_spec(job).await?,
+        };
         Ok(Some(Claimed { job, fence: Fence { secret, revision: outcome.revision }, record }))
     }
 

@@ -45,13 +45,19 @@ pub async fn join(store: &dyn Store, job: &mut Job) -> Result<(), Status> {
     if job.spec.as_ref().is_some_and(|s| s.input.is_some()) {
         return Ok(());
     }
-    let key = keys::spec(&job.id);
-    if let Some(kv) = store.get(&key).await? {
-        let spec =
-            JobSpec::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("corrupt spec {key}: {e}")))?;
+    if let Some(spec) = read(store, &job.id).await? {
         job.spec = Some(spec);
     }
     Ok(())
+}
+
+/// The whole request of job `id` from its spec key, if it has one.
+pub(super) async fn read(store: &dyn Store, id: &str) -> Result<Option<JobSpec>, Status> {
+    let key = keys::spec(id);
+    let Some(kv) = store.get(&key).await? else { return Ok(None) };
+    let spec =
+        JobSpec::decode(kv.value.as_slice()).map_err(|e| Status::internal(format!("corrupt spec {key}: {e}")))?;
+    Ok(Some(spec))
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 
 mod inputs;
 mod reports;
+mod writes;
 
 use std::{
     collections::HashMap,
@@ -37,7 +38,7 @@ use std::{
 use deephardway::{
     errors::{RpcStatus, invalid_field},
     is_final,
-    v1::{Job, JobCancelled, job_event::Event, job_result},
+    v1::{JobCancelled, job_event::Event, job_result},
     worker::v1::{
         Assignment, Cancel, ConnectRequest, ConnectResponse, FetchArtifactRequest, FetchArtifactResponse, Hello,
         PublishModelRequest, PublishModelResponse, Report, Welcome, connect_request, connect_response,
@@ -56,12 +57,13 @@ use super::SharedContext;
 use crate::{
     auth::Caller,
     hub::Change,
-    jobs::{Claimed, Fence, JobLifecycle, Rejected, ServedModel, StoredRecord, WorkerRecord},
+    jobs::{Claimed, Fence, Rejected, ServedModel, WorkerRecord},
     keys,
-    store::{MAX_TXN_OPS, Op, StoreError, Txn},
+    store::{Op, StoreError, Txn},
     trained_models, validate,
 };
-use reports::{Expected, MAX_OUTPUT_PER_REPORT, check_report};
+use reports::{Expected, check_report};
+use writes::{ReportLog, Writes, Written, coalesce};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SLOTS: u32 = 256;
@@ -188,6 +190,7 @@ impl WorkerService for WorkersRpc {
             sent: 0,
             ending: None,
             running: HashMap::new(),
+            writes: Writes::default(),
         };
         session.send(welcome);
         tokio::spawn(session.run(inbound, caller));
@@ -242,14 +245,27 @@ struct Running {
     /// that the session's backlog is known without going over them).
     pending: Vec<Event>,
     pending_bytes: usize,
-    /// What the session knows of the job's events in the store.
+    /// The reports being written now, if a write is in flight (one at a time per job).
+    writing: Option<Backlog>,
+    /// What the session knows of the job's events in the store (taken by the write in
+    /// flight, and given back when it is settled).
     log: ReportLog,
+    /// Why the session ended the job itself (a timeout, a worker deaf to cancelling):
+    /// the worker is told to stop, with this reason, once that end is written.
+    ended_on_behalf: Option<&'static str>,
     /// For the latency metrics: the job's kind and model, when it was handed over, and
     /// when its first output came.
     kind: i32,
     model: String,
     assigned: Instant,
     first_output: Option<Instant>,
+}
+
+/// Reports held in memory: how many, and their encoded size.
+#[derive(Clone, Copy, Default)]
+struct Backlog {
+    events: usize,
+    bytes: usize,
 }
 
 impl Running {
@@ -284,6 +300,8 @@ struct Session {
     /// Set when the worker can no longer be sent to: the session ends, saying why.
     ending: Option<String>,
     running: HashMap<String, Running>,
+    /// Report writes in flight, beside the loop (see [`writes`]).
+    writes: Writes,
 }
 
 /// Whether a worker still takes what is queued for it: messages that wait unread for
@@ -363,6 +381,7 @@ impl Session {
                     Err(RecvError::Lagged(_)) => self.recheck_cancels().await,
                     Err(RecvError::Closed) => break "hub stopped".to_string(),
                 },
+                Some((id, written)) = self.writes.next(), if !self.writes.is_empty() => self.settle(&id, written),
                 _ = flush.tick() => self.on_tick().await,
                 _ = keepalive.tick() => match self.ctx.lifecycle.store().lease_keep_alive(self.lease).await {
                     Ok(()) => {}
@@ -384,7 +403,7 @@ impl Session {
         tracing::info!(worker = %worker_id, reason = %end, running = self.running.len(), "worker disconnected");
         drop(series);
         self.ctx.dispatcher.deregister(&worker_id);
-        self.flush_all().await;
+        self.write_last().await;
         // Its claims vanish with the lease; the reaper puts the jobs back in line.
         if let Err(e) = self.ctx.lifecycle.store().lease_revoke(self.lease).await {
             tracing::warn!(worker = %worker_id, error = %e, "could not revoke lease; it will expire");
@@ -402,8 +421,9 @@ impl Session {
     fn backlogged(&self) -> bool {
         let (mut events, mut bytes) = (0, 0);
         for running in self.running.values() {
-            events += running.pending.len();
-            bytes += running.pending_bytes;
+            let writing = running.writing.unwrap_or_default();
+            events += running.pending.len() + writing.events;
+            bytes += running.pending_bytes + writing.bytes;
             if events > MAX_BACKLOG_EVENTS || bytes > MAX_BACKLOG_BYTES {
                 return true;
             }
@@ -451,7 +471,9 @@ impl Session {
             cancel_sent: None,
             pending: Vec::new(),
             pending_bytes: 0,
+            writing: None,
             log: ReportLog { last_seq: job.last_seq, uncertain: false, record: Some(record) },
+            ended_on_behalf: None,
             kind: job.kind,
             model: job.model.clone(),
             assigned: Instant::now(),
@@ -501,90 +523,96 @@ impl Session {
         if last {
             // Don't make the job's watchers wait for the next tick; write everyone's
             // pending reports with it.
-            self.flush_all().await;
+            self.flush_all();
         }
     }
 
     async fn on_tick(&mut self) {
-        self.flush_all().await;
+        self.flush_all();
         let now = Instant::now();
         let grace = self.ctx.lifecycle.config().cancel_grace;
         let ids: Vec<String> = self.running.keys().cloned().collect();
         for id in ids {
-            let Some(running) = self.running.get(&id) else { continue };
+            // A job the session has already ended waits only for that end to be written.
+            let Some(running) = self.running.get(&id).filter(|r| r.ended_on_behalf.is_none()) else { continue };
             if now >= running.deadline {
                 let failure = RpcStatus {
                     code: Code::DeadlineExceeded as i32,
                     message: format!("the job ran longer than its timeout of {:?}", running.timeout),
                     details: Vec::new(),
                 };
-                self.end_on_behalf(&id, Event::Failed(failure), "timeout").await;
+                self.end_on_behalf(&id, Event::Failed(failure), "timeout");
             } else if running.cancel_sent.is_some_and(|t| now >= t + grace) {
                 let reason = match self.ctx.lifecycle.find(&id).await {
                     Ok(Some((job, _))) => job.cancel_reason,
                     _ => "cancelled".into(),
                 };
-                self.end_on_behalf(&id, Event::Cancelled(JobCancelled { reason }), "cancel grace expired").await;
+                self.end_on_behalf(&id, Event::Cancelled(JobCancelled { reason }), "cancel grace expired");
             }
         }
     }
 
-    /// Ends a job without waiting for its worker (timeout, unresponsive to cancel).
-    async fn end_on_behalf(&mut self, id: &str, event: Event, why: &str) {
+    /// Ends a job without waiting for its worker (timeout, unresponsive to cancel): the
+    /// end is written, and once it is, the worker is told to stop (see [`Self::release`]).
+    fn end_on_behalf(&mut self, id: &str, event: Event, why: &'static str) {
         let Some(running) = self.running.get_mut(id) else { return };
         running.wait(event);
-        self.flush(id).await;
-        if self.running.contains_key(id) {
-            return; // the write failed; try again next tick
-        }
-        let cancel = Cancel { job_id: id.to_string(), reason: why.to_string() };
-        self.send(connect_response::Message::Cancel(cancel));
+        running.ended_on_behalf = Some(why);
+        self.write(id);
     }
 
-    /// Writes one job's pending reports as one transaction.
-    async fn flush(&mut self, id: &str) {
+    /// Starts writing a job's pending reports, unless a write of its reports is in flight
+    /// (those wait for it: a job's writes land in order).
+    fn write(&mut self, id: &str) {
         let Some(running) = self.running.get_mut(id) else { return };
-        if running.pending.is_empty() {
+        if running.pending.is_empty() || running.writing.is_some() {
             return;
         }
-        let (fence, log, events) = (running.fence, std::mem::take(&mut running.log), coalesce(running.take_waiting()));
-        let written = write_reports(&self.ctx.lifecycle, id, &fence, log, events).await;
-        self.settle(id, written).await;
+        running.writing = Some(Backlog { events: running.pending.len(), bytes: running.pending_bytes });
+        let (log, events) = (std::mem::take(&mut running.log), coalesce(running.take_waiting()));
+        self.writes.start(&self.ctx.lifecycle, id.to_string(), running.fence, log, events);
     }
 
-    /// Writes every job's pending reports, one transaction per job (more for a backlog),
-    /// all at once: the store commits them together (one fsync for the embedded store).
-    async fn flush_all(&mut self) {
-        let batch: Vec<(String, Fence, ReportLog, Vec<Event>)> = self
+    /// Starts writing every job's pending reports, one write per job: the store commits
+    /// those that overlap together (one fsync for the embedded store).
+    fn flush_all(&mut self) {
+        let ids: Vec<String> = self
             .running
-            .iter_mut()
-            .filter(|(_, r)| !r.pending.is_empty())
-            .map(|(id, r)| (id.clone(), r.fence, std::mem::take(&mut r.log), coalesce(r.take_waiting())))
+            .iter()
+            .filter(|(_, r)| !r.pending.is_empty() && r.writing.is_none())
+            .map(|(id, _)| id.clone())
             .collect();
-        if batch.is_empty() {
-            return;
-        }
-        let lifecycle = &self.ctx.lifecycle;
-        let outcomes = futures::future::join_all(batch.into_iter().map(|(id, fence, log, events)| async move {
-            let written = write_reports(lifecycle, &id, &fence, log, events).await;
-            (id, written)
-        }))
-        .await;
-        for (id, written) in outcomes {
-            self.settle(&id, written).await;
+        for id in ids {
+            self.write(&id);
         }
     }
 
-    /// Acts on the outcome of writing a job's reports.
-    async fn settle(&mut self, id: &str, written: Written) {
+    /// Waits for the writes in flight, then writes what is left once: the session is
+    /// ending, and its jobs' claims end with it.
+    async fn write_last(&mut self) {
+        while let Some((id, written)) = self.writes.next().await {
+            self.settle(&id, written);
+        }
+        self.flush_all();
+        while let Some((id, written)) = self.writes.next().await {
+            self.settle(&id, written);
+        }
+    }
+
+    /// Acts on the outcome of writing a job's reports. A final report that came while
+    /// the write was in flight is written at once, the rest at the next tick.
+    fn settle(&mut self, id: &str, written: Written) {
         let Written { outcome, unwritten, log } = written;
         if let Some(running) = self.running.get_mut(id) {
             running.log = log;
+            running.writing = None;
         }
         match outcome {
             Ok(job) => {
                 if job.end_time.is_some() {
                     self.release(id);
+                } else if self.running.get(id).is_some_and(|r| r.pending.iter().any(is_final)) {
+                    self.write(id);
                 }
             }
             Err(rejected @ (Rejected::StaleFence | Rejected::Finished)) => {
@@ -631,9 +659,15 @@ impl Session {
         self.send(connect_response::Message::Cancel(cancel));
     }
 
+    /// The session is done with a job: its slot is free. A job the session ended itself
+    /// is stopped on the worker now (its end is written, or the job is no longer this
+    /// worker's).
     fn release(&mut self, id: &str) {
-        if self.running.remove(id).is_some() {
-            self.ctx.dispatcher.slot_freed(&self.record.worker_id);
+        let Some(running) = self.running.remove(id) else { return };
+        self.ctx.dispatcher.slot_freed(&self.record.worker_id);
+        if let Some(why) = running.ended_on_behalf {
+            let cancel = Cancel { job_id: id.to_string(), reason: why.to_string() };
+            self.send(connect_response::Message::Cancel(cancel));
         }
     }
 
@@ -656,110 +690,6 @@ impl Session {
     }
 }
 
-/// Reports in one transaction at most: with the job's record and the ops a final event
-/// adds, within the store's [`MAX_TXN_OPS`]. A session that fell behind (a burst of
-/// progress, a slow store) has more pending than that; one transaction with all of them
-/// would be refused by etcd every time, and the job would never move again.
-const MAX_EVENTS_PER_WRITE: usize = MAX_TXN_OPS - 16;
-
-/// Bytes of events in one transaction at most (one event alone may be larger: an output
-/// of [`MAX_OUTPUT_PER_REPORT`]). With the job's record, a transaction stays within
-/// etcd's default request size limit (`--max-request-bytes`, 1.5 MiB): a larger one is
-/// refused at every retry, like one with too many operations.
-const MAX_EVENT_BYTES_PER_WRITE: usize = 1 << 20;
-
-/// What a session knows of a running job's record and events in the store.
-#[derive(Debug, Clone, Default)]
-struct ReportLog {
-    /// The job's last event as of the session's last write that it saw succeed.
-    last_seq: u64,
-    /// A write failed since: it may have landed all the same (the store lost its answer).
-    uncertain: bool,
-    /// The record as that write left it, so that the next write needs no read of it
-    /// (none after a failed write: the next one reads it).
-    record: Option<StoredRecord>,
-}
-
-/// The outcome of [`write_reports`].
-struct Written {
-    /// The last write's.
-    outcome: Result<Job, Rejected>,
-    /// The events not written: those of the write that failed and after it.
-    unwritten: Vec<Event>,
-    log: ReportLog,
-}
-
-/// Writes a job's reports in order, in transactions of at most [`MAX_EVENTS_PER_WRITE`]
-/// events, so that a retry neither loses nor repeats any: after a failed write the
-/// events not written are kept for the next try, which checks (with the job's last
-/// event from before) whether the failed write landed after all.
-async fn write_reports(
-    lifecycle: &JobLifecycle,
-    id: &str,
-    fence: &Fence,
-    mut log: ReportLog,
-    mut events: Vec<Event>,
-) -> Written {
-    loop {
-        let rest = events.split_off(first_write(&events));
-        let after_seq = log.uncertain.then_some(log.last_seq);
-        match lifecycle.report_from(id, fence, after_seq, &events, log.record.take()).await {
-            Ok(record) => {
-                let job = record.job.clone();
-                log = ReportLog { last_seq: job.last_seq, uncertain: false, record: Some(record) };
-                if rest.is_empty() || job.end_time.is_some() {
-                    return Written { outcome: Ok(job), unwritten: Vec::new(), log };
-                }
-                events = rest;
-            }
-            Err(rejected) => {
-                log.uncertain |= matches!(rejected, Rejected::Status(_));
-                events.extend(rest);
-                return Written { outcome: Err(rejected), unwritten: events, log };
-            }
-        }
-    }
-}
-
-/// How many of `events` the next transaction writes: at least one, at most
-/// [`MAX_EVENTS_PER_WRITE`], and no more than [`MAX_EVENT_BYTES_PER_WRITE`] of them
-/// unless a single event is larger.
-fn first_write(events: &[Event]) -> usize {
-    let mut bytes = 0;
-    for (i, event) in events.iter().enumerate().take(MAX_EVENTS_PER_WRITE) {
-        bytes += event.encoded_len();
-        if i > 0 && bytes > MAX_EVENT_BYTES_PER_WRITE {
-            return i;
-        }
-    }
-    events.len().min(MAX_EVENTS_PER_WRITE)
-}
-
-/// Merges the output chunks of one flush into as few events as fit
-/// [`MAX_OUTPUT_PER_REPORT`] each, the first placed where the first chunk was; every other
-/// event keeps its order. Text order is preserved. A session that fell behind holds many
-/// chunks, and one merged event of them all could be larger than the store accepts.
-fn coalesce(events: Vec<Event>) -> Vec<Event> {
-    let mut merged: Vec<Event> = Vec::with_capacity(events.len());
-    let mut output_at: Option<usize> = None;
-    for event in events {
-        match (event, output_at) {
-            (Event::Output(next), Some(i)) if matches!(&merged[i], Event::Output(o) if o.text.len() + next.text.len() <= MAX_OUTPUT_PER_REPORT) => {
-                if let Event::Output(first) = &mut merged[i] {
-                    first.text.push_str(&next.text);
-                }
-            }
-            // The first output, or one the last merged output has no room for.
-            (event @ Event::Output(_), _) => {
-                output_at = Some(merged.len());
-                merged.push(event);
-            }
-            (event, _) => merged.push(event),
-        }
-    }
-    merged
-}
-
 /// Time to first output (any kind's first `output` event, a generate job's first token)
 /// and, when a generate job ends, its time per output token after the first.
 fn observe_latency(metrics: &crate::metrics::Metrics, running: &mut Running, event: &Event) {
@@ -774,43 +704,5 @@ fn observe_latency(metrics: &crate::metrics::Metrics, running: &mut Running, eve
             }
         }
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use deephardway::v1::{JobOutput, JobProgress};
-
-    #[test]
-    fn output_merges_and_other_events_keep_their_order() {
-        let out = |t: &str| Event::Output(JobOutput { text: t.into() });
-        let progress = |f: f64| Event::Progress(JobProgress { fraction: f, ..Default::default() });
-        let merged = coalesce(vec![progress(0.1), out("a"), out("b"), progress(0.5), out("c"), progress(0.9)]);
-        assert_eq!(merged, vec![progress(0.1), out("abc"), progress(0.5), progress(0.9)]);
-    }
-
-    #[test]
-    fn a_backlog_of_output_is_merged_and_written_in_pieces_a_store_accepts() {
-        let out = |t: String| Event::Output(JobOutput { text: t });
-        let chunk = |i: usize| char::from(b'a' + i as u8).to_string().repeat(300 * 1024);
-        let merged = coalesce((0..7).map(|i| out(chunk(i))).collect());
-        let texts: Vec<usize> = merged
-            .iter()
-            .map(|e| match e {
-                Event::Output(o) => o.text.len(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(texts, [900 * 1024, 900 * 1024, 300 * 1024], "three chunks fit in 1 MiB, not four");
-        let whole: String =
-            merged.iter().map(|e| if let Event::Output(o) = e { o.text.as_str() } else { "" }).collect();
-        assert_eq!(whole, (0..7).map(chunk).collect::<String>());
-        // One write each: two of them would pass the bytes a write may hold.
-        assert_eq!(first_write(&merged), 1);
-        assert_eq!(first_write(&merged[2..]), 1);
-        // Small events: as many as a transaction's operations allow.
-        let small = vec![out("x".into()); 500];
-        assert_eq!(first_write(&small), MAX_EVENTS_PER_WRITE);
     }
 }

@@ -2,7 +2,7 @@
 //! for a while, lose the answer to one that committed, or count the reads of some keys.
 //! Everything else goes straight to the real store.
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, time::Duration};
 
 use async_trait::async_trait;
 use deephardway_service::store::{
@@ -13,6 +13,11 @@ use deephardway_service::store::{
 pub trait TxnHook: Send + Sync + 'static {
     /// Before a read (`get`, `range`, `range_rev` or `count`) of `key` (or prefix).
     fn read(&self, _operation: &'static str, _key: &str) {}
+
+    /// Before the transaction, a wait to hold it for (a slow write): `None` goes on at once.
+    fn hold(&self, _txn: &Txn) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        None
+    }
 
     /// Before the transaction: `Some(error)` answers it without committing anything.
     fn before(&self, _txn: &Txn) -> Option<StoreError> {
@@ -49,6 +54,9 @@ impl<H: TxnHook> Store for Hooked<H> {
         self.inner.count(prefix).await
     }
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        if let Some(held) = self.hook.hold(&txn) {
+            held.await;
+        }
         if let Some(error) = self.hook.before(&txn) {
             return Err(error);
         }
