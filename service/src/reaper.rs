@@ -53,12 +53,10 @@ impl RecentlyFinished {
 pub fn start(lifecycle: JobLifecycle, hub: &Hub, shutdown: CancellationToken) {
     let mut changes = hub.changes();
     let lifecycle = Arc::new(lifecycle);
+    let (lifecycle_for_purge, purge_shutdown) = (lifecycle.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut scan = tokio::time::interval(SCAN_INTERVAL);
         let mut finished = RecentlyFinished::default();
-        let mut purge = tokio::time::interval(
-            lifecycle.config().retention.min(Duration::from_secs(60)).max(Duration::from_millis(200)),
-        );
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
@@ -81,19 +79,29 @@ pub fn start(lifecycle: JobLifecycle, hub: &Hub, shutdown: CancellationToken) {
                         tracing::warn!(error = %e, "orphan scan failed");
                     }
                 }
-                _ = purge.tick() => {
-                    match lifecycle.purge_expired().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(jobs = n, "removed finished jobs past their retention"),
-                        Err(e) => tracing::warn!(error = %e, "retention purge failed"),
-                    }
-                    match lifecycle.forget_unserved().await {
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(models = n, "forgot models no worker served for a day"),
-                        Err(e) => tracing::warn!(error = %e, "could not forget unserved models"),
-                    }
-                }
                 _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+    // Retention in a task of its own: a purge of many jobs takes a while, and the lost
+    // workers' jobs above should not wait for it.
+    tokio::spawn(async move {
+        let every = lifecycle_for_purge.config().retention.min(Duration::from_secs(60)).max(Duration::from_millis(200));
+        let mut purge = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = purge.tick() => {}
+                _ = purge_shutdown.cancelled() => return,
+            }
+            match lifecycle_for_purge.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "removed finished jobs past their retention"),
+                Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+            }
+            match lifecycle_for_purge.forget_unserved().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(models = n, "forgot models no worker served for a day"),
+                Err(e) => tracing::warn!(error = %e, "could not forget unserved models"),
             }
         }
     });

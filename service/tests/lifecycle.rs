@@ -157,3 +157,60 @@ async fn a_retried_report_that_landed_is_not_written_twice() {
     })
     .await;
 }
+
+/// Counts the store transactions in flight at once, each held a moment (as a commit
+/// takes), while `counting` is on.
+#[derive(Clone, Default)]
+struct CountsOverlap {
+    counting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    now: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl support::hooked::TxnHook for CountsOverlap {
+    fn hold(&self, _txn: &Txn) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.counting.load(SeqCst) {
+            return None;
+        }
+        let in_flight = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(in_flight, SeqCst);
+        let now = self.now.clone();
+        Some(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            now.fetch_sub(1, SeqCst);
+        }))
+    }
+}
+
+/// Retention removes finished jobs with their events and requests, and its writes overlap
+/// so that the store commits them together: removed one after another (two commits a
+/// job), a service that finished jobs faster than a few hundred a second outran its
+/// retention, and the store grew without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_finished_jobs_with_writes_that_overlap() {
+    on_both(async |inner: SharedStore| {
+        let hook = CountsOverlap::default();
+        let store: SharedStore = std::sync::Arc::new(support::hooked::Hooked { inner, hook: hook.clone() });
+        let config = deephardway_service::ServiceConfig { retention: Duration::ZERO, ..test_config() };
+        let lifecycle = JobLifecycle::new(store.clone(), config);
+        let w = worker("w");
+        let lease = connect(&store, &w).await;
+        const JOBS: usize = 100;
+        for _ in 0..JOBS {
+            let caller = deephardway_service::auth::Caller::anonymous();
+            let (job, _) = lifecycle.submit(diagnostic(1, 1), "", &caller).await.unwrap();
+            let claimed = lifecycle.claim(&queue_head(&store).await, &w, lease).await.unwrap().expect("claimed");
+            lifecycle.report(&job.id, &claimed.fence, vec![result()]).await.unwrap();
+        }
+        hook.counting.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(lifecycle.purge_expired().await.unwrap(), JOBS);
+        for prefix in [keys::DONE, keys::JOBS, keys::EVENTS, keys::SPECS] {
+            assert_eq!(store.count(prefix).await.unwrap(), 0, "{prefix} left after retention");
+        }
+        let most = hook.most.load(std::sync::atomic::Ordering::SeqCst);
+        eprintln!("{} store: at most {most} retention writes in flight at once", store.name());
+        assert!(most > 1, "retention wrote one job at a time");
+    })
+    .await;
+}

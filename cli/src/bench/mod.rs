@@ -157,15 +157,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "etcd" => Arc::new(EtcdStore::connect(&[etcd_url.clone().expect("set above")]).await?),
             other => anyhow::bail!("--stores: unknown store {other:?}"),
         };
-        let (jobs_per_s, latencies, writes_per_job, operations) = measure(store.clone(), &args).await?;
+        let (jobs_per_s, latencies, writes_per_job, operations) =
+            measure(store.clone(), &args, embedded_dir.as_deref()).await?;
         // Its size after the jobs, before the raw puts below add to it.
         let dir = embedded_dir.take();
         if let Some(dir) = &dir {
-            let files = std::fs::read_dir(dir)?.flatten().filter_map(|e| e.metadata().ok());
-            embedded_bytes = Some(files.map(|m| m.len()).sum::<u64>());
+            embedded_bytes = Some(size_on_disk(dir));
         }
         per_job_operations.push((store_name.to_string(), operations));
-        let put_rate = raw_put_rate(store, args.clients, (args.jobs * 10).max(2000)).await?;
+        let put_rate = raw_put_rate(store, args.clients, (args.jobs * 10).clamp(2000, 200_000)).await?;
         // The store is closed (its last handle went with the raw puts): its files go too.
         if let Some(dir) = dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -217,7 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(url) = etcd_url {
         let store = EtcdStore::connect(&[url]).await?;
-        let puts = (args.jobs * 10).max(2000);
+        let puts = (args.jobs * 10).clamp(2000, 200_000);
         let put_rate = raw_put_rate(Arc::new(store), args.clients, puts).await?;
         println!();
         println!("baseline: raw etcd puts, {} concurrent writers, {puts} puts: {put_rate:.0} puts/s", args.clients);
@@ -242,8 +242,19 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 /// Jobs/s, latencies, store revisions per job, and store calls per job by operation.
 type Measured = (f64, Latencies, f64, std::collections::BTreeMap<String, f64>);
 
-/// Runs the jobs and measures them.
-async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<Measured> {
+/// How often a long run prints the embedded store's size on disk.
+const SIZE_EVERY: Duration = Duration::from_secs(10);
+
+/// The bytes of the files in `dir`.
+fn size_on_disk(dir: &std::path::Path) -> u64 {
+    let files = std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.metadata().ok());
+    files.map(|m| m.len()).sum()
+}
+
+/// Runs the jobs and measures them. With the embedded store's folder, prints its size on
+/// disk every [`SIZE_EVERY`] while the jobs run, so that a long run with a short
+/// retention shows whether it stays bounded.
+async fn measure(store: SharedStore, args: &BenchArgs, dir: Option<&std::path::Path>) -> anyhow::Result<Measured> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();
@@ -281,10 +292,26 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<Measure
     let operations_before = store_operations(&url).await?;
     let started = Instant::now();
     let per_client = args.jobs.div_ceil(args.clients.max(1));
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sizes = dir.map(|dir| {
+        let (dir, finished) = (dir.to_path_buf(), finished.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + SIZE_EVERY, SIZE_EVERY);
+            loop {
+                every.tick().await;
+                println!(
+                    "  after {:>4.0} s: {:>7} jobs done, store {:.1} MiB on disk",
+                    started.elapsed().as_secs_f64(),
+                    finished.load(std::sync::atomic::Ordering::Relaxed),
+                    size_on_disk(&dir) as f64 / (1024.0 * 1024.0)
+                );
+            }
+        })
+    });
     let mut clients = Vec::new();
     for _ in 0..args.clients {
         let mut client = JobServiceClient::new(deephardway::connect(&url).await?);
-        let request = request.clone();
+        let (request, finished) = (request.clone(), finished.clone());
         clients.push(tokio::spawn(async move {
             let mut latencies = Latencies { first_event: Vec::new(), done: Vec::new() };
             for _ in 0..per_client {
@@ -296,6 +323,7 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<Measure
                 }
                 latencies.first_event.push(first.unwrap_or_default());
                 latencies.done.push(t0.elapsed());
+                finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Ok::<_, tonic::Status>(latencies)
         }));
@@ -307,6 +335,9 @@ async fn measure(store: SharedStore, args: &BenchArgs) -> anyhow::Result<Measure
         all.done.extend(latencies.done);
     }
     let elapsed = started.elapsed();
+    if let Some(sizes) = sizes {
+        sizes.abort();
+    }
     let jobs = all.done.len();
     let writes = (store.revision().await? - revision_before) as f64 / jobs as f64;
     let mut operations = store_operations(&url).await?;

@@ -59,18 +59,28 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
          the clients in this process"
     );
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>12} {:>10}",
-        "spread", "events", "p50 ms", "p99 ms", "max ms", "RSS MiB", "open MiB", "KiB/stream", "returned"
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>13} {:>11} {:>11} {:>12} {:>10}",
+        "spread",
+        "events",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "CPU µs/event",
+        "RSS MiB",
+        "open MiB",
+        "KiB/stream",
+        "returned"
     );
     for jobs in [100, 1] {
         let spread = Spread::measure(&url, &channels, pid, watchers, jobs, args).await?;
         println!(
-            "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>12.1} {:>10}",
+            "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>13.1} {:>11.1} {:>11.1} {:>12.1} {:>10}",
             format!("{jobs} job(s) × {}", watchers / jobs),
             spread.delays.len(),
             ms(percentile(&spread.delays, 50.0)),
             ms(percentile(&spread.delays, 99.0)),
             ms(spread.delays.last().copied().unwrap_or_default()),
+            spread.cpu.as_secs_f64() * 1e6 / spread.delays.len().max(1) as f64,
             mib(spread.rss_before),
             mib(spread.rss_open),
             spread.kib_per_stream(watchers),
@@ -79,7 +89,7 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
     }
     println!(
         "goals: delivery p99 < {} ms; < {GOAL_KIB_PER_STREAM} KiB per stream. RSS is the service process's \
-         (VmRSS); \"returned\" is the share of the growth while streams were open given back 12 s after they closed (serve trims every 10 s).",
+         (VmRSS); CPU µs/event is the service process's CPU time while the jobs ran, per event delivered to a stream; \"returned\" is the share of the growth while streams were open given back 12 s after they closed (serve trims every 10 s).",
         GOAL_P99.as_millis()
     );
     serve.kill().await.ok();
@@ -91,6 +101,9 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
 struct Spread {
     /// Sorted delivery delays of live events.
     delays: Vec<Duration>,
+    /// The service's CPU time (user and system) while the jobs ran and their events
+    /// were delivered.
+    cpu: Duration,
     rss_before: u64,
     rss_open: u64,
     rss_after: u64,
@@ -151,19 +164,21 @@ impl Spread {
                 })
             })
             .collect();
+        let cpu_before = cpu_time(pid)?;
         let worker = Worker::start(url);
         let started = Instant::now();
         let mut delays = Vec::new();
         for reader in readers {
             delays.extend(reader.await?);
         }
+        let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
         worker.stop().await;
         anyhow::ensure!(!delays.is_empty(), "no live event was delivered in {:?}", started.elapsed());
         delays.sort();
         // Longer than `serve`'s trim period (`memory::TRIM_EVERY`).
         tokio::time::sleep(crate::memory::TRIM_EVERY + Duration::from_secs(2)).await;
         let rss_after = rss(pid)?;
-        Ok(Spread { delays, rss_before, rss_open, rss_after })
+        Ok(Spread { delays, cpu, rss_before, rss_open, rss_after })
     }
 
     fn kib_per_stream(&self, watchers: usize) -> f64 {
@@ -231,6 +246,20 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .context("no VmRSS in /proc/PID/status")?;
     Ok(kib * 1024)
+}
+
+/// The CPU time (user and system) process `pid` has used so far.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which is in parentheses and may hold spaces): state is
+    // the 3rd field of the line, utime and stime the 14th and 15th.
+    let after = stat.rsplit_once(')').context("no command in /proc/PID/stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        fields.get(11..13).context("short /proc/PID/stat")?.iter().map(|f| f.parse::<u64>().unwrap_or(0)).sum();
+    // SAFETY: sysconf reads a configuration value; it has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second.max(1) as f64))
 }
 
 fn mib(bytes: u64) -> f64 {

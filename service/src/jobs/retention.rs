@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use futures::StreamExt;
 use prost_types::Timestamp;
 use tonic::Status;
 
@@ -15,6 +16,13 @@ use crate::{
     store::{KeyValue, Op, Txn},
 };
 
+/// Finished jobs removed at once: their writes overlap, so that the store commits them
+/// together (one fsync for many on the embedded store, pipelined round trips on etcd).
+/// Removed one after the other, a job cost two commits, and a service finishing jobs
+/// faster than that (a few hundred a second) outran its retention: the store grew
+/// without bound.
+const PURGE_CONCURRENCY: usize = 64;
+
 impl JobLifecycle {
     /// Deletes finished jobs older than the retention, with their events. Returns how many.
     pub async fn purge_expired(&self) -> Result<usize, Status> {
@@ -25,16 +33,24 @@ impl JobLifecycle {
         // Oldest first, a page at a time (purged keys leave the range), up to the cutoff.
         loop {
             let done = self.store.range(keys::DONE, PAGE).await?;
-            for kv in &done.kvs {
-                let finished: i64 =
-                    kv.key[keys::DONE.len()..].split('/').next().and_then(|t| t.parse().ok()).unwrap_or(0);
-                if finished > cutoff {
-                    return Ok(purged);
-                }
-                self.purge(kv).await?;
+            let page = done.kvs.len();
+            let expired: Vec<KeyValue> = done
+                .kvs
+                .into_iter()
+                .take_while(|kv| {
+                    let finished = kv.key[keys::DONE.len()..].split('/').next().and_then(|t| t.parse().ok());
+                    finished.unwrap_or(0_i64) <= cutoff
+                })
+                .collect();
+            let expired_here = expired.len();
+            let mut removals = futures::stream::iter(expired)
+                .map(|kv| async move { self.purge(&kv).await })
+                .buffer_unordered(PURGE_CONCURRENCY);
+            while let Some(removed) = removals.next().await {
+                removed?;
                 purged += 1;
             }
-            if done.kvs.len() < PAGE {
+            if expired_here < page || page < PAGE {
                 return Ok(purged);
             }
         }
@@ -43,8 +59,9 @@ impl JobLifecycle {
     /// Removes one finished job (`kv` is its done-index entry), events first.
     async fn purge(&self, kv: &KeyValue) -> Result<(), Status> {
         let id = keys::last_segment(&kv.key).to_string();
-        let events = self.store.range(&keys::events(&id), 0).await?;
-        for chunk in events.kvs.chunks(crate::store::MAX_TXN_OPS) {
+        let prefix = keys::events(&id);
+        let (events, found) = tokio::join!(self.store.range(&prefix, 0), self.find(&id));
+        for chunk in events?.kvs.chunks(crate::store::MAX_TXN_OPS) {
             let txn = Txn { compares: vec![], ops: chunk.iter().map(|e| Op::delete(&e.key)).collect() };
             self.store.txn(txn).await?;
         }
@@ -54,7 +71,7 @@ impl JobLifecycle {
             .then(Op::delete(keys::trace(&id)))
             .then(Op::delete(&kv.key))
             .then(Op::delete(keys::counted(&id)));
-        if let Some((job, _)) = self.find(&id).await?
+        if let Some((job, _)) = found?
             && !job.request_id.is_empty()
         {
             txn = txn.then(Op::delete(keys::request(tenant_of(&job.tenant), &job.request_id)));
