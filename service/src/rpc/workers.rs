@@ -5,7 +5,8 @@
 //! the jobs it is running with their fences and deadlines, and the reports waiting to
 //! be written. Reports are buffered for a few tens of milliseconds and written as one
 //! transaction per job, with adjacent output chunks merged, so token-by-token output
-//! costs a handful of store writes per second. When the stream ends for any reason the
+//! costs a handful of store writes per second. The writes run beside the session's loop,
+//! one in flight per job ([`writes`]): the loop never waits for the store either. When the stream ends for any reason the
 //! lease is revoked: the worker's claims vanish and its jobs go back in line.
 //!
 //! No peer can stall the session: its loop never awaits its worker. Messages to the
