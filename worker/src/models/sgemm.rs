@@ -7,11 +7,14 @@
 //! hand-offs took as long as the arithmetic. Here the weight, which never changes, is
 //! packed when the model loads, in panels of [`NR`] output columns laid out k-major, so
 //! the kernel streams one panel with two vector loads per step; the activation rows are
-//! read where they are. The kernel computes [`MR`] rows × [`NR`] columns with twelve AVX2
+//! read where they are. The AVX2 kernel computes [`MR`] rows × [`NR`] columns with twelve
 //! accumulators (six rows × two 8-lane vectors), broadcasting one input value per row
 //! per step: twelve fused multiply-adds per eight loads, so it is bound by the
-//! multiply-add units, not memory. The bias starts the accumulators and an optional GELU
-//! is applied to each tile while it is still in cache.
+//! multiply-add units, not memory. With AVX-512 a row's [`NR`] columns are one vector,
+//! and the kernel takes two micro-panels at once (twelve rows, twelve accumulators, each
+//! input value broadcast inside its multiply-add): half the instructions for the same
+//! products. The bias starts the accumulators and an optional GELU is applied to each
+//! tile while it is still in cache.
 //!
 //! Work is split among candle's CPU thread pool (`--threads`) by tiles of a block of
 //! rows × one panel; consecutive tiles share their rows, which stay in the L2 cache while
@@ -114,10 +117,20 @@ impl PackedLinear {
                     for depth in (0..k).step_by(DEPTH_BLOCK) {
                         let kc = DEPTH_BLOCK.min(k - depth);
                         let slice = &panel[depth * NR..(depth + kc) * NR];
-                        for (i, sums) in sums.chunks_exact_mut(MR * NR).enumerate() {
+                        let rows_at = |i: usize| {
                             let micro_panel = (first / MR + i) * k * MR;
-                            let rows = &packed[micro_panel + depth * MR..micro_panel + (depth + kc) * MR];
-                            kernel.accumulate(rows, kc, slice, sums.try_into().expect("MR × NR"));
+                            &packed[micro_panel + depth * MR..micro_panel + (depth + kc) * MR]
+                        };
+                        // Two micro-panels at a time (the AVX-512 kernel's tile), then the
+                        // odd one.
+                        let (pairs, odd) = sums.as_chunks_mut::<{ 2 * MR * NR }>();
+                        for (i, pair) in pairs.iter_mut().enumerate() {
+                            let (a, b) = pair.split_at_mut(MR * NR);
+                            let sums = [a.try_into().expect("MR × NR"), b.try_into().expect("MR × NR")];
+                            kernel.accumulate_pair([rows_at(2 * i), rows_at(2 * i + 1)], kc, slice, sums);
+                        }
+                        if !odd.is_empty() {
+                            kernel.accumulate(rows_at(2 * pairs.len()), kc, slice, odd.try_into().expect("MR × NR"));
                         }
                     }
                     let sums = &mut sums[..(last - first) * NR];
@@ -171,22 +184,56 @@ fn pack_rows(x: &[f32], rows: usize, k: usize, packed: &mut Vec<f32>) {
 
 /// The kernel this CPU can run.
 ///
-/// Invariant: [`Kernel::Avx2`] is only made on a CPU with AVX2 and FMA (by
-/// [`Kernel::select`]), so [`Kernel::tile`] can call the kernel that enables them.
+/// Invariant: [`Kernel::Avx512`] is only made on a CPU with AVX-512F, and
+/// [`Kernel::Avx2`] on one with AVX2 and FMA (by [`Kernel::available`]), so
+/// [`Kernel::accumulate`] can call the kernel that enables them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     #[cfg(target_arch = "x86_64")]
     Avx2,
     Scalar,
 }
 
 impl Kernel {
+    /// The fastest kernel this CPU can run.
     fn select() -> Self {
+        Self::available()[0]
+    }
+
+    /// Every kernel this CPU can run, the fastest first (the tests check each).
+    fn available() -> Vec<Self> {
+        let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Kernel::Avx2;
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernel::Avx512);
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                kernels.push(Kernel::Avx2);
+            }
         }
-        Kernel::Scalar
+        kernels.push(Kernel::Scalar);
+        kernels
+    }
+
+    /// [`Kernel::accumulate`] for two micro-panels of rows against the same slice.
+    fn accumulate_pair(self, rows: [&[f32]; 2], kc: usize, slice: &[f32], sums: [&mut [f32; MR * NR]; 2]) {
+        let [sums0, sums1] = sums;
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                assert!(rows.iter().all(|r| r.len() == kc * MR) && slice.len() == kc * NR);
+                // SAFETY: `Avx512` is only made on a CPU with AVX-512F (the invariant), and
+                // the lengths the kernel indexes by were checked above.
+                unsafe { avx512::accumulate_pair(rows, kc, slice, [sums0, sums1]) }
+            }
+            _ => {
+                self.accumulate(rows[0], kc, slice, sums0);
+                self.accumulate(rows[1], kc, slice, sums1);
+            }
+        }
     }
 
     /// `sums[i * NR + j] += Σ_kk rows[kk * MR + i] · slice[kk * NR + j]` for `kk < kc`:
@@ -194,6 +241,10 @@ impl Kernel {
     fn accumulate(self, rows: &[f32], kc: usize, slice: &[f32], sums: &mut [f32; MR * NR]) {
         assert!(rows.len() == kc * MR && slice.len() == kc * NR);
         match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx512` is only made on a CPU with AVX-512F (the invariant), and
+            // the lengths the kernel indexes by were checked above.
+            Kernel::Avx512 => unsafe { avx512::accumulate(rows, kc, slice, sums) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Avx2` is only made on a CPU with AVX2 and FMA (the invariant), and
             // the lengths the kernel indexes by were checked above.
@@ -253,6 +304,71 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// One micro-panel: `MR` rows, one 16-lane vector each (see
+    /// [`super::Kernel::accumulate`]).
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F; `rows` must hold `kc * MR` values and `slice` `kc * NR`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn accumulate(rows: &[f32], kc: usize, slice: &[f32], sums: &mut [f32; MR * NR]) {
+        debug_assert!(rows.len() >= kc * MR && slice.len() >= kc * NR);
+        let (a, w, s) = (rows.as_ptr(), slice.as_ptr(), sums.as_mut_ptr());
+        // SAFETY: as in `avx2::accumulate`: depth `kk < kc` reads `rows[kk * MR ..][..MR]`
+        // and `slice[kk * NR ..][..NR]`, within the lengths the caller guarantees; `sums`
+        // is `MR × NR`; the CPU has AVX-512F (the caller's promise).
+        unsafe {
+            let mut acc: [__m512; MR] = std::array::from_fn(|i| _mm512_loadu_ps(s.add(i * NR)));
+            for kk in 0..kc {
+                let w0 = _mm512_loadu_ps(w.add(kk * NR));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk * MR + i)), w0, *acc);
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(s.add(i * NR), *acc);
+            }
+        }
+    }
+
+    /// Two micro-panels against one slice: twelve accumulators, enough independent
+    /// multiply-adds to keep both AVX-512 units busy through their latency.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F; each of `rows` must hold `kc * MR` values and `slice`
+    /// `kc * NR`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn accumulate_pair(rows: [&[f32]; 2], kc: usize, slice: &[f32], sums: [&mut [f32; MR * NR]; 2]) {
+        debug_assert!(rows.iter().all(|r| r.len() >= kc * MR) && slice.len() >= kc * NR);
+        let (a, b, w) = (rows[0].as_ptr(), rows[1].as_ptr(), slice.as_ptr());
+        let [s0, s1] = sums;
+        let (s0, s1) = (s0.as_mut_ptr(), s1.as_mut_ptr());
+        // SAFETY: as in `accumulate`, for each of the two micro-panels and its sums.
+        unsafe {
+            let mut top: [__m512; MR] = std::array::from_fn(|i| _mm512_loadu_ps(s0.add(i * NR)));
+            let mut bottom: [__m512; MR] = std::array::from_fn(|i| _mm512_loadu_ps(s1.add(i * NR)));
+            for kk in 0..kc {
+                let w0 = _mm512_loadu_ps(w.add(kk * NR));
+                for i in 0..MR {
+                    top[i] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk * MR + i)), w0, top[i]);
+                    bottom[i] = _mm512_fmadd_ps(_mm512_set1_ps(*b.add(kk * MR + i)), w0, bottom[i]);
+                }
+            }
+            for i in 0..MR {
+                _mm512_storeu_ps(s0.add(i * NR), top[i]);
+                _mm512_storeu_ps(s1.add(i * NR), bottom[i]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,19 +397,29 @@ mod tests {
             let (x, w, b) = (values(rows * k, 1), values(n * k, 2), values(n, 3));
             let want = reference(&x, &w, &b, rows, n, k);
             let layer = PackedLinear::new(&w, Some(&b), n, k);
-            for kernel in [Kernel::select(), Kernel::Scalar] {
+            for kernel in Kernel::available() {
                 let mut got = vec![f32::NAN; rows * n];
-                // The kernel alone, over the whole depth, with the bias as the start.
+                // The kernel alone, over the whole depth, with the bias as the start: two
+                // micro-panels at a time, then one.
                 let mut packed = Vec::new();
                 pack_rows(&x, rows, k, &mut packed);
-                for q in 0..rows.div_ceil(MR) {
-                    for p in 0..n.div_ceil(NR) {
-                        let mut sums = [0f32; MR * NR];
-                        for row in sums.chunks_exact_mut(NR) {
-                            row.copy_from_slice(&layer.bias[p * NR..(p + 1) * NR]);
+                let micro_panels = rows.div_ceil(MR);
+                for p in 0..n.div_ceil(NR) {
+                    let panel = &layer.panels[p * k * NR..(p + 1) * k * NR];
+                    let mut sums = vec![[0f32; MR * NR]; micro_panels];
+                    for row in sums.as_flattened_mut().chunks_exact_mut(NR) {
+                        row.copy_from_slice(&layer.bias[p * NR..(p + 1) * NR]);
+                    }
+                    let rows_of = |q: usize| &packed[q * MR * k..(q + 1) * MR * k];
+                    for q in (0..micro_panels).step_by(2) {
+                        if q + 1 < micro_panels {
+                            let [a, b] = sums.get_disjoint_mut([q, q + 1]).expect("two micro-panels");
+                            kernel.accumulate_pair([rows_of(q), rows_of(q + 1)], k, panel, [a, b]);
+                        } else {
+                            kernel.accumulate(rows_of(q), k, panel, &mut sums[q]);
                         }
-                        let panel = &layer.panels[p * k * NR..(p + 1) * k * NR];
-                        kernel.accumulate(&packed[q * MR * k..(q + 1) * MR * k], k, panel, &mut sums);
+                    }
+                    for (q, sums) in sums.iter().enumerate() {
                         for i in 0..MR.min(rows - q * MR) {
                             for j in 0..NR.min(n - p * NR) {
                                 got[(q * MR + i) * n + p * NR + j] = sums[i * NR + j];
