@@ -1,5 +1,6 @@
 //! Quantized matrix multiplication for the CPU (Q4_1 and Q8_0 weights), with an AVX2
-//! kernel and a scalar one.
+//! kernel, the same kernel with AVX-VNNI's `vpdpbusd` where the CPU has it, and a scalar
+//! one.
 //!
 //! candle 0.11 multiplies Q4_1 weights (what SmolLM2's GGUF uses for every layer) with a
 //! scalar loop, about six times slower than llama.cpp, and its Q8_0 kernel (the output
@@ -11,7 +12,7 @@
 //! At load time the GGUF's blocks are repacked into groups of eight weight rows,
 //! interleaved four elements at a time: one 32-byte vector holds four consecutive
 //! elements of each of the eight rows. Multiplied with those four activation bytes
-//! broadcast to every lane (`vpmaddubsw`, then `vpmaddwd`), it leaves lane `j` holding row
+//! broadcast to every lane (`vpmaddubsw`, then `vpmaddwd`; or one `vpdpbusd`), it leaves lane `j` holding row
 //! `j`'s partial sum, so a block's eight sums come out in one register with no horizontal
 //! reduction, and the rows' scales (stored beside the quants as f16, exactly as the GGUF
 //! has them) multiply them lane by lane. A group's blocks lie back to back, so a thread
@@ -369,25 +370,39 @@ impl CustomOp1 for Stacked<'_> {
 
 /// The implementation this CPU can run.
 ///
-/// Invariant: [`Kernel::Avx2`] is only made on a CPU that has AVX2, FMA and F16C (by
-/// [`Kernel::select`]), so [`Kernel::tile`] can call the kernels that enable them.
+/// Invariant: [`Kernel::Avx2`] is only made on a CPU that has AVX2, FMA and F16C, and
+/// [`Kernel::AvxVnni`] on one that also has AVX-VNNI (by [`Kernel::available`]), so
+/// [`Kernel::tile`] can call the kernels that enable them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
     #[cfg(target_arch = "x86_64")]
     Avx2,
     Scalar,
 }
 
 impl Kernel {
+    /// The fastest kernel this CPU can run.
     fn select() -> Self {
+        Self::available()[0]
+    }
+
+    /// Every kernel this CPU can run, the fastest first (the tests check each).
+    fn available() -> Vec<Self> {
+        let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
-                return Kernel::Avx2;
+                if has!("avxvnni") {
+                    kernels.push(Kernel::AvxVnni);
+                }
+                kernels.push(Kernel::Avx2);
             }
         }
-        Kernel::Scalar
+        kernels.push(Kernel::Scalar);
+        kernels
     }
 
     /// `out[n * (g - groups.start) + i][j]` = row `8g + j` of `w` · `xs[i]` for each group
@@ -412,12 +427,12 @@ impl Kernel {
                     }
                 }
             }
-            // SAFETY: `Avx2` is only made on a CPU with AVX2, FMA and F16C (see `Kernel`);
-            // the groups hold `blocks` blocks each in their format (`QMatrix::group`),
-            // every activation row `blocks` blocks and `out` a result per group and row
-            // (asserted above): what the kernels require.
+            // SAFETY: `Avx2` is only made on a CPU with AVX2, FMA and F16C, and `AvxVnni` on
+            // one with AVX-VNNI too (see `Kernel`); the groups hold `blocks` blocks each in
+            // their format (`QMatrix::group`), every activation row `blocks` blocks and
+            // `out` a result per group and row (asserted above): what the kernels require.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe {
+            Kernel::Avx2 | Kernel::AvxVnni => unsafe {
                 let size = blocks * w.format.group_block_bytes();
                 let bytes = &w.groups[groups.start * size..groups.end * size];
                 macro_rules! dispatch {
@@ -430,9 +445,11 @@ impl Kernel {
                         }
                     };
                 }
-                match w.format {
-                    Format::Q4_1 => dispatch!(q4_1),
-                    Format::Q8_0 => dispatch!(q8_0),
+                match (w.format, self == Kernel::AvxVnni) {
+                    (Format::Q4_1, false) => dispatch!(q4_1),
+                    (Format::Q4_1, true) => dispatch!(q4_1_vnni),
+                    (Format::Q8_0, false) => dispatch!(q8_0),
+                    (Format::Q8_0, true) => dispatch!(q8_0_vnni),
                 }
             },
         }
@@ -567,48 +584,92 @@ mod avx2 {
         xs: &[ActivationRow],
         out: &mut [[f32; GROUP_ROWS]],
     ) {
+        // SAFETY: this CPU has what `q4_1_with` without VNNI needs (the caller's promise),
+        // and the rest of the contract is passed on.
+        unsafe { q4_1_with::<X, false>(groups, blocks, xs, out) }
+    }
+
+    /// [`q4_1`] with AVX-VNNI: each run of four nibbles times four activation quants is
+    /// summed straight into its row's i32 lane by one `vpdpbusd`, where AVX2 takes
+    /// `vpmaddubsw`, a 16-bit add and, per block, `vpmaddwd`. The same integers.
+    ///
+    /// # Safety
+    ///
+    /// As for [`q4_1`], and the CPU must have AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn q4_1_vnni<const X: usize>(
+        groups: &[u8],
+        blocks: usize,
+        xs: &[ActivationRow],
+        out: &mut [[f32; GROUP_ROWS]],
+    ) {
+        // SAFETY: as in `q4_1`, with AVX-VNNI (the caller's promise).
+        unsafe { q4_1_with::<X, true>(groups, blocks, xs, out) }
+    }
+
+    /// The body of [`q4_1`] and [`q4_1_vnni`], inlined into each so that it is compiled
+    /// with their CPU features.
+    ///
+    /// # Safety
+    ///
+    /// As for [`q4_1_vnni`] when `VNNI`, else as for [`q4_1`].
+    #[inline(always)]
+    unsafe fn q4_1_with<const X: usize, const VNNI: bool>(
+        groups: &[u8],
+        blocks: usize,
+        xs: &[ActivationRow],
+        out: &mut [[f32; GROUP_ROWS]],
+    ) {
         const SIZE: usize = Format::Q4_1.group_block_bytes();
         const SCALES: usize = Format::Q4_1.quant_bytes();
         let xs: &[ActivationRow; X] = xs.try_into().expect("X activation rows");
-        let low_nibbles = _mm256_set1_epi8(0x0f);
-        let ones = _mm256_set1_epi16(1);
-        for (group, out) in groups.chunks_exact(blocks * SIZE).zip(out.chunks_exact_mut(X)) {
-            let mut acc = [_mm256_setzero_ps(); X];
-            for b in 0..blocks {
-                // SAFETY: block `b` < `blocks` starts within the group (the contract).
-                let block = unsafe { group.as_ptr().add(b * SIZE) };
-                prefetch_ahead::<SIZE>(block);
-                let mut sums = [_mm256_setzero_si256(); X];
-                for p in 0..BLOCK / (2 * RUN) {
-                    // SAFETY: the block's quants are its first 128 bytes; this reads 32 of them.
-                    let packed = unsafe { _mm256_loadu_si256(block.add(32 * p) as *const __m256i) };
-                    let low = _mm256_and_si256(packed, low_nibbles);
-                    let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
-                    for i in 0..X {
-                        // SAFETY: elements 8p..8p + 8 of block b lie within the row's
-                        // `blocks * 32` quants (the contract).
-                        let (x_low, x_high) = unsafe {
+        // SAFETY: the intrinsics need the CPU features the caller promises. The pointer
+        // reads stay within the contract's lengths: block `b` < `blocks` starts within
+        // its group; its quants are its first 128 bytes (32 read per step) and its eight
+        // d and eight m its last 32; elements 8p..8p + 8 of an activation row's block b
+        // lie within its `blocks * 32` quants, and `b` within its `d` and `s`; `out[i]`
+        // holds eight f32s.
+        unsafe {
+            let low_nibbles = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            for (group, out) in groups.chunks_exact(blocks * SIZE).zip(out.chunks_exact_mut(X)) {
+                let mut acc = [_mm256_setzero_ps(); X];
+                for b in 0..blocks {
+                    let block = group.as_ptr().add(b * SIZE);
+                    prefetch_ahead::<SIZE>(block);
+                    // 16-bit pair sums without VNNI (sixteen products of at most 15 × 127
+                    // each: no overflow), one i32 lane per row with it.
+                    let mut sums = [_mm256_setzero_si256(); X];
+                    for p in 0..BLOCK / (2 * RUN) {
+                        let packed = _mm256_loadu_si256(block.add(32 * p) as *const __m256i);
+                        let low = _mm256_and_si256(packed, low_nibbles);
+                        let high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
+                        for i in 0..X {
                             let x = xs[i].qs.as_ptr().add(b * BLOCK + 2 * RUN * p);
-                            (broadcast_run(x), broadcast_run(x.add(RUN)))
-                        };
-                        let products =
-                            _mm256_add_epi16(_mm256_maddubs_epi16(low, x_low), _mm256_maddubs_epi16(high, x_high));
-                        sums[i] = _mm256_add_epi16(sums[i], products);
+                            let (x_low, x_high) = (broadcast_run(x), broadcast_run(x.add(RUN)));
+                            sums[i] = if VNNI {
+                                _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(sums[i], low, x_low), high, x_high)
+                            } else {
+                                let products = _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(low, x_low),
+                                    _mm256_maddubs_epi16(high, x_high),
+                                );
+                                _mm256_add_epi16(sums[i], products)
+                            };
+                        }
+                    }
+                    let (d, m) = (halves(block.add(SCALES)), halves(block.add(SCALES + 16)));
+                    for i in 0..X {
+                        let (xd, xs) = (*xs[i].d.get_unchecked(b), *xs[i].s.get_unchecked(b));
+                        let sums = if VNNI { sums[i] } else { _mm256_madd_epi16(sums[i], ones) };
+                        let products = _mm256_cvtepi32_ps(sums);
+                        acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd)), products, acc[i]);
+                        acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(xs), acc[i]);
                     }
                 }
-                // SAFETY: the eight d and the eight m are the block's last 32 bytes.
-                let (d, m) = unsafe { (halves(block.add(SCALES)), halves(block.add(SCALES + 16))) };
                 for i in 0..X {
-                    // SAFETY: b < blocks, the length of `d` and `s` (the contract).
-                    let (xd, xs) = unsafe { (*xs[i].d.get_unchecked(b), *xs[i].s.get_unchecked(b)) };
-                    let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[i], ones));
-                    acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd)), products, acc[i]);
-                    acc[i] = _mm256_fmadd_ps(m, _mm256_set1_ps(xs), acc[i]);
+                    _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]);
                 }
-            }
-            for i in 0..X {
-                // SAFETY: `out[i]` holds eight f32s.
-                unsafe { _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
             }
         }
     }
@@ -631,40 +692,76 @@ mod avx2 {
         xs: &[ActivationRow],
         out: &mut [[f32; GROUP_ROWS]],
     ) {
+        // SAFETY: as in `q4_1`.
+        unsafe { q8_0_with::<X, false>(groups, blocks, xs, out) }
+    }
+
+    /// [`q8_0`] with AVX-VNNI (`vpdpbusd` on the same operands, as [`q4_1_vnni`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`q8_0`], and the CPU must have AVX-VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub unsafe fn q8_0_vnni<const X: usize>(
+        groups: &[u8],
+        blocks: usize,
+        xs: &[ActivationRow],
+        out: &mut [[f32; GROUP_ROWS]],
+    ) {
+        // SAFETY: as in `q4_1_vnni`.
+        unsafe { q8_0_with::<X, true>(groups, blocks, xs, out) }
+    }
+
+    /// The body of [`q8_0`] and [`q8_0_vnni`] (see [`q4_1_with`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`q8_0_vnni`] when `VNNI`, else as for [`q8_0`].
+    #[inline(always)]
+    unsafe fn q8_0_with<const X: usize, const VNNI: bool>(
+        groups: &[u8],
+        blocks: usize,
+        xs: &[ActivationRow],
+        out: &mut [[f32; GROUP_ROWS]],
+    ) {
         const SIZE: usize = Format::Q8_0.group_block_bytes();
         const SCALES: usize = Format::Q8_0.quant_bytes();
         let xs: &[ActivationRow; X] = xs.try_into().expect("X activation rows");
-        let ones = _mm256_set1_epi16(1);
-        for (group, out) in groups.chunks_exact(blocks * SIZE).zip(out.chunks_exact_mut(X)) {
-            let mut acc = [_mm256_setzero_ps(); X];
-            for b in 0..blocks {
-                // SAFETY: block `b` < `blocks` starts within the group (the contract).
-                let block = unsafe { group.as_ptr().add(b * SIZE) };
-                prefetch_ahead::<SIZE>(block);
-                let mut sums = [_mm256_setzero_si256(); X];
-                for g in 0..BLOCK / RUN {
-                    // SAFETY: the block's quants are its first 256 bytes; this reads 32 of them.
-                    let w = unsafe { _mm256_loadu_si256(block.add(32 * g) as *const __m256i) };
-                    let magnitudes = _mm256_abs_epi8(w);
+        // SAFETY: as in `q4_1_with`: the block's quants are its first 256 bytes (32 read
+        // per step) and its eight d its last 16; elements 4g..4g + 4 of an activation
+        // row's block b lie within its quants.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            for (group, out) in groups.chunks_exact(blocks * SIZE).zip(out.chunks_exact_mut(X)) {
+                let mut acc = [_mm256_setzero_ps(); X];
+                for b in 0..blocks {
+                    let block = group.as_ptr().add(b * SIZE);
+                    prefetch_ahead::<SIZE>(block);
+                    let mut sums = [_mm256_setzero_si256(); X];
+                    for g in 0..BLOCK / RUN {
+                        let w = _mm256_loadu_si256(block.add(32 * g) as *const __m256i);
+                        let magnitudes = _mm256_abs_epi8(w);
+                        for i in 0..X {
+                            let x = broadcast_run(xs[i].qs.as_ptr().add(b * BLOCK + RUN * g));
+                            let signed = _mm256_sign_epi8(x, w);
+                            sums[i] = if VNNI {
+                                _mm256_dpbusd_avx_epi32(sums[i], magnitudes, signed)
+                            } else {
+                                let pairs = _mm256_maddubs_epi16(magnitudes, signed);
+                                _mm256_add_epi32(sums[i], _mm256_madd_epi16(pairs, ones))
+                            };
+                        }
+                    }
+                    let d = halves(block.add(SCALES));
                     for i in 0..X {
-                        // SAFETY: elements 4g..4g + 4 of block b lie within the row's
-                        // `blocks * 32` quants (the contract).
-                        let x = unsafe { broadcast_run(xs[i].qs.as_ptr().add(b * BLOCK + RUN * g)) };
-                        let pairs = _mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(x, w));
-                        sums[i] = _mm256_add_epi32(sums[i], _mm256_madd_epi16(pairs, ones));
+                        let xd = *xs[i].d.get_unchecked(b);
+                        acc[i] =
+                            _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd)), _mm256_cvtepi32_ps(sums[i]), acc[i]);
                     }
                 }
-                // SAFETY: the eight d are the block's last 16 bytes.
-                let d = unsafe { halves(block.add(SCALES)) };
                 for i in 0..X {
-                    // SAFETY: b < blocks, the length of `d` (the contract).
-                    let xd = unsafe { *xs[i].d.get_unchecked(b) };
-                    acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd)), _mm256_cvtepi32_ps(sums[i]), acc[i]);
+                    _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]);
                 }
-            }
-            for i in 0..X {
-                // SAFETY: `out[i]` holds eight f32s.
-                unsafe { _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
             }
         }
     }
@@ -789,7 +886,13 @@ mod tests {
     /// -128 (which a naive sign trick would overflow).
     #[test]
     fn simd_kernel_agrees_with_scalar() -> Result<()> {
-        let kernel = Kernel::select();
+        for kernel in Kernel::available() {
+            simd_kernel_agrees_with_scalar_on(kernel)?;
+        }
+        Ok(())
+    }
+
+    fn simd_kernel_agrees_with_scalar_on(kernel: Kernel) -> Result<()> {
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             for cols in [32, 64, 576, 1536, 608] {
                 let rows = 13;
