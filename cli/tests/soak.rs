@@ -12,8 +12,9 @@
 //! lost) and no other job (no duplicate from a retried submit).
 //!
 //! The short form runs in CI (`cargo test`); `scripts/soak` runs the long one. Knobs:
-//! `DEEPHARDWAY_SOAK_JOBS` (600), `DEEPHARDWAY_SOAK_FAULT_MS` (time between faults, 1500),
-//! `DEEPHARDWAY_SOAK_SEED` (1).
+//! `DEEPHARDWAY_SOAK_JOBS` (600 at least), `DEEPHARDWAY_SOAK_MIN_FAULTS` (3: the load goes
+//! on past its jobs until that many faults have hit it), `DEEPHARDWAY_SOAK_FAULT_MS` (time
+//! between faults, 1500), `DEEPHARDWAY_SOAK_SEED` (1).
 
 mod support;
 
@@ -278,14 +279,18 @@ async fn a_chaos_soak_loses_nothing() {
     let jobs = knob("DEEPHARDWAY_SOAK_JOBS", 600);
     let fault_every = Duration::from_millis(knob("DEEPHARDWAY_SOAK_FAULT_MS", 1500));
     let seed = knob("DEEPHARDWAY_SOAK_SEED", 1);
+    // Faults the load must see at least: it goes on past its jobs until they have
+    // happened (a fast cluster could otherwise finish before the faults it is to survive).
+    let min_faults = knob("DEEPHARDWAY_SOAK_MIN_FAULTS", 3) as usize;
     let started = Instant::now();
     let cluster = Arc::new(tokio::sync::Mutex::new(Cluster::start().await));
     let urls = cluster.lock().await.urls();
 
     // The fault injector, until the clients are done.
     let done = tokio_util::sync::CancellationToken::new();
+    let injected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let faults = tokio::spawn({
-        let (cluster, done) = (cluster.clone(), done.clone());
+        let (cluster, done, injected) = (cluster.clone(), done.clone(), injected.clone());
         async move {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut log = Vec::new();
@@ -297,17 +302,20 @@ async fn a_chaos_soak_loses_nothing() {
                 let at = started.elapsed();
                 let what = cluster.lock().await.fault(&mut rng).await;
                 log.push(format!("{:>6.1} s  {what}", at.as_secs_f64()));
+                injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
     });
 
-    // The clients: at most 32 jobs in flight, each submitted and watched twice.
+    // The clients: at most 32 jobs in flight, each submitted and watched twice; at least
+    // `jobs` of them, and more until `min_faults` faults have hit the load.
     let in_flight = Arc::new(Semaphore::new(32));
     let outcomes = Arc::new(Mutex::new(BTreeMap::new()));
     let mut clients = Vec::new();
     let mut never_accepted = 0;
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel();
-    for n in 0..jobs {
+    let mut n = 0;
+    while n < jobs || injected.load(std::sync::atomic::Ordering::SeqCst) < min_faults {
         let permit = in_flight.clone().acquire_owned().await.unwrap();
         let (urls, outcomes, accepted_tx) = (urls.clone(), outcomes.clone(), accepted_tx.clone());
         clients.push(tokio::spawn(async move {
@@ -321,6 +329,7 @@ async fn a_chaos_soak_loses_nothing() {
             outcomes.lock().unwrap().insert(id, (a, b));
             true
         }));
+        n += 1;
     }
     for client in clients {
         if !client.await.unwrap() {
@@ -410,7 +419,7 @@ async fn a_chaos_soak_loses_nothing() {
     assert!(problems.is_empty(), "{} problems, the first: {:#?}", problems.len(), &problems[..problems.len().min(10)]);
     assert_eq!(duplicated, 0, "{listed} jobs in the store for {} acknowledged", accepted.len());
     assert_eq!(never_accepted, 0, "submits that no replica acknowledged within {JOB_DEADLINE:?}");
-    assert!(fault_log.len() >= 3, "too few faults to call this a soak: {fault_log:?}");
+    assert!(fault_log.len() >= min_faults, "too few faults to call this a soak: {fault_log:?}");
 }
 
 /// The checker itself finds what it is there to find.
