@@ -6,8 +6,9 @@
 //! be written. Reports are buffered for a few tens of milliseconds and written as one
 //! transaction per job, with adjacent output chunks merged, so token-by-token output
 //! costs a handful of store writes per second. The writes run beside the session's loop,
-//! one in flight per job ([`writes`]): the loop never waits for the store either. When the stream ends for any reason the
-//! lease is revoked: the worker's claims vanish and its jobs go back in line.
+//! one in flight per job ([`writes`]): the loop never waits for the store either. When
+//! the stream ends for any reason the lease is revoked: the worker's claims vanish and
+//! its jobs go back in line.
 //!
 //! No peer can stall the session: its loop never awaits its worker. Messages to the
 //! worker go into a bounded queue with `try_send`; a worker whose queue is full, or
@@ -574,15 +575,11 @@ impl Session {
         self.writes.start(&self.ctx.lifecycle, id.to_string(), running.fence, log, events);
     }
 
-    /// Starts writing every job's pending reports, one write per job: the store commits
-    /// those that overlap together (one fsync for the embedded store).
+    /// Starts writing every job's pending reports, one write per job (see
+    /// [`Self::write`]): the store commits those that overlap together (one fsync for
+    /// the embedded store).
     fn flush_all(&mut self) {
-        let ids: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(_, r)| !r.pending.is_empty() && r.writing.is_none())
-            .map(|(id, _)| id.clone())
-            .collect();
+        let ids: Vec<String> = self.running.keys().cloned().collect();
         for id in ids {
             self.write(&id);
         }
@@ -591,10 +588,13 @@ impl Session {
     /// Waits for the writes in flight, then writes what is left once: the session is
     /// ending, and its jobs' claims end with it.
     async fn write_last(&mut self) {
-        while let Some((id, written)) = self.writes.next().await {
-            self.settle(&id, written);
-        }
+        self.settle_in_flight().await;
         self.flush_all();
+        self.settle_in_flight().await;
+    }
+
+    /// Waits for every write in flight (and any a settled one starts) and settles it.
+    async fn settle_in_flight(&mut self) {
         while let Some((id, written)) = self.writes.next().await {
             self.settle(&id, written);
         }

@@ -227,7 +227,7 @@ impl Kernel {
                 assert!(rows.iter().all(|r| r.len() == kc * MR) && slice.len() == kc * NR);
                 // SAFETY: `Avx512` is only made on a CPU with AVX-512F (the invariant), and
                 // the lengths the kernel indexes by were checked above.
-                unsafe { avx512::accumulate_pair(rows, kc, slice, [sums0, sums1]) }
+                unsafe { avx512::accumulate(rows, kc, slice, [sums0, sums1]) }
             }
             _ => {
                 self.accumulate(rows[0], kc, slice, sums0);
@@ -244,7 +244,7 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Avx512` is only made on a CPU with AVX-512F (the invariant), and
             // the lengths the kernel indexes by were checked above.
-            Kernel::Avx512 => unsafe { avx512::accumulate(rows, kc, slice, sums) },
+            Kernel::Avx512 => unsafe { avx512::accumulate([rows], kc, slice, [sums]) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Avx2` is only made on a CPU with AVX2 and FMA (the invariant), and
             // the lengths the kernel indexes by were checked above.
@@ -310,60 +310,45 @@ mod avx512 {
 
     use super::{MR, NR};
 
-    /// One micro-panel: `MR` rows, one 16-lane vector each (see
-    /// [`super::Kernel::accumulate`]).
-    ///
-    /// # Safety
-    ///
-    /// The CPU must have AVX-512F; `rows` must hold `kc * MR` values and `slice` `kc * NR`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn accumulate(rows: &[f32], kc: usize, slice: &[f32], sums: &mut [f32; MR * NR]) {
-        debug_assert!(rows.len() >= kc * MR && slice.len() >= kc * NR);
-        let (a, w, s) = (rows.as_ptr(), slice.as_ptr(), sums.as_mut_ptr());
-        // SAFETY: as in `avx2::accumulate`: depth `kk < kc` reads `rows[kk * MR ..][..MR]`
-        // and `slice[kk * NR ..][..NR]`, within the lengths the caller guarantees; `sums`
-        // is `MR × NR`; the CPU has AVX-512F (the caller's promise).
-        unsafe {
-            let mut acc: [__m512; MR] = std::array::from_fn(|i| _mm512_loadu_ps(s.add(i * NR)));
-            for kk in 0..kc {
-                let w0 = _mm512_loadu_ps(w.add(kk * NR));
-                for (i, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk * MR + i)), w0, *acc);
-                }
-            }
-            for (i, acc) in acc.iter().enumerate() {
-                _mm512_storeu_ps(s.add(i * NR), *acc);
-            }
-        }
-    }
-
-    /// Two micro-panels against one slice: twelve accumulators, enough independent
-    /// multiply-adds to keep both AVX-512 units busy through their latency.
+    /// `P` micro-panels (one or two) against one slice: `MR` rows each, one 16-lane
+    /// vector a row (see [`super::Kernel::accumulate`]). Two give twelve accumulators,
+    /// enough independent multiply-adds to keep both AVX-512 units busy through their
+    /// latency.
     ///
     /// # Safety
     ///
     /// The CPU must have AVX-512F; each of `rows` must hold `kc * MR` values and `slice`
     /// `kc * NR`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn accumulate_pair(rows: [&[f32]; 2], kc: usize, slice: &[f32], sums: [&mut [f32; MR * NR]; 2]) {
+    pub(super) unsafe fn accumulate<const P: usize>(
+        rows: [&[f32]; P],
+        kc: usize,
+        slice: &[f32],
+        sums: [&mut [f32; MR * NR]; P],
+    ) {
         debug_assert!(rows.iter().all(|r| r.len() >= kc * MR) && slice.len() >= kc * NR);
-        let (a, b, w) = (rows[0].as_ptr(), rows[1].as_ptr(), slice.as_ptr());
-        let [s0, s1] = sums;
-        let (s0, s1) = (s0.as_mut_ptr(), s1.as_mut_ptr());
-        // SAFETY: as in `accumulate`, for each of the two micro-panels and its sums.
+        let (a, w, s) = (rows.map(<[f32]>::as_ptr), slice.as_ptr(), sums.map(|s| s.as_mut_ptr()));
+        // SAFETY: as in `avx2::accumulate`, for each micro-panel: depth `kk < kc` reads
+        // `rows[p][kk * MR ..][..MR]` and `slice[kk * NR ..][..NR]`, within the lengths the
+        // caller guarantees; each of `sums` is `MR × NR`; the CPU has AVX-512F (the
+        // caller's promise).
         unsafe {
-            let mut top: [__m512; MR] = std::array::from_fn(|i| _mm512_loadu_ps(s0.add(i * NR)));
-            let mut bottom: [__m512; MR] = std::array::from_fn(|i| _mm512_loadu_ps(s1.add(i * NR)));
+            let mut acc: [[__m512; MR]; P] =
+                std::array::from_fn(|p| std::array::from_fn(|i| _mm512_loadu_ps(s[p].add(i * NR))));
             for kk in 0..kc {
                 let w0 = _mm512_loadu_ps(w.add(kk * NR));
+                // Row by row, the panels' rows side by side: independent multiply-adds
+                // follow each other.
                 for i in 0..MR {
-                    top[i] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk * MR + i)), w0, top[i]);
-                    bottom[i] = _mm512_fmadd_ps(_mm512_set1_ps(*b.add(kk * MR + i)), w0, bottom[i]);
+                    for (acc, a) in acc.iter_mut().zip(a) {
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk * MR + i)), w0, acc[i]);
+                    }
                 }
             }
-            for i in 0..MR {
-                _mm512_storeu_ps(s0.add(i * NR), top[i]);
-                _mm512_storeu_ps(s1.add(i * NR), bottom[i]);
+            for (p, acc) in acc.iter().enumerate() {
+                for (i, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(s[p].add(i * NR), *acc);
+                }
             }
         }
     }
