@@ -26,13 +26,14 @@ enum Seen {
     Event(Event, SystemTime),
 }
 
-/// Reads a watch stream until the job starts (or `within` passes).
-async fn until_started(
+/// Reads a watch stream into `seen` until `done` says stop (or `within` passes).
+async fn read_until(
     stream: &mut tonic::Streaming<deephardway::v1::WatchJobResponse>,
+    seen: &mut Vec<Seen>,
     within: Duration,
-) -> Vec<Seen> {
+    done: impl Fn(&Seen) -> bool,
+) {
     let deadline = Instant::now() + within;
-    let mut seen = Vec::new();
     loop {
         let message = tokio::time::timeout_at(deadline, stream.message())
             .await
@@ -40,14 +41,17 @@ async fn until_started(
             .expect("stream")
             .expect("not ended");
         let at = SystemTime::now();
-        if let Some(status) = message.queue_status {
-            seen.push(Seen::Status(status, at));
+        let next = if let Some(status) = message.queue_status {
+            Seen::Status(status, at)
         } else if let Some(event) = message.event.and_then(|e| e.event) {
-            let started = matches!(event, Event::Started(_));
-            seen.push(Seen::Event(event, at));
-            if started {
-                return seen;
-            }
+            Seen::Event(event, at)
+        } else {
+            continue;
+        };
+        let stop = done(&next);
+        seen.push(next);
+        if stop {
+            return;
         }
     }
 }
@@ -86,9 +90,16 @@ async fn last_of_20_sees_its_position_fall_to_0_then_starts_near_the_estimate() 
     }
     let last = queued.last().unwrap().clone();
     let mut stream = watch(&mut client, &last.id, 0).await.expect("WatchJob");
+    // The first status comes right after the stored events. Read it before the line
+    // moves: the times below are when the client read a message, which is when the
+    // server sent it only while the client keeps reading (a status sent before the
+    // first read would otherwise seem to arrive together with the next).
+    let mut seen = Vec::new();
+    let within = Duration::from_secs(60);
+    read_until(&mut stream, &mut seen, within, |s| matches!(s, Seen::Status(..))).await;
     // Let the line move.
     cancel(&mut client, &long.id).await;
-    let seen = until_started(&mut stream, Duration::from_secs(60)).await;
+    read_until(&mut stream, &mut seen, within, |s| matches!(s, Seen::Event(Event::Started(_), _))).await;
     let Some(Seen::Event(Event::Started(_), started_at)) = seen.last() else { unreachable!() };
 
     let statuses: Vec<(&QueueStatus, SystemTime)> = seen
@@ -244,7 +255,11 @@ async fn a_job_back_in_line_after_its_worker_was_killed_shows_its_new_position()
     let status = third_watch.message().await.unwrap().unwrap().queue_status.expect("a queue status");
     assert_eq!(status.position, 1);
     cancel(&mut client, &first.id).await;
-    let seen = until_started(&mut second_watch, Duration::from_secs(10)).await;
+    let mut seen = Vec::new();
+    read_until(&mut second_watch, &mut seen, Duration::from_secs(10), |s| {
+        matches!(s, Seen::Event(Event::Started(_), _))
+    })
+    .await;
     assert!(matches!(seen.iter().rev().nth(1), Some(Seen::Status(s, _)) if s.position == 0), "{seen:?}");
 
     worker.kill().await;
