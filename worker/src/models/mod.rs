@@ -6,7 +6,8 @@
 //!   kernels and attention, the GGUF's tokenizer and chat template;
 //! - [`bert`]: the sentence embedder on a BERT model (load, forward, mean pooling), with
 //!   its own CPU encoder;
-//! - [`sgemm`]: f32 linear layers with weights packed at load, AVX2 kernels, for the CPU;
+//! - [`sgemm`]: f32 matrix products for the CPU (AVX-512 and AVX2 kernels): linear layers
+//!   with weights packed at load, and products of any two matrices, for training;
 //! - [`vector_math`]: vectorized exp, erf, GELU, softmax, layer norm and sums;
 //! - [`attention_math`]: one query's attention scores and weighted values, SIMD, for
 //!   both models' CPU attention;

@@ -21,10 +21,9 @@ pub struct ModelConfig {
 
 enum Layer {
     Linear(candle_nn::Linear),
-    /// A 3×3 convolution with padding 1, then ReLU.
-    ConvRelu(candle_nn::Conv2d),
+    /// A 3×3 convolution with padding 1, then ReLU and 2×2 max pooling.
+    ConvReluPool(candle_nn::Conv2d),
     Relu,
-    Pool,
     Flatten,
 }
 
@@ -52,10 +51,8 @@ impl Network {
             }
             Architecture::Cnn => {
                 let conv = Conv2dConfig { padding: 1, ..Default::default() };
-                layers.push(Layer::ConvRelu(candle_nn::conv2d(channels, 16, 3, conv, vb.pp("conv0"))?));
-                layers.push(Layer::Pool);
-                layers.push(Layer::ConvRelu(candle_nn::conv2d(16, 32, 3, conv, vb.pp("conv1"))?));
-                layers.push(Layer::Pool);
+                layers.push(Layer::ConvReluPool(candle_nn::conv2d(channels, 16, 3, conv, vb.pp("conv0"))?));
+                layers.push(Layer::ConvReluPool(candle_nn::conv2d(16, 32, 3, conv, vb.pp("conv1"))?));
                 layers.push(Layer::Flatten);
                 let side = size / 4;
                 layers.push(Layer::Linear(candle_nn::linear(32 * side * side, 64, vb.pp("fc0"))?));
@@ -71,17 +68,14 @@ impl Network {
         for layer in &self.layers {
             x = match layer {
                 Layer::Linear(l) if x.device().is_cpu() => {
-                    let y = cpu_ops::linear(&x, l.weight())?;
-                    match l.bias() {
-                        Some(bias) => y.broadcast_add(bias)?,
-                        None => y,
-                    }
+                    cpu_ops::linear(&x, l.weight(), &bias_or_zeros(l.bias(), l.weight())?)?
                 }
                 Layer::Linear(l) => l.forward(&x)?,
-                Layer::ConvRelu(c) => conv3x3_same_relu(&x, c.weight(), c.bias())?,
+                Layer::ConvReluPool(c) if x.device().is_cpu() => {
+                    cpu_ops::conv3x3_relu_pool(&x, c.weight(), &bias_or_zeros(c.bias(), c.weight())?)?
+                }
+                Layer::ConvReluPool(c) => max_pool2x2_by_reduction(&conv3x3_same_relu(&x, c.weight(), c.bias())?)?,
                 Layer::Relu => x.relu()?,
-                Layer::Pool if x.device().is_cpu() => cpu_ops::max_pool2x2(&x)?,
-                Layer::Pool => max_pool2x2_by_reduction(&x)?,
                 Layer::Flatten => x.flatten_from(1)?,
             };
         }
@@ -94,33 +88,35 @@ impl Network {
     }
 }
 
-/// A 3×3 convolution with padding 1, as candle's `conv2d` computes it, then ReLU: the
-/// image's patches (im2col) and one matrix product per image. Same weights and results
-/// (tested), but faster to train than candle's CPU `conv2d` / `conv_transpose2d`. On the
-/// CPU the patches and the bias with ReLU are custom ops with direct backwards
-/// ([`cpu_ops`]); elsewhere the patches are nine shifted views of a padded copy.
+/// A layer's bias, or zeros for each of the weight's outputs.
+fn bias_or_zeros(bias: Option<&Tensor>, weight: &Tensor) -> Result<Tensor> {
+    match bias {
+        Some(bias) => Ok(bias.clone()),
+        None => Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device()),
+    }
+}
+
+/// A 3×3 convolution with padding 1, as candle's `conv2d` computes it, then ReLU, for
+/// devices other than the CPU: the image's patches (im2col), nine shifted views of a
+/// padded copy, and one matrix product per image, which trains faster than candle's
+/// `conv2d` / `conv_transpose2d`. Same weights and results (tested). On the CPU,
+/// [`cpu_ops::conv3x3_relu_pool`] does this and the pooling after it in one op.
 fn conv3x3_same_relu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let o = weight.dim(0)?;
-    let cpu = x.device().is_cpu();
     // (n, c·9, h·w): each input channel's nine taps in the kernel's (dy, dx) order, which
     // is the order of the weight's last two dimensions.
-    let patches = if cpu {
-        cpu_ops::patches3x3(x)?
-    } else {
-        let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-        let mut shifted = Vec::with_capacity(9);
-        for dy in 0..3 {
-            for dx in 0..3 {
-                shifted.push(padded.narrow(2, dy, h)?.narrow(3, dx, w)?);
-            }
+    let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+    let mut shifted = Vec::with_capacity(9);
+    for dy in 0..3 {
+        for dx in 0..3 {
+            shifted.push(padded.narrow(2, dy, h)?.narrow(3, dx, w)?);
         }
-        Tensor::stack(&shifted, 2)?.reshape((n, c * 9, h * w))?
-    };
+    }
+    let patches = Tensor::stack(&shifted, 2)?.reshape((n, c * 9, h * w))?;
     let kernel = weight.reshape((o, c * 9))?.broadcast_left(n)?;
     let out = kernel.matmul(&patches)?.reshape((n, o, h, w))?;
     match bias {
-        Some(bias) if cpu => cpu_ops::bias_relu(&out, bias),
         Some(bias) => out.broadcast_add(&bias.reshape((1, o, 1, 1))?)?.relu(),
         None => out.relu(),
     }
@@ -128,8 +124,9 @@ fn conv3x3_same_relu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
 
 /// 2×2 max pooling as two `max` reductions over a reshaped view, for devices other than
 /// the CPU. Not candle's `max_pool2d`: its backward hands on a quarter of each gradient
-/// (see `cpu_ops`), where a reduction's gives it whole to the largest element, as the CPU
-/// op and PyTorch do (to every tied one, where the CPU op picks the first).
+/// (it scales by the share of the window that is largest where it means to divide by
+/// it), where a reduction's gives it whole to the largest element, as the CPU op and
+/// PyTorch do (to every tied one, where the CPU op picks the first).
 fn max_pool2x2_by_reduction(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let (oh, ow) = (h / 2, w / 2);
@@ -187,49 +184,69 @@ pub fn initialised(config: &ModelConfig, seed: u64, device: &Device) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use candle_core::Var;
+
     use super::*;
 
-    #[test]
-    fn pooling_by_reduction_matches_the_cpu_op_forward_and_backward() {
-        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 7, 6), &Device::Cpu).unwrap()).unwrap();
-        let (ours, cpu) = (max_pool2x2_by_reduction(&x).unwrap(), cpu_ops::max_pool2x2(&x).unwrap());
-        let weights = Tensor::randn(0f32, 1.0, (2, 3, 3, 3), &Device::Cpu).unwrap();
-        let gradient = |pooled: &Tensor| {
-            let grads = (pooled * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-            grads.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        };
-        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(values(&ours), values(&cpu));
-        assert_eq!(gradient(&ours), gradient(&cpu));
+    /// Relative to the largest magnitude: the weight gradients reach the hundreds or
+    /// thousands (sums over every position of the batch), where two f32 summation orders
+    /// differ in the last bit (1.2e-4 at 1024); a wrong gradient differs by far more than
+    /// 1e-5 of the scale.
+    fn close(a: &Tensor, b: &Tensor) {
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+        assert!(diff <= 1e-5 * scale, "differ by {diff} at a scale of {scale}");
     }
 
     #[test]
-    fn the_conv_matches_candles_conv2d_and_relu_forward_and_backward() {
+    fn the_cpu_layer_matches_candles_conv2d_relu_and_pooling_forward_and_backward() {
         let device = Device::Cpu;
-        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 6), &device).unwrap()).unwrap();
-        let weight = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &device).unwrap()).unwrap();
-        let bias = Tensor::randn(0f32, 1.0, 4, &device).unwrap();
-        let ours = conv3x3_same_relu(&x, &weight, Some(&bias)).unwrap();
-        let theirs = x
-            .conv2d(&weight, 1, 1, 1, 1)
-            .unwrap()
-            .broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap())
-            .unwrap()
-            .relu()
-            .unwrap();
-        // Relative to the largest magnitude: the weight gradients reach the hundreds or
-        // thousands (sums over every position of the batch), where two f32 summation
-        // orders differ in the last bit (1.2e-4 at 1024); a wrong convolution differs by
-        // far more than 1e-5 of the scale.
-        let close = |a: &Tensor, b: &Tensor| {
-            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
-            assert!(diff <= 1e-5 * scale, "differ by {diff} at a scale of {scale}");
-        };
-        close(&ours, &theirs);
-        let (ours, theirs) = (ours.sqr().unwrap().sum_all().unwrap(), theirs.sqr().unwrap().sum_all().unwrap());
-        let (g1, g2) = (ours.backward().unwrap(), theirs.backward().unwrap());
-        close(g1.get(&x).unwrap(), g2.get(&x).unwrap());
-        close(g1.get(&weight).unwrap(), g2.get(&weight).unwrap());
+        // An odd size: the last row and column are pooled by neither.
+        for (h, w) in [(6, 8), (5, 7), (2, 2)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, h, w), &device).unwrap()).unwrap();
+            let weight = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &device).unwrap()).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1.0, 4, &device).unwrap()).unwrap();
+            let ours = cpu_ops::conv3x3_relu_pool(&x, &weight, &bias).unwrap();
+            let convolved = x.conv2d(&weight, 1, 1, 1, 1).unwrap().broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap());
+            let candles = convolved.unwrap().relu().unwrap();
+            close(&ours, &candles.max_pool2d(2).unwrap());
+            // And the other devices' layer, run here: the same values and gradients.
+            let theirs = max_pool2x2_by_reduction(&conv3x3_same_relu(&x, &weight, Some(&bias)).unwrap()).unwrap();
+            close(&ours, &theirs);
+            let weights = Tensor::randn(0f32, 1.0, ours.shape(), &device).unwrap();
+            let loss = |t: &Tensor| (t * &weights).unwrap().sum_all().unwrap();
+            let (g1, g2) = (loss(&ours).backward().unwrap(), loss(&theirs).backward().unwrap());
+            for var in [x.as_tensor(), weight.as_tensor(), bias.as_tensor()] {
+                close(g1.get(var).unwrap(), g2.get(var).unwrap());
+            }
+            // Images need no gradient, and get none.
+            let images = x.as_tensor().detach();
+            let grads = loss(&cpu_ops::conv3x3_relu_pool(&images, &weight, &bias).unwrap()).backward().unwrap();
+            assert!(grads.get(&images).is_none());
+            close(grads.get(&weight).unwrap(), g2.get(&weight).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_tie_sends_the_gradient_to_the_first_largest() {
+        // A convolution of zeros with a zero weight and a bias of 1: every window ties.
+        let device = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::zeros((1, 1, 2, 2), DType::F32, &device).unwrap()).unwrap();
+        let weight = Var::from_tensor(&Tensor::zeros((1, 1, 3, 3), DType::F32, &device).unwrap()).unwrap();
+        let bias = Tensor::ones(1, DType::F32, &device).unwrap();
+        let out = cpu_ops::conv3x3_relu_pool(&x, &weight, &bias).unwrap();
+        assert_eq!(out.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [1.0]);
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        // Only the top-left output carries a gradient: its taps are the centre and the
+        // three inputs right of and below it (zeros here), so the weight's gradient is
+        // zero and the input's is the weight's (zero); the bias's is 1.
+        let tapped = grads.get(&weight).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(tapped, [0.0; 9]);
+        let with_ones = Var::from_tensor(&Tensor::ones((1, 1, 2, 2), DType::F32, &device).unwrap()).unwrap();
+        let out = cpu_ops::conv3x3_relu_pool(&with_ones, &weight, &bias).unwrap();
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        // The top-left output's patch: zeros above and left of it, ones elsewhere.
+        let tapped = grads.get(&weight).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(tapped, [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0]);
     }
 }
