@@ -544,6 +544,30 @@ mod tests {
     }
 
     #[test]
+    fn products_of_windows_match_the_products_of_the_windows() {
+        // Windows that start anywhere, end before the operands do, and span depth blocks.
+        for (m, n, depth, k, a_from, b_from) in
+            [(13, 33, 700, 600, 7, 91), (6, 16, 10, 3, 0, 7), (5, 40, 300, 1, 299, 0)]
+        {
+            let (a, b) = (values(m * depth, 7), values(depth * n, 8));
+            let window_a: Vec<f32> = a.chunks_exact(depth).flat_map(|row| row[a_from..a_from + k].to_vec()).collect();
+            let window_b = &b[b_from * n..(b_from + k) * n];
+            let want = reference(&window_a, window_b, m, n, k);
+            let (mut rows, mut columns) = (PackedRows::default(), PackedColumns::default());
+            rows.pack(Matrix::row_major(&a, m, depth));
+            columns.pack(Matrix::row_major(&b, depth, n));
+            let mut out = vec![1.0; m * n];
+            multiply_windows_here(&rows, a_from, &columns, b_from, k, Start::Output, Activation::None, &mut out);
+            assert_close(&out, want.iter().map(|w| w + 1.0), &format!("{m}×{n}×{k} from {a_from} and {b_from}"));
+            // The same operands packed from their rows' slices.
+            rows.pack_slices(m, depth, |r| &a[r * depth..(r + 1) * depth]);
+            columns.pack_slices(depth, n, |d| &b[d * n..(d + 1) * n]);
+            multiply_windows_here(&rows, a_from, &columns, b_from, k, Start::Zero, Activation::None, &mut out);
+            assert_close(&out, want.iter().copied(), &format!("{m}×{n}×{k}, packed from slices"));
+        }
+    }
+
+    #[test]
     fn a_linear_layer_adds_its_bias_and_applies_gelu() {
         let (rows, n, k) = (7, 20, 12);
         let (x, w, b) = (values(rows * k, 4), values(n * k, 5), values(n, 6));

@@ -3,12 +3,15 @@
 //! candle-nn's `AdamW` computes the same update as eleven tensor operations per
 //! parameter, each allocating and filling a new tensor the size of the parameter (the
 //! CNN's largest layer has half a million weights, updated a dozen times an epoch). This
-//! one reads the gradient and the parameter once, updates the moments in place and writes
-//! the parameter back once, with candle-nn's arithmetic: decoupled weight decay, bias-
-//! corrected moments, `ε` added to the square root.
+//! one updates the parameter and its moments in place (a candle in-place op), reading
+//! the gradient once, in chunks spread over candle's thread pool, with candle-nn's
+//! arithmetic: decoupled weight decay, bias-corrected moments, `ε` added to the square
+//! root.
 
-use candle_core::{Result, Tensor, Var, backprop::GradStore};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var, backprop::GradStore, bail};
 use candle_nn::ParamsAdamW;
+
+use crate::models::disjoint::DisjointSlice;
 
 pub struct FusedAdamW {
     params: ParamsAdamW,
@@ -52,23 +55,90 @@ impl FusedAdamW {
     fn step_with(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let p = &self.params;
-        let (beta1, beta2) = (p.beta1 as f32, p.beta2 as f32);
-        let scale_m = (1.0 / (1.0 - p.beta1.powi(self.step))) as f32;
-        let scale_v = (1.0 / (1.0 - p.beta2.powi(self.step))) as f32;
-        let decay = (1.0 - p.lr * p.weight_decay) as f32;
-        let (lr, eps) = (p.lr as f32, p.eps as f32);
+        let constants = Constants {
+            beta1: p.beta1 as f32,
+            beta2: p.beta2 as f32,
+            scale_m: (1.0 / (1.0 - p.beta1.powi(self.step))) as f32,
+            scale_v: (1.0 / (1.0 - p.beta2.powi(self.step))) as f32,
+            decay: (1.0 - p.lr * p.weight_decay) as f32,
+            lr: p.lr as f32,
+            eps: p.eps as f32,
+        };
         for moments in &mut self.vars {
             let Some(grad) = grads.get(&moments.var) else { continue };
-            let grad = grad.flatten_all()?.to_vec1::<f32>()?;
-            let mut theta = moments.var.flatten_all()?.to_vec1::<f32>()?;
-            for (((theta, g), m), v) in theta.iter_mut().zip(&grad).zip(&mut moments.first).zip(&mut moments.second) {
-                *m = *m * beta1 + g * (1.0 - beta1);
-                *v = *v * beta2 + g * g * (1.0 - beta2);
-                let adjusted = (*m * scale_m) / ((*v * scale_v).sqrt() + eps);
-                *theta = *theta * decay - adjusted * lr;
-            }
-            moments.var.set(&Tensor::from_vec(theta, moments.var.shape(), moments.var.device())?)?;
+            let update = Update {
+                first: DisjointSlice::new(&mut moments.first),
+                second: DisjointSlice::new(&mut moments.second),
+                constants,
+            };
+            moments.var.as_tensor().inplace_op2(&grad.contiguous()?, &update)?;
         }
+        Ok(())
+    }
+}
+
+/// One step's numbers, the same for every value.
+#[derive(Clone, Copy)]
+struct Constants {
+    beta1: f32,
+    beta2: f32,
+    /// The moments' bias corrections, `1 / (1 - βᵗ)`.
+    scale_m: f32,
+    scale_v: f32,
+    /// `1 - lr · weight decay`.
+    decay: f32,
+    lr: f32,
+    eps: f32,
+}
+
+/// Values per task: a parameter's update is a few passes over memory, too short to split
+/// finer.
+const CHUNK: usize = 16 * 1024;
+
+/// One parameter's update in place, from its gradient, with its moments.
+struct Update<'a> {
+    first: DisjointSlice<'a, f32>,
+    second: DisjointSlice<'a, f32>,
+    constants: Constants,
+}
+
+impl InplaceOp2 for Update<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (s1, s2) else { bail!("{}: f32 only", self.name()) };
+        let (Some(t), Some(g)) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            bail!("{}: contiguous tensors only", self.name())
+        };
+        let (theta, grad) = (&mut theta[t.0..t.1], &grad[g.0..g.1]);
+        if grad.len() != theta.len() {
+            bail!("{}: a gradient of {} values for {}", self.name(), grad.len(), theta.len());
+        }
+        let Constants { beta1, beta2, scale_m, scale_v, decay, lr, eps } = self.constants;
+        let len = theta.len();
+        let theta = DisjointSlice::new(theta);
+        candle_core::utils::barrier_pool().execute_chunked(len.div_ceil(CHUNK), |chunks| {
+            for chunk in chunks {
+                let range = chunk * CHUNK..len.min((chunk + 1) * CHUNK);
+                // SAFETY: chunk `chunk` of the parameter and of its moments belongs to this
+                // task alone (the moments are as long as the parameter: `FusedAdamW::new`).
+                let (theta, m, v) = unsafe {
+                    (
+                        theta.slice_mut(range.clone()),
+                        self.first.slice_mut(range.clone()),
+                        self.second.slice_mut(range.clone()),
+                    )
+                };
+                for (((theta, g), m), v) in theta.iter_mut().zip(&grad[range]).zip(m).zip(v) {
+                    *m = *m * beta1 + g * (1.0 - beta1);
+                    *v = *v * beta2 + g * g * (1.0 - beta2);
+                    let adjusted = (*m * scale_m) / ((*v * scale_v).sqrt() + eps);
+                    *theta = *theta * decay - adjusted * lr;
+                }
+            }
+        });
         Ok(())
     }
 }
@@ -82,8 +152,15 @@ mod tests {
 
     #[test]
     fn takes_the_same_steps_as_candle_nns_adamw() {
-        let start = Tensor::randn(0f32, 1.0, (3, 5), &Device::Cpu).unwrap();
-        let target = Tensor::randn(0f32, 1.0, (3, 5), &Device::Cpu).unwrap();
+        // A parameter of one chunk and one of several.
+        for shape in [(3, 5), (300, 70)] {
+            takes_the_same_steps_for(shape);
+        }
+    }
+
+    fn takes_the_same_steps_for(shape: (usize, usize)) {
+        let start = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
+        let target = Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap();
         let (ours, theirs) = (Var::from_tensor(&start).unwrap(), Var::from_tensor(&start).unwrap());
         let params = ParamsAdamW { lr: 0.05, weight_decay: 0.1, ..Default::default() };
         let mut fused = FusedAdamW::new(vec![ours.clone()], params.clone()).unwrap();
