@@ -17,9 +17,9 @@
 //!
 //! Backward: the pooled output's gradient sent to each window's largest element where that
 //! passed ReLU (the convolution's gradient), the bias's gradient as its channels' sums,
-//! the weight's tap by tap as the padded planes shifted by the tap times the gradient
-//! (nine products over shifted windows of the same two packed operands, the patches never
-//! made), summed over the images in a fixed order, and, only when the input
+//! the weight's row of taps by row of taps as the padded planes (each at the three column
+//! shifts) shifted by the row times the gradient (three products over shifted windows of
+//! the same two packed operands, the patches never made), summed over the images in a fixed order, and, only when the input
 //! needs a gradient (not for the images themselves), the patches' gradient `Wᵀ ·
 //! gradient` folded back onto the input (col2im).
 
@@ -52,7 +52,7 @@ struct Scratch {
     weight_rows: PackedRows,
     /// One image's patches, as a right-hand side.
     patch_columns: PackedColumns,
-    /// One image's padded planes, as a left-hand side.
+    /// One image's padded planes at three column shifts, as a left-hand side.
     padded_rows: PackedRows,
     /// One image's convolution, before pooling, in padded coordinates.
     convolved: Vec<f32>,
@@ -214,7 +214,8 @@ impl CustomOp3 for Conv3x3ReluPool {
         }
         let mut grad_input = if needs_input { vec![0f32; d.images * d.image()] } else { Vec::new() };
         let target = DisjointSlice::new(&mut grad_input);
-        // Each chunk of images' sums for the weight (per tap, `channels × outputs`) and the
+        // Each chunk of images' sums for the weight (per row of taps, `(channel, column of
+        // taps) × outputs`) and the
         // bias, by its first image: added in that order, whichever thread made them, so
         // that a seeded training gives the same network every time.
         let partials = Mutex::new(Vec::<(usize, Vec<f32>, Vec<f32>)>::new());
@@ -233,15 +234,27 @@ impl CustomOp3 for Conv3x3ReluPool {
                     }
                     let padded = scratch(padded, d.channels * d.padded_plane());
                     write_padded(&input[i * d.image()..(i + 1) * d.image()], d, padded);
-                    // Tap by tap: the padded planes shifted by the tap times the gradient,
-                    // each operand packed once (the patches, 9× larger, never are).
-                    padded_rows.pack(Matrix::row_major(padded, d.channels, d.padded_plane()));
+                    // Row of taps by row of taps: the padded planes, each at the three
+                    // column shifts, shifted by the row times the gradient; each operand
+                    // packed once (the patches, 9× larger, never are).
+                    let depth = d.padded_plane() - 2;
+                    padded_rows.pack_slices(3 * d.channels, depth, |row| {
+                        &padded[row / 3 * d.padded_plane() + row % 3..][..depth]
+                    });
                     let masked = Matrix::row_major(masked, d.outputs, d.window());
                     masked_columns.pack(masked.t());
-                    for (tap, sums) in weight_sums.chunks_exact_mut(d.channels * d.outputs).enumerate() {
-                        let (output, none) = (Start::Output, Activation::None);
-                        let (shift, window) = (d.shift(tap), d.window());
-                        multiply_windows_here(padded_rows, shift, masked_columns, 0, window, output, none, sums);
+                    for (dy, sums) in weight_sums.chunks_exact_mut(3 * d.channels * d.outputs).enumerate() {
+                        let (output, none, window) = (Start::Output, Activation::None, d.window());
+                        multiply_windows_here(
+                            padded_rows,
+                            dy * d.wide(),
+                            masked_columns,
+                            0,
+                            window,
+                            output,
+                            none,
+                            sums,
+                        );
                     }
                     if needs_input {
                         let patch_gradients = scratch(patch_gradients, d.taps() * d.window());
@@ -266,10 +279,11 @@ impl CustomOp3 for Conv3x3ReluPool {
         let mut grad_weight = vec![0f32; d.outputs * d.taps()];
         let mut grad_bias = vec![0f32; d.outputs];
         for (_, weight_sums, bias_sums) in partials {
-            for (tap, sums) in weight_sums.chunks_exact(d.channels * d.outputs).enumerate() {
-                for (channel, sums) in sums.chunks_exact(d.outputs).enumerate() {
+            for (dy, sums) in weight_sums.chunks_exact(3 * d.channels * d.outputs).enumerate() {
+                for (row, sums) in sums.chunks_exact(d.outputs).enumerate() {
+                    let (channel, dx) = (row / 3, row % 3);
                     for (o, sum) in sums.iter().enumerate() {
-                        grad_weight[o * d.taps() + channel * 9 + tap] += sum;
+                        grad_weight[o * d.taps() + channel * 9 + dy * 3 + dx] += sum;
                     }
                 }
             }
@@ -335,10 +349,14 @@ fn unpool(grad: &[f32], output: &[f32], largest: &[u8], d: Dims, convolved: &mut
     convolved.fill(0.0);
     let pooled = grad.chunks_exact(oh * ow).zip(output.chunks_exact(oh * ow)).zip(largest.chunks_exact(oh * ow));
     for (((grad, output), largest), plane) in pooled.zip(convolved.chunks_exact_mut(d.window())) {
-        for (e, ((&g, &y), &best)) in grad.iter().zip(output).zip(largest).enumerate() {
-            if y > 0.0 {
-                let (py, px, best) = (e / ow, e % ow, usize::from(best));
-                plane[(2 * py + best / 2) * wide + 2 * px + best % 2] = g;
+        let rows = grad.chunks_exact(ow).zip(output.chunks_exact(ow)).zip(largest.chunks_exact(ow));
+        for (py, ((grad, output), largest)) in rows.enumerate() {
+            let windows = &mut plane[2 * py * wide..(2 * py + 2) * wide];
+            for (px, ((&g, &y), &best)) in grad.iter().zip(output).zip(largest).enumerate() {
+                if y > 0.0 {
+                    let best = usize::from(best);
+                    windows[best / 2 * wide + 2 * px + best % 2] = g;
+                }
             }
         }
     }
