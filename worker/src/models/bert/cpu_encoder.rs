@@ -1,5 +1,5 @@
 //! BERT's encoder on the CPU, on plain f32 buffers, with the packed matrix kernels of
-//! [`crate::models::sgemm`].
+//! [`crate::models::sgemm`] (the products in bfloat16 on AMX, or f32: [`Precision`]).
 //!
 //! Why not candle-transformers' `BertModel` (which the GPU still uses): on the CPU its
 //! time went to candle's general matrix product (operands packed on every call, small
@@ -14,8 +14,9 @@
 //!   the layer norms, and attention, layer norms and products all run on candle's CPU
 //!   thread pool, one buffer per step reused by every layer.
 //!
-//! The arithmetic is BERT's (`hidden_act: gelu`, absolute positions); results agree with
-//! sentence-transformers to float rounding (the embed tests hold them to it).
+//! The arithmetic is BERT's (`hidden_act: gelu`, absolute positions); in f32 results agree
+//! with sentence-transformers to float rounding, in bfloat16 to a cosine of 0.99996 (the
+//! embed tests hold them to both).
 
 use anyhow::{Context, bail};
 use candle_nn::VarBuilder;
@@ -24,7 +25,7 @@ use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType
 use crate::models::{
     attention_math,
     disjoint::DisjointSlice,
-    sgemm::{Activation, PackedLinear},
+    sgemm::{Activation, PackedLinear, Precision},
     vector_math,
 };
 
@@ -66,6 +67,11 @@ struct Layer {
 }
 
 impl CpuEncoder {
+    /// The precision of the products.
+    pub fn precision(&self) -> Precision {
+        self.layers.first().map_or(Precision::F32, |layer| layer.qkv.precision())
+    }
+
     /// Whether this encoder computes what `config` describes (else candle's model does).
     pub fn supports(config: &Config) -> bool {
         config.hidden_act == HiddenAct::Gelu
@@ -75,7 +81,7 @@ impl CpuEncoder {
     }
 
     /// Loads the weights from `vb` (a BERT checkpoint, with or without a `bert.` prefix).
-    pub fn load(vb: VarBuilder, config: &Config) -> anyhow::Result<Self> {
+    pub fn load(vb: VarBuilder, config: &Config, precision: Precision) -> anyhow::Result<Self> {
         if !Self::supports(config) {
             bail!("the CPU encoder does not support this BERT configuration");
         }
@@ -95,7 +101,7 @@ impl CpuEncoder {
         };
         let linear = |vb: VarBuilder, outputs: usize, inputs: usize| -> anyhow::Result<PackedLinear> {
             let (w, b) = (get(&vb, &[outputs, inputs], "weight")?, get(&vb, &[outputs], "bias")?);
-            Ok(PackedLinear::new(&w, Some(&b), outputs, inputs))
+            Ok(PackedLinear::with_precision(&w, Some(&b), outputs, inputs, precision))
         };
         let embeddings = vb.pp("embeddings");
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -110,7 +116,7 @@ impl CpuEncoder {
                 qkv_bias.extend(get(&part, &[h], "bias")?);
             }
             layers.push(Layer {
-                qkv: PackedLinear::new(&qkv_weight, Some(&qkv_bias), 3 * h, h),
+                qkv: PackedLinear::with_precision(&qkv_weight, Some(&qkv_bias), 3 * h, h, precision),
                 attention_output: linear(attention.pp("output").pp("dense"), h, h)?,
                 attention_norm: norm(attention.pp("output").pp("LayerNorm"))?,
                 intermediate: linear(layer.pp("intermediate").pp("dense"), ffn, h)?,

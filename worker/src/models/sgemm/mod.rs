@@ -27,15 +27,21 @@
 //! does not depend on the other rows. [`multiply_here`] runs on the calling thread, for
 //! callers that split their work themselves (a convolution, image by image).
 //!
+//! A linear layer can instead round its weight and inputs to bfloat16 and run on Intel
+//! AMX's tiles ([`Precision::Bf16`]): three to four times the f32 kernels' speed on the
+//! BERT encoder's products (measured on two cores), where the CPU has AMX.
+//!
 //! - `packing`: the two operands laid out as the kernels read them;
-//! - `kernels`: the micro-kernels (AVX-512, AVX2 with FMA, portable), chosen at run time.
+//! - `kernels`: the micro-kernels (AVX-512, AVX2 with FMA, portable), chosen at run time;
+//! - `amx`: bfloat16 linear layers on AMX tiles.
 
+mod amx;
 mod kernels;
 mod packing;
 
 use std::ops::Range;
 
-use self::kernels::Kernel;
+use self::{amx::Amx, kernels::Kernel};
 use crate::models::{disjoint::DisjointSlice, vector_math};
 
 /// Output columns per packed panel: one AVX-512 vector, two AVX vectors.
@@ -101,25 +107,63 @@ impl<'a> Matrix<'a> {
     }
 }
 
+/// How a linear layer's products are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    /// The weight and each input rounded to bfloat16 (8 bits of mantissa), the sums f32,
+    /// on Intel AMX where the CPU has it (and Linux grants it); f32 elsewhere.
+    Bf16,
+}
+
+impl Precision {
+    /// `Bf16` where this CPU and process can run it, else `F32`.
+    pub fn fastest() -> Self {
+        if Amx::detect().is_some() { Precision::Bf16 } else { Precision::F32 }
+    }
+}
+
 /// A linear layer's weight (`outputs × inputs`) and bias, packed for the kernels.
 pub struct PackedLinear {
     inputs: usize,
     outputs: usize,
-    /// `panels × inputs × NR`: panel `p` holds outputs `p * NR ..` (zeros past `outputs`),
-    /// the `NR` weights of one input next to each other.
-    panels: Vec<f32>,
+    weight: Weight,
     /// `outputs` values, zeros without a bias.
     bias: Vec<f32>,
 }
 
+/// A weight packed as the right-hand side of `x · Wᵀ` (see `packing`).
+enum Weight {
+    F32(Vec<f32>),
+    /// Rounded and packed for AMX (see `amx`).
+    Bf16(Amx, Vec<u32>),
+}
+
 impl PackedLinear {
     /// Packs `weight` (row-major `outputs × inputs`, as PyTorch and safetensors store a
-    /// linear layer's) and `bias` (`outputs`, or none).
+    /// linear layer's) and `bias` (`outputs`, or none), for f32 products.
     pub fn new(weight: &[f32], bias: Option<&[f32]>, outputs: usize, inputs: usize) -> Self {
-        let weight = Matrix::row_major(weight, outputs, inputs);
-        let mut panels = Vec::new();
-        // As the right-hand side of `x · Wᵀ`.
-        packing::panels(weight.t(), &mut panels, Parallel::No);
+        Self::with_precision(weight, bias, outputs, inputs, Precision::F32)
+    }
+
+    /// [`PackedLinear::new`] for products in `precision` (`Bf16` only where the CPU has
+    /// the kernel: f32 elsewhere).
+    pub fn with_precision(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        outputs: usize,
+        inputs: usize,
+        precision: Precision,
+    ) -> Self {
+        let weight = match (precision, Amx::detect()) {
+            (Precision::Bf16, Some(amx)) => Weight::Bf16(amx, amx::pack_weight(weight, outputs, inputs)),
+            _ => {
+                let mut panels = Vec::new();
+                // As the right-hand side of `x · Wᵀ`.
+                packing::panels(Matrix::row_major(weight, outputs, inputs).t(), &mut panels, Parallel::No);
+                Weight::F32(panels)
+            }
+        };
         let bias = match bias {
             Some(bias) => {
                 assert_eq!(bias.len(), outputs, "bias is not {outputs} long");
@@ -127,7 +171,7 @@ impl PackedLinear {
             }
             None => vec![0.0; outputs],
         };
-        PackedLinear { inputs, outputs, panels, bias }
+        PackedLinear { inputs, outputs, weight, bias }
     }
 
     pub fn inputs(&self) -> usize {
@@ -138,15 +182,25 @@ impl PackedLinear {
         self.outputs
     }
 
+    pub fn precision(&self) -> Precision {
+        match self.weight {
+            Weight::F32(_) => Precision::F32,
+            Weight::Bf16(..) => Precision::Bf16,
+        }
+    }
+
     /// `out = activation(x · Wᵀ + b)` for `rows` rows: `x` is `rows × inputs` and `out`
     /// `rows × outputs`, both row-major.
     pub fn forward(&self, x: &[f32], rows: usize, activation: Activation, out: &mut [f32]) {
-        let x = Matrix::row_major(x, rows, self.inputs);
-        PACKED.with_borrow_mut(|packed| {
-            packing::rows(x, &mut packed.rows, Parallel::Yes);
-            let operands = Packed::whole(&packed.rows, rows, &self.panels, self.outputs, self.inputs);
-            operands.multiply(Start::ColumnBias(&self.bias), activation, out, Parallel::Yes);
-        });
+        let (inputs, outputs, bias) = (self.inputs, self.outputs, &self.bias);
+        match &self.weight {
+            Weight::F32(panels) => PACKED.with_borrow_mut(|packed| {
+                packing::rows(Matrix::row_major(x, rows, inputs), &mut packed.rows, Parallel::Yes);
+                let operands = Packed::whole(&packed.rows, rows, panels, outputs, inputs);
+                operands.multiply(Start::ColumnBias(bias), activation, out, Parallel::Yes);
+            }),
+            Weight::Bf16(amx, weight) => amx.forward(x, rows, inputs, weight, outputs, bias, activation, out),
+        }
     }
 }
 
@@ -287,10 +341,10 @@ pub fn multiply_windows_here(
     assert!(a_from + k <= a.depth && b_from + k <= b.depth, "windows past the operands' depths");
     let operands = Packed {
         rows: &a.data,
+        panels: &b.data,
         rows_depth: a.depth,
         rows_from: a_from,
         m: a.rows,
-        panels: &b.data,
         panels_depth: b.depth,
         panels_from: b_from,
         n: b.cols,
@@ -304,10 +358,10 @@ pub fn multiply_windows_here(
 /// `rows_from` and `panels_from`.
 struct Packed<'a> {
     rows: &'a [f32],
+    panels: &'a [f32],
     rows_depth: usize,
     rows_from: usize,
     m: usize,
-    panels: &'a [f32],
     panels_depth: usize,
     panels_from: usize,
     n: usize,
@@ -315,9 +369,9 @@ struct Packed<'a> {
 }
 
 impl<'a> Packed<'a> {
-    /// `m × k` rows times `k × n` columns, each packed over exactly that depth.
+    /// `m × k` rows times `k × n` columns, f32, each packed over exactly that depth.
     fn whole(rows: &'a [f32], m: usize, panels: &'a [f32], n: usize, k: usize) -> Self {
-        Packed { rows, rows_depth: k, rows_from: 0, m, panels, panels_depth: k, panels_from: 0, n, k }
+        Packed { rows, panels, rows_depth: k, rows_from: 0, m, panels_depth: k, panels_from: 0, n, k }
     }
 }
 
@@ -366,7 +420,6 @@ impl Packed<'_> {
     ) {
         let (n, k) = (self.n, self.k);
         let (c0, cols) = (p * NR, NR.min(n - p * NR));
-        let panel = &self.panels[(p * self.panels_depth + self.panels_from) * NR..][..k * NR];
         // Whole micro-panels: the rows past `m` in the last one are zeros.
         let sums = &mut sums[..rows.len().next_multiple_of(MR) * NR];
         let (row_sums, _) = sums.as_chunks_mut::<NR>();
@@ -398,15 +451,15 @@ impl Packed<'_> {
             }
         }
         // Depth by depth, so that the panel's slice stays in L1 while every row of the
-        // block passes over it.
+        // block passes over it; two micro-panels at a time (the AVX-512 kernel's tile),
+        // then the odd one.
+        let panel_start = (p * self.panels_depth + self.panels_from) * NR;
+        let micro_panel_start = |i: usize| ((rows.start / MR + i) * self.rows_depth + self.rows_from) * MR;
+        let panel = &self.panels[panel_start..][..k * NR];
         for depth in (0..k).step_by(DEPTH_BLOCK) {
             let kc = DEPTH_BLOCK.min(k - depth);
             let slice = &panel[depth * NR..(depth + kc) * NR];
-            let rows_at = |i: usize| {
-                let micro_panel = ((rows.start / MR + i) * self.rows_depth + self.rows_from) * MR;
-                &self.rows[micro_panel + depth * MR..micro_panel + (depth + kc) * MR]
-            };
-            // Two micro-panels at a time (the AVX-512 kernel's tile), then the odd one.
+            let rows_at = |i: usize| &self.rows[micro_panel_start(i) + depth * MR..][..kc * MR];
             let (pairs, odd) = sums.as_chunks_mut::<{ 2 * MR * NR }>();
             for (i, pair) in pairs.iter_mut().enumerate() {
                 let (a, b) = pair.split_at_mut(MR * NR);
@@ -564,6 +617,33 @@ mod tests {
             columns.pack_slices(depth, n, |d| &b[d * n..(d + 1) * n]);
             multiply_windows_here(&rows, a_from, &columns, b_from, k, Start::Zero, Activation::None, &mut out);
             assert_close(&out, want.iter().copied(), &format!("{m}×{n}×{k}, packed from slices"));
+        }
+    }
+
+    #[test]
+    fn bfloat16_layers_compute_the_product_of_their_rounded_operands() {
+        let round = |v: f32| f32::from_bits(u32::from(amx::bf16_bits(v)) << 16);
+        // Rows, inputs and outputs that fill no block, one block, and leave remainders
+        // (an odd depth included).
+        for (rows, n, k) in [(1, 1, 1), (5, 17, 3), (32, 32, 32), (33, 70, 385), (100, 1536, 384)] {
+            let (x, w, b) = (values(rows * k, 9), values(n * k, 10), values(n, 11));
+            let layer = PackedLinear::with_precision(&w, Some(&b), n, k, Precision::Bf16);
+            if Amx::detect().is_none() {
+                assert_eq!(layer.precision(), Precision::F32, "f32 where the CPU has no AMX");
+                return;
+            }
+            assert_eq!(layer.precision(), Precision::Bf16);
+            let rounded = |v: &[f32]| v.iter().map(|&v| round(v)).collect::<Vec<_>>();
+            let want = reference(&rounded(&x), &transposed(&rounded(&w), n, k), rows, n, k);
+            for activation in [Activation::None, Activation::Gelu] {
+                let mut out = vec![f32::NAN; rows * n];
+                layer.forward(&x, rows, activation, &mut out);
+                let want = want.iter().enumerate().map(|(i, v)| {
+                    let v = (*v + f64::from(b[i % n])) as f32;
+                    f64::from(if activation == Activation::Gelu { vector_math::gelu(v) } else { v })
+                });
+                assert_close(&out, want, &format!("bf16 {rows}×{n}×{k} {activation:?}"));
+            }
         }
     }
 

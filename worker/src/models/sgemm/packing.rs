@@ -143,7 +143,7 @@ pub(super) fn panels_of_slices<'a>(depth: usize, cols: usize, row: impl Fn(usize
 }
 
 /// Six rows of equal length read side by side into micro-panel depths.
-fn interleave(rows: [&[f32]; MR], depths: &mut [[f32; MR]]) {
+fn interleave<T: Copy>(rows: [&[T]; MR], depths: &mut [[T; MR]]) {
     let [r0, r1, r2, r3, r4, r5] = rows;
     let columns = r0.iter().zip(r1).zip(r2).zip(r3).zip(r4).zip(r5);
     for (values, (((((&v0, &v1), &v2), &v3), &v4), &v5)) in depths.iter_mut().zip(columns) {
