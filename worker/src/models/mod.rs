@@ -13,8 +13,10 @@
 //!   both models' CPU attention;
 //! - [`vision`]: the image classifiers: images decoded to tensors, the networks, the
 //!   training loop, a trained classifier saved, loaded and labelling images;
-//! - [`disjoint`]: one output buffer written by parallel tasks, for the CPU kernels.
+//! - [`disjoint`]: one output buffer written by parallel tasks, for the CPU kernels;
+//! - [`amx`]: whether Intel AMX may be used here, and its tile configuration.
 
+pub mod amx;
 pub mod attention_math;
 pub mod bert;
 pub mod disjoint;

@@ -15,14 +15,13 @@
 //!   bfloat16 (the "VNNI" layout AMX reads a right-hand tile in), the pairs padded to a
 //!   multiple of 16 and the panels to an even number.
 //!
-//! Linux hands AMX's 8 KiB of tile state to a process only on request
-//! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`): [`Amx::detect`] makes it once, and without it
-//! (an older kernel, a CPU without AMX) the layers stay f32.
-
-use std::sync::OnceLock;
+//! Where the process may not use AMX (see [`crate::models::amx`]) the layers stay f32.
 
 use super::{Activation, NR, vector_math};
-use crate::models::disjoint::DisjointSlice;
+use crate::models::{
+    amx::{self as tiles, Feature, TileConfig},
+    disjoint::DisjointSlice,
+};
 
 /// Rows and columns of a block: two tiles each way.
 const BLOCK: usize = 32;
@@ -31,16 +30,19 @@ const TILE_PAIRS: usize = 16;
 
 /// Proof that this process may use AMX's bfloat16 tiles.
 ///
-/// Invariant: made only on a CPU with AMX-TILE, AMX-BF16, AVX-512F and AVX-512 BF16, in
-/// a process Linux has granted the tile state (by [`Amx::detect`]).
+/// Invariant: made only where [`tiles::available`] says so for bfloat16 (a CPU with
+/// AMX-TILE, AMX-BF16, AVX-512F and AVX-512 BF16, in a process Linux has granted the
+/// tile state).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Amx(());
 
+/// Eight tiles of 16 rows of 64 bytes: four of sums, two of inputs, two of weights.
+const CONFIG: TileConfig = TileConfig::new([(16, 64); 8]);
+
 impl Amx {
-    /// AMX, if this CPU has it and Linux grants it (asked once per process).
+    /// AMX's bfloat16 tiles, if this process may use them.
     pub(super) fn detect() -> Option<Self> {
-        static GRANTED: OnceLock<bool> = OnceLock::new();
-        GRANTED.get_or_init(available).then_some(Amx(()))
+        tiles::available(Feature::Bf16).then_some(Amx(()))
     }
 
     /// `out = activation(x · W + bias)` for `rows` rows of `x` (row-major, `inputs`
@@ -89,7 +91,7 @@ impl Amx {
                 let mut sums = [0f32; BLOCK * BLOCK];
                 // SAFETY: the invariant: the process may use AMX. The tiles are configured
                 // here, on the thread that uses them, and released below.
-                unsafe { kernel::configure() };
+                unsafe { CONFIG.load() };
                 for b in range {
                     let (row0, col0) = (b / blocks.1 * BLOCK, b % blocks.1 * BLOCK);
                     let cols = BLOCK.min(outputs.saturating_sub(col0));
@@ -116,8 +118,8 @@ impl Amx {
                         unsafe { out.slice_mut(at..at + cols) }.copy_from_slice(values);
                     }
                 }
-                // SAFETY: as for `configure`.
-                unsafe { kernel::release() };
+                // SAFETY: as for `load`.
+                unsafe { tiles::release() };
             });
         });
     }
@@ -162,82 +164,17 @@ fn bf16_pair(low: f32, high: f32) -> u32 {
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn available() -> bool {
-    if std::env::var_os("DEEPHARDWAY_NO_AMX").is_some() {
-        return false;
-    }
-    if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")) {
-        return false;
-    }
-    // CPUID leaf 7 (present: AVX-512F was found there): EDX bit 24 AMX-TILE, 22 AMX-BF16.
-    #[allow(unused_unsafe)] // `__cpuid_count` is safe in newer Rust
-    // SAFETY: CPUID is available on every x86-64 CPU.
-    let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
-    if edx & (1 << 24) == 0 || edx & (1 << 22) == 0 {
-        return false;
-    }
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
-    // SAFETY: arch_prctl with this request only asks for a permission; it reads and
-    // writes no memory of ours.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
-}
-
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn available() -> bool {
-    false
-}
-
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod kernel {
     use std::arch::{asm, x86_64::*};
 
     use super::{BLOCK, TILE_PAIRS};
-
-    /// The tile configuration (palette 1): eight tiles of 16 rows of 64 bytes.
-    #[repr(C, align(64))]
-    struct TileConfig {
-        palette: u8,
-        start_row: u8,
-        reserved: [u8; 14],
-        bytes_per_row: [u16; 16],
-        rows: [u8; 16],
-    }
-
-    const CONFIG: TileConfig = TileConfig {
-        palette: 1,
-        start_row: 0,
-        reserved: [0; 14],
-        bytes_per_row: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-    };
-
-    /// Loads the tile configuration on this thread.
-    ///
-    /// # Safety
-    ///
-    /// The process must have AMX (see [`super::Amx`]).
-    pub(super) unsafe fn configure() {
-        // SAFETY: reads the 64-byte configuration; AMX is there (the caller's promise).
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
-    }
-
-    /// Releases this thread's tiles.
-    ///
-    /// # Safety
-    ///
-    /// As for [`configure`].
-    pub(super) unsafe fn release() {
-        // SAFETY: AMX is there (the caller's promise).
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
-    }
 
     /// `sums (32 × 32) += a (32 rows of `pairs`) · [first | second] (two panels of
     /// `pairs` × 16)`, all bfloat16 pairs, sums f32.
     ///
     /// # Safety
     ///
-    /// The tiles must be configured on this thread ([`configure`]); `a` must hold `32 ×
+    /// The tiles must be configured on this thread (`CONFIG`); `a` must hold `32 ×
     /// pairs` and each panel `pairs × 16` values, `pairs` a multiple of 16.
     pub(super) unsafe fn block(
         a: &[u32],
@@ -331,14 +268,6 @@ mod kernel {
 mod kernel {
     //! No AMX here: [`super::Amx::detect`] never makes the token these need.
     use super::BLOCK;
-
-    pub(super) unsafe fn configure() {
-        unreachable!("no AMX")
-    }
-
-    pub(super) unsafe fn release() {
-        unreachable!("no AMX")
-    }
 
     pub(super) unsafe fn block(_: &[u32], _: usize, _: &[u32], _: &[u32], _: &mut [f32; BLOCK * BLOCK]) {
         unreachable!("no AMX")
