@@ -1,6 +1,5 @@
 //! Intel AMX (Advanced Matrix Extensions): whether this process may use it, and its tile
-//! configuration. The kernels that use it are `sgemm`'s bfloat16 linear layers and the
-//! quantized products' int8 path (`llama::qmatmul_amx`).
+//! configuration. `sgemm`'s bfloat16 linear layers use it.
 //!
 //! AMX adds eight tile registers (up to 16 rows of 64 bytes each) and instructions that
 //! multiply two tiles into a third: 16 × 16 sums of 32 bfloat16 or 64 int8 products
@@ -16,8 +15,6 @@ use std::sync::OnceLock;
 pub enum Feature {
     /// `tdpbf16ps`; the rounding of inputs also uses AVX-512 BF16.
     Bf16,
-    /// `tdpbssd` and friends.
-    Int8,
 }
 
 /// Whether this CPU has `feature` and this process may use AMX (asked of Linux once).
@@ -29,8 +26,7 @@ pub fn available(feature: Feature) -> bool {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn has(feature: Feature) -> bool {
     use std::arch::is_x86_feature_detected as x86;
-    // CPUID leaf 7 (present wherever AVX-512F is): EDX bit 24 AMX-TILE, 22 AMX-BF16, 25
-    // AMX-INT8.
+    // CPUID leaf 7 (present wherever AVX-512F is): EDX bit 24 AMX-TILE, 22 AMX-BF16.
     if !x86!("avx512f") {
         return false;
     }
@@ -41,13 +37,12 @@ fn has(feature: Feature) -> bool {
     bit(24)
         && match feature {
             Feature::Bf16 => bit(22) && x86!("avx512bf16"),
-            Feature::Int8 => bit(25),
         }
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn granted() -> bool {
-    if std::env::var_os("DEEPHARDWAY_NO_AMX").is_some() || !(has(Feature::Bf16) || has(Feature::Int8)) {
+    if std::env::var_os("DEEPHARDWAY_NO_AMX").is_some() || !has(Feature::Bf16) {
         return false;
     }
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
