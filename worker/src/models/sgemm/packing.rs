@@ -127,17 +127,19 @@ pub(super) fn rows_of_slices<'a>(rows: usize, depth: usize, row: impl Fn(usize) 
 pub(super) fn panels_of_slices<'a>(depth: usize, cols: usize, row: impl Fn(usize) -> &'a [f32], packed: &mut Vec<f32>) {
     let panels = cols.div_ceil(NR);
     let packed = grown(packed, panels * depth * NR);
-    for (p, panel) in packed.chunks_exact_mut(depth * NR).enumerate() {
-        let (c0, live) = (p * NR, NR.min(cols - p * NR));
-        for (d, values) in panel.as_chunks_mut::<NR>().0.iter_mut().enumerate() {
-            let source = &row(d)[c0..c0 + live];
-            if live == NR {
-                // A whole-array copy: a slice copy of 16 floats is a `memcpy` call.
-                *values = *<&[f32; NR]>::try_from(source).expect("NR wide");
-            } else {
-                *values = [0.0; NR];
-                values[..live].copy_from_slice(source);
-            }
+    let (whole, last) = (cols / NR, cols % NR);
+    // Depth by depth: each row is found once and read along its length.
+    for d in 0..depth {
+        let source = &row(d)[..cols];
+        let (chunks, rest) = source.as_chunks::<NR>();
+        for (p, values) in chunks.iter().enumerate() {
+            // A whole-array copy: a slice copy of 16 floats is a `memcpy` call.
+            *<&mut [f32; NR]>::try_from(&mut packed[(p * depth + d) * NR..][..NR]).expect("NR wide") = *values;
+        }
+        if last > 0 {
+            let values = &mut packed[(whole * depth + d) * NR..][..NR];
+            values[..last].copy_from_slice(rest);
+            values[last..].fill(0.0);
         }
     }
 }

@@ -307,11 +307,17 @@ impl CustomOp3 for Conv3x3ReluPool {
 /// two zeros more (see [`Dims::patch_row`]).
 fn write_padded(image: &[f32], d: Dims, padded: &mut [f32]) {
     let (w, wide) = (d.w, d.wide());
-    padded.fill(0.0);
     for (plane, out) in image.chunks_exact(d.plane()).zip(padded.chunks_exact_mut(d.padded_plane())) {
+        // Every element once: the top border row, each row between its two border zeros,
+        // then the bottom border row and the two zeros after it.
+        out[..wide].fill(0.0);
         for (y, row) in plane.chunks_exact(w).enumerate() {
-            out[(y + 1) * wide + 1..][..w].copy_from_slice(row);
+            let padded_row = &mut out[(y + 1) * wide..(y + 2) * wide];
+            padded_row[0] = 0.0;
+            padded_row[1..=w].copy_from_slice(row);
+            padded_row[w + 1] = 0.0;
         }
+        out[(d.h + 1) * wide..].fill(0.0);
     }
 }
 
