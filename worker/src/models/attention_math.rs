@@ -7,8 +7,9 @@
 //! dot product per position would end each in a horizontal sum, and updating a score
 //! buffer in memory per dimension waits on its own stores (both were most of attention's
 //! time). Values are `[position][dimension]`, summed into registers across positions.
-//! Keys and values are f32 (BERT) or f16 (llama's cache); the AVX2 kernels convert f16
-//! with F16C as they load.
+//! Keys and values are f32 (BERT) or f16 (llama's cache); the kernels convert f16 as they
+//! load. The AVX-512 kernels take sixteen positions or dimensions a vector where the AVX2
+//! ones take eight.
 
 use half::f16;
 
@@ -23,6 +24,14 @@ pub trait Element: Copy + Send + Sync + 'static {
     /// The CPU must have AVX2 and F16C, and `at` must point at eight readable values.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(at: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Sixteen values at `at`, as f32.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F, and `at` must point at sixteen readable values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(at: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl Element for f32 {
@@ -35,6 +44,13 @@ impl Element for f32 {
     unsafe fn load8(at: *const Self) -> std::arch::x86_64::__m256 {
         // SAFETY: the caller's contract.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(at) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(at: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(at) }
     }
 }
 
@@ -50,6 +66,24 @@ impl Element for f16 {
         // SAFETY: the caller's contract (eight f16 are 16 bytes; the CPU has F16C).
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i)) }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(at: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (sixteen f16 are 32 bytes; AVX-512F converts them).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(at as *const __m256i)) }
+    }
+}
+
+/// Whether this CPU runs the AVX-512 kernels (sixteen positions or dimensions a vector).
+fn wide_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd() && std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether this CPU runs the SIMD kernels.
@@ -74,10 +108,18 @@ pub fn scores<T: Element>(query: &[f32], keys: &[T], stride: usize, visible: usi
     #[cfg(target_arch = "x86_64")]
     if simd() {
         scores.resize(visible.next_multiple_of(8), 0.0);
-        // SAFETY: the CPU has AVX2, FMA and F16C; `scores.len()` is a multiple of eight
-        // and at most `stride`, and `keys` holds `query.len()` rows of `stride` (asserted
-        // above).
-        unsafe { avx2::scores(query, keys, stride, scale, scores) };
+        // Whole chunks of sixteen positions on AVX-512 where there is one, the rest (at
+        // most one chunk of eight) on AVX2.
+        let wide = if wide_simd() { scores.len() / 16 * 16 } else { 0 };
+        if wide > 0 {
+            // SAFETY: the CPU has AVX-512F (and F16C); `wide` is a multiple of sixteen and
+            // at most `stride`, and `keys` holds `query.len()` rows of `stride`.
+            unsafe { avx512::scores(query, keys, stride, scale, &mut scores[..wide]) };
+        }
+        // SAFETY: the CPU has AVX2, FMA and F16C; the rest's length is a multiple of
+        // eight, it ends at most at `stride`, and `keys` holds `query.len()` rows of
+        // `stride` (asserted above), read from the rest's first position on.
+        unsafe { avx2::scores(query, &keys[wide..], stride, scale, &mut scores[wide..]) };
         scores.truncate(visible);
         return;
     }
@@ -95,6 +137,25 @@ pub fn weighted_sum<T: Element>(weights: &[f32], values: &[T], stride: usize, ou
     let width = out.len();
     assert!(width <= stride, "rows of {width} in a stride of {stride}");
     assert!(weights.is_empty() || values.len() >= (weights.len() - 1) * stride + width, "values too short");
+    #[cfg(target_arch = "x86_64")]
+    if wide_simd() && width.is_multiple_of(16) && width <= 128 {
+        // SAFETY: the CPU has AVX-512F; `out` holds sixteen to 128 floats, a multiple of
+        // sixteen, and every row's `out.len()` values at `p * stride` lie within `values`
+        // (asserted above).
+        unsafe {
+            match width / 16 {
+                1 => avx512::weighted_sum::<T, 1>(weights, values, stride, out),
+                2 => avx512::weighted_sum::<T, 2>(weights, values, stride, out),
+                3 => avx512::weighted_sum::<T, 3>(weights, values, stride, out),
+                4 => avx512::weighted_sum::<T, 4>(weights, values, stride, out),
+                5 => avx512::weighted_sum::<T, 5>(weights, values, stride, out),
+                6 => avx512::weighted_sum::<T, 6>(weights, values, stride, out),
+                7 => avx512::weighted_sum::<T, 7>(weights, values, stride, out),
+                _ => avx512::weighted_sum::<T, 8>(weights, values, stride, out),
+            }
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if simd() && width.is_multiple_of(8) {
         for (c, out) in out.chunks_mut(64).enumerate() {
@@ -221,6 +282,105 @@ mod avx2 {
         for (k, sum) in sums.into_iter().enumerate() {
             // SAFETY: `out` holds 8 D floats (the contract).
             unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * k), sum) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Element;
+
+    /// [`super::scores`] for whole chunks of sixteen positions, up to 128 at a time, as
+    /// the AVX2 kernel does with eight.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F; `scores.len()` must be a multiple of sixteen and at
+    /// most `stride`, and `keys` must hold `query.len()` rows of `stride`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores<T: Element>(query: &[f32], keys: &[T], stride: usize, scale: f32, scores: &mut [f32]) {
+        let chunks = scores.len() / 16;
+        let mut first = 0;
+        while first < chunks {
+            let n = (chunks - first).min(8);
+            // SAFETY: chunks `first..first + n` lie within `scores.len() ≤ stride`
+            // positions (the contract).
+            unsafe {
+                match n {
+                    1 => block::<T, 1>(query, keys, stride, scale, first, scores),
+                    2 => block::<T, 2>(query, keys, stride, scale, first, scores),
+                    3 => block::<T, 3>(query, keys, stride, scale, first, scores),
+                    4 => block::<T, 4>(query, keys, stride, scale, first, scores),
+                    5 => block::<T, 5>(query, keys, stride, scale, first, scores),
+                    6 => block::<T, 6>(query, keys, stride, scale, first, scores),
+                    7 => block::<T, 7>(query, keys, stride, scale, first, scores),
+                    _ => block::<T, 8>(query, keys, stride, scale, first, scores),
+                }
+            }
+            first += n;
+        }
+    }
+
+    /// Chunks `first..first + N` of sixteen positions.
+    ///
+    /// # Safety
+    ///
+    /// As [`scores`], with `(first + N) * 16 ≤ scores.len()`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<T: Element, const N: usize>(
+        query: &[f32],
+        keys: &[T],
+        stride: usize,
+        scale: f32,
+        first: usize,
+        scores: &mut [f32],
+    ) {
+        let mut sums = [_mm512_setzero_ps(); N];
+        for (d, &q) in query.iter().enumerate() {
+            let q = _mm512_set1_ps(q);
+            // SAFETY: row `d` < query.len() holds `stride` positions, and the chunks'
+            // positions end at (first + N) * 16 ≤ stride (the contract).
+            let row = unsafe { keys.as_ptr().add(d * stride + first * 16) };
+            for (k, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: as above; the CPU has AVX-512F.
+                *sum = _mm512_fmadd_ps(q, unsafe { T::load16(row.add(16 * k)) }, *sum);
+            }
+        }
+        let scale = _mm512_set1_ps(scale);
+        for (k, sum) in sums.into_iter().enumerate() {
+            // SAFETY: position (first + k) * 16 + 15 < scores.len() (the contract).
+            unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add((first + k) * 16), _mm512_mul_ps(sum, scale)) };
+        }
+    }
+
+    /// [`super::weighted_sum`] for `16 D` dimensions, in `D` register accumulators.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F; `out` must hold `16 D` floats and `values` at least
+    /// `(weights.len() - 1) * stride + 16 D`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_sum<T: Element, const D: usize>(
+        weights: &[f32],
+        values: &[T],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let mut sums = [_mm512_setzero_ps(); D];
+        for (p, &w) in weights.iter().enumerate() {
+            let w = _mm512_set1_ps(w);
+            // SAFETY: row p's 16 D values end within `values` (the contract).
+            let row = unsafe { values.as_ptr().add(p * stride) };
+            for (k, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: as above; the CPU has AVX-512F.
+                *sum = _mm512_fmadd_ps(w, unsafe { T::load16(row.add(16 * k)) }, *sum);
+            }
+        }
+        for (k, sum) in sums.into_iter().enumerate() {
+            // SAFETY: `out` holds 16 D floats (the contract).
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * k), sum) };
         }
     }
 }
