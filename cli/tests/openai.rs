@@ -304,15 +304,19 @@ async fn a_client_that_leaves_before_a_whole_answer_cancels_its_job() {
     let up = up().await;
     let addr = up.addr.clone();
     let body = format!(
-        r#"{{"model": "{GENERATE}", "messages": [{{"role": "user", "content": "Count from one to one thousand."}}], "max_tokens": 400}}"#
+        r#"{{"model": "{GENERATE}", "messages": [{{"role": "user", "content": "Count from one to one thousand."}}], "max_tokens": 400, "temperature": 0}}"#
     );
+    // Greedy: sampled (OpenAI's default temperature is 1), the answer was now and then a
+    // few tokens that ended between two looks at the job list.
     let socket = tokio::task::spawn_blocking(move || post(&addr, "/v1/chat/completions", &body, "")).await.unwrap();
     // Wait until its job runs and has generated something.
     let mut client = jobs_client(&up.url).await;
     let started = Instant::now();
     let job_id = loop {
-        assert!(started.elapsed() < Duration::from_secs(30), "the job did not start");
         let listed = client.list_jobs(ListJobsRequest::default()).await.unwrap().into_inner();
+        let summary = || listed.jobs.iter().map(|j| (j.state(), j.last_seq)).collect::<Vec<_>>();
+        assert!(started.elapsed() < Duration::from_secs(30), "the job did not start: {:?}", summary());
+        assert!(!listed.jobs.iter().any(|j| deephardway::is_finished(j.state)), "the job ended first: {:?}", summary());
         if let Some(job) = listed.jobs.iter().find(|j| j.state() == JobState::Running && j.last_seq >= 4) {
             break job.id.clone();
         }
