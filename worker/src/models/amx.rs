@@ -1,12 +1,12 @@
 //! Intel AMX (Advanced Matrix Extensions): whether this process may use it, and its tile
-//! configuration. `sgemm`'s bfloat16 linear layers use it.
+//! configuration. `sgemm`'s bfloat16 linear layers use it where it is there.
 //!
 //! AMX adds eight tile registers (up to 16 rows of 64 bytes each) and instructions that
 //! multiply two tiles into a third: 16 × 16 sums of 32 bfloat16 or 64 int8 products
 //! each, in one instruction. Linux hands the 8 KiB of tile state to a process only on
 //! request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`): [`available`] makes it once; without it
 //! (an older kernel, a CPU without AMX, or `DEEPHARDWAY_NO_AMX=1` in the environment)
-//! every caller keeps its AVX-512 or AVX2 kernels.
+//! every caller keeps its other kernels (AVX-512 BF16, AVX-512 or AVX2).
 
 use std::sync::OnceLock;
 

@@ -54,9 +54,9 @@ enum Choice {
 
 impl SentenceEmbedder {
     /// Loads the model in `dir` (the sentence-transformers layout above). On the CPU its
-    /// products run in bfloat16 on AMX where this CPU has it (embeddings within a cosine
-    /// of 0.99996 of sentence-transformers' on the reference texts, about twice as fast;
-    /// `DEEPHARDWAY_NO_AMX=1` keeps f32), else in f32.
+    /// products run in bfloat16 where this CPU has AMX or AVX-512 BF16 (embeddings within
+    /// a cosine of 0.99996 of sentence-transformers' on the reference texts, faster;
+    /// `DEEPHARDWAY_NO_BF16=1` keeps f32), else in f32.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
         let choice = if device.is_cpu() { Choice::Cpu(Precision::fastest()) } else { Choice::Candle };
         Self::load_with(dir, device, choice)

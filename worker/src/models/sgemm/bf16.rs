@@ -1,21 +1,31 @@
-//! Linear layers in bfloat16 on Intel AMX (Advanced Matrix Extensions): the weight and
-//! each input row rounded to bfloat16, the sums f32.
+//! Linear layers in bfloat16: the weight and each input row rounded to bfloat16, the sums
+//! f32, on whichever of two engines the CPU has.
 //!
-//! One `tdpbf16ps` multiplies a 16 × 32 tile of inputs by a 32 × 16 tile of weights into
-//! a 16 × 16 tile of f32 sums: 16,384 multiply-adds, where an AVX-512 multiply-add does
-//! 16. Measured on the Xeon this was written on, a chain of them ran at 3.7 TFLOP/s on one
-//! core, against about 150 GFLOP/s for the f32 kernels; a product is then bound by moving
-//! its operands into the tiles. Each task computes blocks of 32 rows × 32 columns: four
-//! sum tiles, two tiles of input rows and two of weight columns loaded per 32 depths.
+//! - Intel AMX (Advanced Matrix Extensions; Xeons since Sapphire Rapids): one `tdpbf16ps`
+//!   multiplies a 16 × 32 tile of inputs by a 32 × 16 tile of weights into a 16 × 16 tile
+//!   of f32 sums: 16,384 multiply-adds, where an AVX-512 multiply-add does 16. Measured on
+//!   the Xeon this was written on, a chain of them ran at 3.7 TFLOP/s on one core, against
+//!   about 150 GFLOP/s for the f32 kernels; a product is then bound by moving its operands
+//!   into the tiles.
+//! - AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake): one `vdpbf16ps` adds to each
+//!   of sixteen f32 sums the products of a pair of bfloat16 inputs and a pair of weights:
+//!   32 multiply-adds where an f32 AVX-512 multiply-add does 16, and the weights take half
+//!   the bytes to stream.
+//!
+//! Either way each task computes blocks of 32 rows × 32 columns: on AMX four sum tiles,
+//! two tiles of input rows and two of weight columns loaded per 32 depths; with
+//! `vdpbf16ps` eight rows at a time, two vectors of sums a row, each input pair
+//! broadcast to all sixteen lanes.
 //!
 //! Layouts (both padded with zeros, so that every tile is whole):
 //! - input rows: row-major, each value bfloat16 and each row's depth padded to a multiple
 //!   of 32, the rows to a multiple of 32;
 //! - weight: the f32 kernels' panels of 16 columns, each pair of depths one `u32` of two
-//!   bfloat16 (the "VNNI" layout AMX reads a right-hand tile in), the pairs padded to a
-//!   multiple of 16 and the panels to an even number.
+//!   bfloat16 (the "VNNI" layout both instructions read their right-hand side in), the
+//!   pairs padded to a multiple of 16 and the panels to an even number.
 //!
-//! Where the process may not use AMX (see [`crate::models::amx`]) the layers stay f32.
+//! `DEEPHARDWAY_NO_BF16=1` in the environment keeps every layer f32; `DEEPHARDWAY_NO_AMX=1`
+//! (see [`crate::models::amx`]) leaves AMX aside for `vdpbf16ps` where the CPU has it.
 
 use super::{Activation, NR, vector_math};
 use crate::models::{
@@ -28,21 +38,41 @@ const BLOCK: usize = 32;
 /// Pairs of depths per tile: 32 bfloat16, one 64-byte tile row.
 const TILE_PAIRS: usize = 16;
 
-/// Proof that this process may use AMX's bfloat16 tiles.
+/// The engine a bfloat16 layer's blocks run on.
 ///
-/// Invariant: made only where [`tiles::available`] says so for bfloat16 (a CPU with
-/// AMX-TILE, AMX-BF16, AVX-512F and AVX-512 BF16, in a process Linux has granted the
-/// tile state).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Amx(());
+/// Invariant: [`Engine::Amx`] is made only where [`tiles::available`] says so for
+/// bfloat16 (a CPU with AMX-TILE, AMX-BF16, AVX-512F and AVX-512 BF16, in a process Linux
+/// has granted the tile state), and [`Engine::DotProducts`] only on a CPU with AVX-512F
+/// and AVX-512 BF16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Engine {
+    Amx,
+    DotProducts,
+}
 
 /// Eight tiles of 16 rows of 64 bytes: four of sums, two of inputs, two of weights.
 const CONFIG: TileConfig = TileConfig::new([(16, 64); 8]);
 
-impl Amx {
-    /// AMX's bfloat16 tiles, if this process may use them.
+impl Engine {
+    /// The fastest engine this process may use, if any.
     pub(super) fn detect() -> Option<Self> {
-        tiles::available(Feature::Bf16).then_some(Amx(()))
+        Self::available().first().copied()
+    }
+
+    /// Every engine this process may use, the fastest first (the tests check each).
+    pub(super) fn available() -> Vec<Self> {
+        let mut engines = Vec::new();
+        if std::env::var_os("DEEPHARDWAY_NO_BF16").is_some() {
+            return engines;
+        }
+        if tiles::available(Feature::Bf16) {
+            engines.push(Engine::Amx);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
+            engines.push(Engine::DotProducts);
+        }
+        engines
     }
 
     /// `out = activation(x · W + bias)` for `rows` rows of `x` (row-major, `inputs`
@@ -78,7 +108,7 @@ impl Amx {
                     let row = unsafe { target.slice_mut(r * pairs..(r + 1) * pairs) };
                     let live = if r < rows { inputs.div_ceil(2) } else { 0 };
                     if live > 0 {
-                        // SAFETY: the invariant: this CPU has AVX-512F and BF16.
+                        // SAFETY: the invariant: either engine means AVX-512F and BF16.
                         unsafe { kernel::round_pairs(&x[r * inputs..(r + 1) * inputs], &mut row[..live]) };
                     }
                     row[live..].fill(0);
@@ -89,9 +119,11 @@ impl Amx {
             let blocks = (padded_rows / BLOCK, panels / 2);
             candle_core::utils::barrier_pool().execute_chunked(blocks.0 * blocks.1, |range| {
                 let mut sums = [0f32; BLOCK * BLOCK];
-                // SAFETY: the invariant: the process may use AMX. The tiles are configured
-                // here, on the thread that uses them, and released below.
-                unsafe { CONFIG.load() };
+                if self == Engine::Amx {
+                    // SAFETY: the invariant: the process may use AMX. The tiles are
+                    // configured here, on the thread that uses them, and released below.
+                    unsafe { CONFIG.load() };
+                }
                 for b in range {
                     let (row0, col0) = (b / blocks.1 * BLOCK, b % blocks.1 * BLOCK);
                     let cols = BLOCK.min(outputs.saturating_sub(col0));
@@ -103,9 +135,15 @@ impl Amx {
                     let a = &rounded[row0 * pairs..(row0 + BLOCK) * pairs];
                     let panel = |p: usize| &weight[p * pairs * NR..(p + 1) * pairs * NR];
                     let (first, second) = (panel(col0 / NR), panel(col0 / NR + 1));
-                    // SAFETY: configured above; the slices hold 32 rows of `pairs` and two
-                    // panels of `pairs` (a multiple of 16, as `padded_pairs` makes it).
-                    unsafe { kernel::block(a, pairs, first, second, &mut sums) };
+                    // SAFETY: the invariant (and for AMX, configured above); the slices hold
+                    // 32 rows of `pairs` and two panels of `pairs` (a multiple of 16, as
+                    // `padded_pairs` makes it).
+                    unsafe {
+                        match self {
+                            Engine::Amx => kernel::block(a, pairs, first, second, &mut sums),
+                            Engine::DotProducts => kernel::dot_products(a, pairs, first, second, &mut sums, live_rows),
+                        }
+                    }
                     for (r, values) in sums.as_chunks_mut::<BLOCK>().0.iter_mut().take(live_rows).enumerate() {
                         let values = &mut values[..cols];
                         match activation {
@@ -118,8 +156,10 @@ impl Amx {
                         unsafe { out.slice_mut(at..at + cols) }.copy_from_slice(values);
                     }
                 }
-                // SAFETY: as for `load`.
-                unsafe { tiles::release() };
+                if self == Engine::Amx {
+                    // SAFETY: as for `load`.
+                    unsafe { tiles::release() };
+                }
             });
         });
     }
@@ -136,7 +176,7 @@ fn padded_pairs(depth: usize) -> usize {
 }
 
 /// `weight` (row-major `outputs × inputs`) rounded to bfloat16 and packed for
-/// [`Amx::forward`].
+/// [`Engine::forward`].
 pub(super) fn pack_weight(weight: &[f32], outputs: usize, inputs: usize) -> Vec<u32> {
     assert_eq!(weight.len(), outputs * inputs, "weight is not {outputs} × {inputs}");
     let pairs = padded_pairs(inputs);
@@ -237,6 +277,60 @@ mod kernel {
         }
     }
 
+    /// Rows in a pass of [`dot_products`]: two vectors of sums a row make sixteen
+    /// accumulators, enough independent `vdpbf16ps` to cover their latency, beside the
+    /// two weight vectors.
+    const PASS_ROWS: usize = 8;
+
+    /// The same block as [`block`] with AVX-512 BF16's `vdpbf16ps`: for each pair of
+    /// depths, the two panels' 16 weight pairs are one vector each, and each row's input
+    /// pair is broadcast to every lane. Only the first `live_rows` rows (rounded up to a
+    /// pass) are computed: the rest of the block is padding.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F and AVX-512 BF16; `a` must hold `32 × pairs` and each
+    /// panel `pairs × 16` values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn dot_products(
+        a: &[u32],
+        pairs: usize,
+        first: &[u32],
+        second: &[u32],
+        sums: &mut [f32; BLOCK * BLOCK],
+        live_rows: usize,
+    ) {
+        assert!(a.len() >= BLOCK * pairs && first.len() >= pairs * 16 && second.len() >= pairs * 16);
+        let (w0, w1) = (first.as_ptr(), second.as_ptr());
+        for row0 in (0..live_rows.min(BLOCK)).step_by(PASS_ROWS) {
+            let a = a[row0 * pairs..].as_ptr();
+            let c = sums[row0 * BLOCK..].as_mut_ptr();
+            // SAFETY: the pass reads rows `row0 .. row0 + 8` of `a` (within its 32 rows,
+            // `row0` being a multiple of 8 below 32) at pairs `pp < pairs`, the two
+            // panels' `pp * 16 .. pp * 16 + 16`, and reads and writes rows `row0 ..
+            // row0 + 8` of the 32 × 32 sums: all inside the lengths asserted above. The
+            // CPU has the features (the caller's promise); the casts only rename 512 bits.
+            unsafe {
+                let mut acc: [[__m512; 2]; PASS_ROWS] = std::array::from_fn(|i| {
+                    [_mm512_loadu_ps(c.add(i * BLOCK)), _mm512_loadu_ps(c.add(i * BLOCK + 16))]
+                });
+                for pp in 0..pairs {
+                    let left: __m512bh = std::mem::transmute(_mm512_loadu_si512(w0.add(pp * 16).cast()));
+                    let right: __m512bh = std::mem::transmute(_mm512_loadu_si512(w1.add(pp * 16).cast()));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i * pairs + pp) as i32));
+                        acc[0] = _mm512_dpbf16_ps(acc[0], x, left);
+                        acc[1] = _mm512_dpbf16_ps(acc[1], x, right);
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(c.add(i * BLOCK), acc[0]);
+                    _mm512_storeu_ps(c.add(i * BLOCK + 16), acc[1]);
+                }
+            }
+        }
+    }
+
     /// `values` rounded to bfloat16, two to a `u32` (see [`super::bf16_pair`]); `out`
     /// holds `values.len().div_ceil(2)`.
     ///
@@ -266,11 +360,22 @@ mod kernel {
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 mod kernel {
-    //! No AMX here: [`super::Amx::detect`] never makes the token these need.
+    //! Neither engine here: [`super::Engine::detect`] never makes one.
     use super::BLOCK;
 
     pub(super) unsafe fn block(_: &[u32], _: usize, _: &[u32], _: &[u32], _: &mut [f32; BLOCK * BLOCK]) {
         unreachable!("no AMX")
+    }
+
+    pub(super) unsafe fn dot_products(
+        _: &[u32],
+        _: usize,
+        _: &[u32],
+        _: &[u32],
+        _: &mut [f32; BLOCK * BLOCK],
+        _: usize,
+    ) {
+        unreachable!("no AVX-512 BF16")
     }
 
     pub(super) unsafe fn round_pairs(_: &[f32], _: &mut [u32]) {

@@ -27,21 +27,22 @@
 //! does not depend on the other rows. [`multiply_here`] runs on the calling thread, for
 //! callers that split their work themselves (a convolution, image by image).
 //!
-//! A linear layer can instead round its weight and inputs to bfloat16 and run on Intel
-//! AMX's tiles ([`Precision::Bf16`]): three to four times the f32 kernels' speed on the
-//! BERT encoder's products (measured on two cores), where the CPU has AMX.
+//! A linear layer can instead round its weight and inputs to bfloat16 ([`Precision::Bf16`])
+//! and run on Intel AMX's tiles (three to four times the f32 kernels' speed on the BERT
+//! encoder's products, measured on two cores) or with AVX-512 BF16's dot products (AMD
+//! Zen 4), where the CPU has either.
 //!
 //! - `packing`: the two operands laid out as the kernels read them;
 //! - `kernels`: the micro-kernels (AVX-512, AVX2 with FMA, portable), chosen at run time;
-//! - `amx`: bfloat16 linear layers on AMX tiles.
+//! - `bf16`: bfloat16 linear layers, on AMX tiles or AVX-512 BF16 dot products.
 
-mod amx;
+mod bf16;
 mod kernels;
 mod packing;
 
 use std::ops::Range;
 
-use self::{amx::Amx, kernels::Kernel};
+use self::{bf16::Engine, kernels::Kernel};
 use crate::models::{disjoint::DisjointSlice, vector_math};
 
 /// Output columns per packed panel: one AVX-512 vector, two AVX vectors.
@@ -112,14 +113,15 @@ impl<'a> Matrix<'a> {
 pub enum Precision {
     F32,
     /// The weight and each input rounded to bfloat16 (8 bits of mantissa), the sums f32,
-    /// on Intel AMX where the CPU has it (and Linux grants it); f32 elsewhere.
+    /// on Intel AMX where the CPU has it (and Linux grants it), else with AVX-512 BF16
+    /// where the CPU has that; f32 elsewhere (see `bf16`).
     Bf16,
 }
 
 impl Precision {
     /// `Bf16` where this CPU and process can run it, else `F32`.
     pub fn fastest() -> Self {
-        if Amx::detect().is_some() { Precision::Bf16 } else { Precision::F32 }
+        if Engine::detect().is_some() { Precision::Bf16 } else { Precision::F32 }
     }
 }
 
@@ -135,8 +137,8 @@ pub struct PackedLinear {
 /// A weight packed as the right-hand side of `x · Wᵀ` (see `packing`).
 enum Weight {
     F32(Vec<f32>),
-    /// Rounded and packed for AMX (see `amx`).
-    Bf16(Amx, Vec<u32>),
+    /// Rounded and packed for the bfloat16 engines (see `bf16`).
+    Bf16(Engine, Vec<u32>),
 }
 
 impl PackedLinear {
@@ -155,9 +157,20 @@ impl PackedLinear {
         inputs: usize,
         precision: Precision,
     ) -> Self {
-        let weight = match (precision, Amx::detect()) {
-            (Precision::Bf16, Some(amx)) => Weight::Bf16(amx, amx::pack_weight(weight, outputs, inputs)),
-            _ => {
+        Self::with_engine(weight, bias, outputs, inputs, (precision == Precision::Bf16).then(Engine::detect).flatten())
+    }
+
+    /// A layer whose products run on `engine`, or in f32 without one.
+    fn with_engine(
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        outputs: usize,
+        inputs: usize,
+        engine: Option<Engine>,
+    ) -> Self {
+        let weight = match engine {
+            Some(engine) => Weight::Bf16(engine, bf16::pack_weight(weight, outputs, inputs)),
+            None => {
                 let mut panels = Vec::new();
                 // As the right-hand side of `x · Wᵀ`.
                 packing::panels(Matrix::row_major(weight, outputs, inputs).t(), &mut panels, Parallel::No);
@@ -199,7 +212,7 @@ impl PackedLinear {
                 let operands = Packed::whole(&packed.rows, rows, panels, outputs, inputs);
                 operands.multiply(Start::ColumnBias(bias), activation, out, Parallel::Yes);
             }),
-            Weight::Bf16(amx, weight) => amx.forward(x, rows, inputs, weight, outputs, bias, activation, out),
+            Weight::Bf16(engine, weight) => engine.forward(x, rows, inputs, weight, outputs, bias, activation, out),
         }
     }
 }
@@ -622,27 +635,31 @@ mod tests {
 
     #[test]
     fn bfloat16_layers_compute_the_product_of_their_rounded_operands() {
-        let round = |v: f32| f32::from_bits(u32::from(amx::bf16_bits(v)) << 16);
+        let round = |v: f32| f32::from_bits(u32::from(bf16::bf16_bits(v)) << 16);
         // Rows, inputs and outputs that fill no block, one block, and leave remainders
         // (an odd depth included).
         for (rows, n, k) in [(1, 1, 1), (5, 17, 3), (32, 32, 32), (33, 70, 385), (100, 1536, 384)] {
             let (x, w, b) = (values(rows * k, 9), values(n * k, 10), values(n, 11));
             let layer = PackedLinear::with_precision(&w, Some(&b), n, k, Precision::Bf16);
-            if Amx::detect().is_none() {
-                assert_eq!(layer.precision(), Precision::F32, "f32 where the CPU has no AMX");
+            let engines = Engine::available();
+            if engines.is_empty() {
+                assert_eq!(layer.precision(), Precision::F32, "f32 where the CPU has no bfloat16 engine");
                 return;
             }
             assert_eq!(layer.precision(), Precision::Bf16);
             let rounded = |v: &[f32]| v.iter().map(|&v| round(v)).collect::<Vec<_>>();
             let want = reference(&rounded(&x), &transposed(&rounded(&w), n, k), rows, n, k);
-            for activation in [Activation::None, Activation::Gelu] {
-                let mut out = vec![f32::NAN; rows * n];
-                layer.forward(&x, rows, activation, &mut out);
-                let want = want.iter().enumerate().map(|(i, v)| {
-                    let v = (*v + f64::from(b[i % n])) as f32;
-                    f64::from(if activation == Activation::Gelu { vector_math::gelu(v) } else { v })
-                });
-                assert_close(&out, want, &format!("bf16 {rows}×{n}×{k} {activation:?}"));
+            for engine in engines {
+                let layer = PackedLinear::with_engine(&w, Some(&b), n, k, Some(engine));
+                for activation in [Activation::None, Activation::Gelu] {
+                    let mut out = vec![f32::NAN; rows * n];
+                    layer.forward(&x, rows, activation, &mut out);
+                    let want = want.iter().enumerate().map(|(i, v)| {
+                        let v = (*v + f64::from(b[i % n])) as f32;
+                        f64::from(if activation == Activation::Gelu { vector_math::gelu(v) } else { v })
+                    });
+                    assert_close(&out, want, &format!("bf16 {engine:?} {rows}×{n}×{k} {activation:?}"));
+                }
             }
         }
     }
