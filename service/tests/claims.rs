@@ -144,3 +144,68 @@ async fn only_the_current_claims_secret_proves_it() {
     );
     lifecycle.held(&job.id, second.fence.secret, "").await.expect("b's secret proves b's claim");
 }
+
+/// Counts the reads of job records and requests.
+#[derive(Default)]
+struct CountsJobReads {
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl TxnHook for CountsJobReads {
+    fn read(&self, _operation: &'static str, key: &str) {
+        if key.starts_with(keys::JOBS) || key.starts_with(keys::SPECS) {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A job is claimed as the replica that queued it wrote it, with no read of its record or
+/// request; one queued by another replica is read. A copy made stale by another
+/// replica's change (a cancel) does not get the job claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_claims_the_jobs_it_queued_without_reading_them() {
+    let backend = Backend::embedded().await;
+    let wrapper = Arc::new(Hooked { inner: backend.open().await, hook: CountsJobReads::default() });
+    let store: SharedStore = wrapper.clone();
+    let reads = || wrapper.hook.reads.load(Ordering::SeqCst);
+    let (here, elsewhere) =
+        (JobLifecycle::new(store.clone(), test_config()), JobLifecycle::new(store.clone(), test_config()));
+    let worker = WorkerRecord {
+        worker_id: "w".into(),
+        name: "w".into(),
+        device: "cpu".into(),
+        slots: 4,
+        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
+        key: String::new(),
+    };
+    let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
+    let record = Op::put_with_lease(keys::worker(&worker.worker_id), serde_json::to_vec(&worker).unwrap(), lease);
+    store.txn(Txn::new().then(record)).await.unwrap();
+    let anonymous = deephardway_service::auth::Caller::anonymous();
+    let queue_head = async || store.range(&keys::queue("diagnostic"), 1).await.unwrap().kvs.pop().expect("queued");
+
+    // Queued and claimed here: no read of the job.
+    let (job, _) = here.submit(diagnostic(3, 1), "", &anonymous).await.unwrap();
+    let before = reads();
+    let claimed = here.claim(&queue_head().await, &worker, lease).await.unwrap().expect("claimed");
+    assert_eq!(reads(), before, "the claim read the job it queued");
+    assert_eq!((claimed.job.id.as_str(), claimed.job.attempts), (job.id.as_str(), 1));
+    assert_eq!(claimed.job.spec, job.spec, "the assignment carries the whole request");
+    assert_eq!(here.get(&job.id).await.unwrap().state, JobState::Running as i32);
+
+    // Queued elsewhere, claimed here: read.
+    let (other, _) = elsewhere.submit(diagnostic(3, 1), "", &anonymous).await.unwrap();
+    let before = reads();
+    let claimed = here.claim(&queue_head().await, &worker, lease).await.unwrap().expect("claimed");
+    assert!(reads() > before, "a job queued elsewhere is read");
+    assert_eq!((claimed.job.id.as_str(), claimed.job.spec.clone()), (other.id.as_str(), other.spec));
+
+    // Queued here, cancelled elsewhere: not claimed from the stale copy. The entry read
+    // before the cancel is the one a dispatcher would hold.
+    let (cancelled, _) = here.submit(diagnostic(3, 1), "", &anonymous).await.unwrap();
+    let entry = queue_head().await;
+    elsewhere.cancel(&cancelled.id, "test").await.unwrap();
+    assert!(here.claim(&entry, &worker, lease).await.unwrap().is_none(), "a cancelled job is not claimed");
+    assert_eq!(here.get(&cancelled.id).await.unwrap().state, JobState::Cancelled as i32);
+    assert!(store.get(&keys::claim(&cancelled.id)).await.unwrap().is_none());
+}

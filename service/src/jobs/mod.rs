@@ -18,6 +18,7 @@
 //! - [`specs`]: the job's request, written once apart from its often-rewritten record;
 //! - [`recovery`]: jobs whose worker was lost; [`retention`]: removing old jobs;
 //! - [`served`]: models workers served lately, so their jobs queue while no worker is connected;
+//! - [`submitted`]: jobs this replica queued, as written, so that claiming them reads nothing;
 //! - [`records`]: the JSON records of workers and claims; request checks are in
 //!   [`crate::validate`].
 
@@ -27,6 +28,7 @@ mod recovery;
 mod retention;
 mod served;
 mod specs;
+mod submitted;
 
 pub use fence::Fence;
 use records::ClaimRecord;
@@ -175,6 +177,8 @@ pub struct JobLifecycle {
     /// The revision of this replica's latest write to a job (submit, claim, report,
     /// cancel): the view must have it before it answers a submit's place in line.
     written: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Jobs this replica queued and has not claimed, as written (see [`submitted`]).
+    submitted: std::sync::Arc<submitted::Submitted>,
 }
 
 /// A worker list and when it was read.
@@ -249,6 +253,7 @@ impl JobLifecycle {
             workers_seen: Default::default(),
             queues: None,
             written: Default::default(),
+            submitted: Default::default(),
         }
     }
 
@@ -390,6 +395,8 @@ impl JobLifecycle {
         }
         tracing::info!(job = %id, model = %job.model, position, "job queued");
         self.metrics.submitted(&job);
+        let spec = job.spec.clone().expect("validated");
+        self.submitted.insert(submitted::Written { record, revision: outcome.revision, spec });
         Ok((job, false))
     }
 
@@ -654,10 +661,17 @@ impl JobLifecycle {
                 .then(Op::delete(&entry.key));
             self.store.txn(txn).await
         };
-        // The request is read beside the record, not after the claim: it never changes
-        // once submitted, and the worker's assignment needs it (one round trip less).
-        let (found, spec) = tokio::join!(self.find(&id), specs::read(self.store.as_ref(), &id));
-        let Some((mut job, kv)) = found? else {
+        // A job this replica queued is claimed as its submit wrote it. Any other's request
+        // is read beside its record, not after the claim: it never changes once submitted,
+        // and the worker's assignment needs it (one round trip less).
+        let (found, spec) = match self.submitted.take(&id) {
+            Some(written) => (Ok(Some((written.record, written.revision))), Ok(Some(written.spec))),
+            None => {
+                let (found, spec) = tokio::join!(self.find(&id), specs::read(self.store.as_ref(), &id));
+                (found.map(|found| found.map(|(job, kv)| (job, kv.mod_revision))), spec)
+            }
+        };
+        let Some((mut job, revision)) = found? else {
             drop_stale_entry().await?;
             return Ok(None);
         };
@@ -707,11 +721,11 @@ impl JobLifecycle {
             ClaimRecord { worker_id: worker.worker_id.clone(), attempt: job.attempts, secret, key: worker.key.clone() };
         let txn = Txn::new()
             .when(Compare::ModRevision(entry.key.clone(), entry.mod_revision))
-            .when(Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+            .when(Compare::ModRevision(keys::job(&id), revision))
             .then(Op::delete(&entry.key))
             .then(Op::put_with_lease(keys::claim(&id), serde_json::to_vec(&claim).expect("serialisable"), lease))
             .then(Op::put(keys::running(&id), id.clone()))
-            .then(Op::put(kv.key.clone(), job.encode_to_vec()))
+            .then(Op::put(keys::job(&id), job.encode_to_vec()))
             .then(Op::put(keys::event(&id, job.last_seq), started.encode_to_vec()));
         let mut txn = match job.key.is_empty() {
             true => txn,
