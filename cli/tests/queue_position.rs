@@ -340,3 +340,41 @@ async fn places_in_line_come_from_the_view_while_others_share_the_etcd() {
     elsewhere.abort();
     server.shutdown().await;
 }
+
+/// Counts reads of jobs' events.
+#[derive(Default)]
+struct CountsEventReads(std::sync::atomic::AtomicUsize);
+
+impl TxnHook for CountsEventReads {
+    fn read(&self, _operation: &'static str, key: &str) {
+        if key.starts_with(keys::EVENTS) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A `RunJob` stream is subscribed before its job exists: it starts from the event that
+/// queued the job, with its place in line, and gets every later event once and in order
+/// without reading any of them back from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_job_stream_reads_none_of_its_events_back() {
+    let backend = Backend::embedded().await;
+    let store = std::sync::Arc::new(Hooked { inner: backend.open().await, hook: CountsEventReads::default() });
+    let server = TestServer::start(store.clone()).await;
+    let worker = TestWorker::start(&server.url, "w", 1);
+    wait_for_workers(&server.url, 1).await;
+    let mut client = server.client().await;
+    let reads_before = store.hook.0.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        let events = run(&mut client, diagnostic(4, 5), Duration::from_secs(20)).await;
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "every event once, in order");
+        assert!(matches!(events[0].event, Some(Event::Queued(_))), "{:?}", events[0]);
+        assert!(matches!(events.last().unwrap().event, Some(Event::Result(_))), "{:?}", events.last());
+        assert!(events.len() >= 6, "queued, started, 4 steps' progress, result: {events:?}");
+    }
+    let reads = store.hook.0.load(std::sync::atomic::Ordering::SeqCst) - reads_before;
+    assert_eq!(reads, 0, "RunJob read its job's events {reads} times");
+    worker.stop().await;
+    server.shutdown().await;
+}

@@ -63,6 +63,11 @@ use crate::{
 const MAX_CONFLICT_RETRIES: usize = 64;
 
 /// The default model for each kind of job, used when a request names none.
+/// A new job's id: a UUIDv7 (its first 48 bits the time in milliseconds, 74 random).
+pub fn new_job_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 pub fn default_model(kind: JobKind) -> &'static str {
     match kind {
         JobKind::Diagnostic => "diagnostic",
@@ -285,8 +290,23 @@ impl JobLifecycle {
     ///
     /// Its span (a child of the client's trace, see [`crate::traces`]) is the root of the
     /// job's spans: its context is stored with the job for the worker's run to continue.
+    pub async fn submit(&self, spec: JobSpec, request_id: &str, owner: &Caller) -> Result<(Job, bool), Status> {
+        let (job, queued) = self.submit_as(spec, request_id, owner, new_job_id()).await?;
+        Ok((job, queued.is_none()))
+    }
+
+    /// [`JobLifecycle::submit`] under `id` (from [`new_job_id`]), for a caller that
+    /// subscribed to the job's events before it existed. Returns the job, and the event
+    /// that queued it if this call made it (`None` when `request_id` matched an earlier
+    /// job, which is returned instead, under its own id).
     #[tracing::instrument(name = "submit", skip_all, fields(deephardway.job.id = tracing::field::Empty))]
-    pub async fn submit(&self, mut spec: JobSpec, request_id: &str, owner: &Caller) -> Result<(Job, bool), Status> {
+    pub async fn submit_as(
+        &self,
+        mut spec: JobSpec,
+        request_id: &str,
+        owner: &Caller,
+        id: String,
+    ) -> Result<(Job, Option<JobEvent>), Status> {
         validate::spec(&spec)?;
         validate::request_id(request_id)?;
         let tenant = owner.tenant();
@@ -298,7 +318,7 @@ impl JobLifecycle {
         if !request_id.is_empty()
             && let Some(job) = self.by_request_id(tenant, request_id).await?
         {
-            return Ok((job, true));
+            return Ok((job, None));
         }
         self.quotas.check_rate(owner)?;
         // Names of stored things are resolved now, so that the job records what it uses.
@@ -329,7 +349,6 @@ impl JobLifecycle {
         self.quotas.check_active(&self.store, owner).await?;
 
         let created = now();
-        let id = uuid::Uuid::now_v7().to_string();
         let span = tracing::Span::current();
         span.record("deephardway.job.id", id.as_str());
         let job = Job {
@@ -389,7 +408,7 @@ impl JobLifecycle {
         if !outcome.succeeded {
             // Another submit with the same request_id won the race: return its job.
             return match self.by_request_id(tenant, request_id).await? {
-                Some(job) => Ok((job, true)),
+                Some(job) => Ok((job, None)),
                 None => Err(Status::aborted("concurrent submit conflict; retry")),
             };
         }
@@ -397,7 +416,7 @@ impl JobLifecycle {
         self.metrics.submitted(&job);
         let spec = job.spec.clone().expect("validated");
         self.submitted.insert(submitted::Written { record, revision: outcome.revision, spec });
-        Ok((job, false))
+        Ok((job, Some(queued)))
     }
 
     async fn by_request_id(&self, tenant: &str, request_id: &str) -> Result<Option<Job>, Status> {

@@ -130,8 +130,13 @@ impl JobService for JobsRpc {
         let caller = Caller::of(&request)?;
         let RunJobRequest { spec, request_id } = request.into_inner();
         let spec = spec.ok_or_else(|| deephardway::errors::invalid_field("spec", "is required"))?;
-        let (job, _) = self.ctx.lifecycle.submit(spec, &request_id, &caller).await?;
-        let events = follow(self.ctx.clone(), "run_job", caller, job.id, 0);
+        // Subscribed before the job exists, the stream misses none of its events and
+        // starts from the one that queued it, without reading the job's events back.
+        let id = crate::jobs::new_job_id();
+        let live = self.ctx.hub.subscribe(&id).await.ok_or_else(|| shutting_down(0))?;
+        let (job, queued) = self.ctx.lifecycle.submit_as(spec, &request_id, &caller, id).await?;
+        let first = queued.map(|queued| (live, vec![queued]));
+        let events = follow_from(self.ctx.clone(), "run_job", caller, job.id, 0, first);
         Ok(Response::new(Box::pin(events.map(|e| e.map(RunJobResponse::from)))))
     }
 
@@ -233,11 +238,27 @@ pub(crate) fn follow(
     job_id: String,
     after_seq: u64,
 ) -> EventStream {
+    follow_from(ctx, rpc, caller, job_id, after_seq, None)
+}
+
+/// A subscription to a job's events and the events before it (all of them since the
+/// job began): where a stream starts instead of subscribing and listing the stored ones.
+type Start = (mpsc::Receiver<Arc<JobEvent>>, Vec<JobEvent>);
+
+/// [`follow`], from `first` where the caller has it.
+fn follow_from(
+    ctx: SharedContext,
+    rpc: &'static str,
+    caller: Caller,
+    job_id: String,
+    after_seq: u64,
+    first: Option<Start>,
+) -> EventStream {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         let _open = ctx.lifecycle.metrics().stream(rpc);
         let ended = tokio::select! {
-            ended = forward(&ctx, &job_id, after_seq, &tx) => ended,
+            ended = forward(&ctx, &job_id, after_seq, first, &tx) => ended,
             _ = caller.revoked() => Err(auth::revoked_status()),
         };
         if let Err(status) = ended {
@@ -313,17 +334,29 @@ impl QueueStatusSent {
     }
 }
 
-async fn forward(ctx: &SharedContext, job_id: &str, after_seq: u64, tx: &Sink) -> Result<(), Status> {
+async fn forward(
+    ctx: &SharedContext,
+    job_id: &str,
+    after_seq: u64,
+    mut first: Option<Start>,
+    tx: &Sink,
+) -> Result<(), Status> {
     let mut last = after_seq;
     let mut queue_changes = ctx.hub.queues().changes();
     let mut sent = QueueStatusSent::default();
     let mut recheck = tokio::time::interval(QUEUE_STATUS_RECHECK);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Some(mut live) = ctx.hub.subscribe(job_id).await else {
-            return Err(shutting_down(last));
+        // Subscribed first, then the stored events: nothing falls between the two.
+        let (mut live, stored) = match first.take() {
+            Some(start) => start,
+            None => {
+                let Some(live) = ctx.hub.subscribe(job_id).await else {
+                    return Err(shutting_down(last));
+                };
+                (live, ctx.lifecycle.events(job_id).await?.0)
+            }
         };
-        let (stored, _) = ctx.lifecycle.events(job_id).await?;
         if stored.is_empty() {
             return Err(Status::not_found(format!("job {job_id} not found")));
         }
