@@ -208,4 +208,14 @@ async fn a_replica_claims_the_jobs_it_queued_without_reading_them() {
     assert!(here.claim(&entry, &worker, lease).await.unwrap().is_none(), "a cancelled job is not claimed");
     assert_eq!(here.get(&cancelled.id).await.unwrap().state, JobState::Cancelled as i32);
     assert!(store.get(&keys::claim(&cancelled.id)).await.unwrap().is_none());
+
+    // Queued here, its record rewritten since (the entry still there): the stale copy
+    // fails the transaction's comparison, and the claim goes on from the store.
+    let (rewritten, _) = here.submit(diagnostic(3, 1), "", &anonymous).await.unwrap();
+    let stored = store.get(&keys::job(&rewritten.id)).await.unwrap().expect("stored");
+    store.txn(Txn::new().then(Op::put(keys::job(&rewritten.id), stored.value))).await.unwrap();
+    let before = reads();
+    let claimed = here.claim(&queue_head().await, &worker, lease).await.unwrap().expect("claimed from the store");
+    assert!(reads() > before, "read after the stale copy");
+    assert_eq!((claimed.job.id.as_str(), claimed.job.spec.clone()), (rewritten.id.as_str(), rewritten.spec));
 }

@@ -238,6 +238,16 @@ fn finish(job: &mut Job, state: JobState, change: &mut Change) {
     job.end_time = Some(finished);
 }
 
+/// How one try at a claim ended.
+#[allow(clippy::large_enum_variant)] // one a claim, returned at once
+enum Attempt {
+    /// Claimed, or found not claimable (the job is gone, not queued, or over its key's
+    /// running limit).
+    Made(Option<Claimed>),
+    /// The copy the try started from was not the record as stored.
+    StaleCopy,
+}
+
 trait JobExt {
     fn priority(&self) -> i32;
 }
@@ -671,8 +681,34 @@ impl JobLifecycle {
 
     /// Claims a queued job for a worker in one transaction: the queue entry must still
     /// exist; it is replaced by a claim on the worker's lease and the job starts.
+    ///
+    /// A job this replica queued is claimed as its submit wrote it (see [`submitted`]);
+    /// if that copy turns out stale (the transaction's comparison of the record fails),
+    /// the claim is tried again as for any other job, from the store.
     pub async fn claim(&self, entry: &KeyValue, worker: &WorkerRecord, lease: i64) -> Result<Option<Claimed>, Status> {
+        let id = keys::last_segment(&entry.key);
+        if let Some(copy) = self.submitted.take(id)
+            && let Attempt::Made(claimed) = self.claim_from(entry, worker, lease, Some(copy)).await?
+        {
+            return Ok(claimed);
+        }
+        match self.claim_from(entry, worker, lease, None).await? {
+            Attempt::Made(claimed) => Ok(claimed),
+            Attempt::StaleCopy => unreachable!("no copy was used"),
+        }
+    }
+
+    /// [`JobLifecycle::claim`] from `copy` (the job as this replica's submit wrote it), or
+    /// from the store without one.
+    async fn claim_from(
+        &self,
+        entry: &KeyValue,
+        worker: &WorkerRecord,
+        lease: i64,
+        copy: Option<submitted::Written>,
+    ) -> Result<Attempt, Status> {
         let id = keys::last_segment(&entry.key).to_string();
+        let from_copy = copy.is_some();
         let drop_stale_entry = || async {
             // A queue entry whose job is gone or not waiting cannot be run; drop it.
             let txn = Txn::new()
@@ -680,10 +716,10 @@ impl JobLifecycle {
                 .then(Op::delete(&entry.key));
             self.store.txn(txn).await
         };
-        // A job this replica queued is claimed as its submit wrote it. Any other's request
-        // is read beside its record, not after the claim: it never changes once submitted,
-        // and the worker's assignment needs it (one round trip less).
-        let (found, spec) = match self.submitted.take(&id) {
+        // Without a copy, the request is read beside the record, not after the claim: it
+        // never changes once submitted, and the worker's assignment needs it (one round
+        // trip less).
+        let (found, spec) = match copy {
             Some(written) => (Ok(Some((written.record, written.revision))), Ok(Some(written.spec))),
             None => {
                 let (found, spec) = tokio::join!(self.find(&id), specs::read(self.store.as_ref(), &id));
@@ -692,12 +728,12 @@ impl JobLifecycle {
         };
         let Some((mut job, revision)) = found? else {
             drop_stale_entry().await?;
-            return Ok(None);
+            return Ok(Attempt::Made(None));
         };
         if job.state != JobState::Queued as i32 {
             tracing::warn!(job = %id, "dropping a queue entry of a job that is not queued");
             drop_stale_entry().await?;
-            return Ok(None);
+            return Ok(Attempt::Made(None));
         }
         // A key with a running limit is claimed for one job at a time on this replica, so
         // that its count cannot be read twice before either claim is written.
@@ -713,7 +749,7 @@ impl JobLifecycle {
             let running = self.store.count(&keys::running_jobs_of(tenant_of(&job.tenant), &job.key)).await?;
             if running >= max_running as usize {
                 // It stays in line; the dispatcher tries the jobs behind it.
-                return Ok(None);
+                return Ok(Attempt::Made(None));
             }
         }
         job.state = JobState::Running as i32;
@@ -759,7 +795,9 @@ impl JobLifecycle {
             Err(e) => return Err(e.into()),
         };
         if !outcome.succeeded {
-            return Ok(None);
+            // The queue entry is gone (claimed or cancelled), or the record changed since
+            // it was read or written here: only in the second case can a read do better.
+            return Ok(if from_copy { Attempt::StaleCopy } else { Attempt::Made(None) });
         }
         self.wrote(outcome.revision);
         tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started");
@@ -771,7 +809,7 @@ impl JobLifecycle {
             Ok(Some(spec)) => Job { spec: Some(spec), ..job },
             _ => self.with_spec(job).await?,
         };
-        Ok(Some(Claimed { job, fence: Fence { secret, revision: outcome.revision }, record }))
+        Ok(Attempt::Made(Some(Claimed { job, fence: Fence { secret, revision: outcome.revision }, record })))
     }
 
     /// Applies a worker's events (in order, as one write) if its claim is still current:
