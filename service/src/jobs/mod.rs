@@ -62,12 +62,12 @@ use crate::{
 /// How many times a transition is retried when another writer got there first.
 const MAX_CONFLICT_RETRIES: usize = 64;
 
-/// The default model for each kind of job, used when a request names none.
 /// A new job's id: a UUIDv7 (its first 48 bits the time in milliseconds, 74 random).
 pub fn new_job_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The default model for each kind of job, used when a request names none.
 pub fn default_model(kind: JobKind) -> &'static str {
     match kind {
         JobKind::Diagnostic => "diagnostic",
