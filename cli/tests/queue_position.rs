@@ -14,7 +14,7 @@ use deephardway_service::{
     store::{Op, Txn},
 };
 use support::{
-    hooked::{Hooked, TxnHook},
+    hooked::{CountsReads, Hooked},
     *,
 };
 use tokio::time::Instant;
@@ -293,18 +293,6 @@ async fn a_job_back_in_line_after_its_worker_was_killed_shows_its_new_position()
     server.shutdown().await;
 }
 
-/// Counts reads of the queues.
-#[derive(Default)]
-struct CountsQueueReads(std::sync::atomic::AtomicUsize);
-
-impl TxnHook for CountsQueueReads {
-    fn read(&self, _operation: &'static str, key: &str) {
-        if key.starts_with(keys::QUEUE) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-}
-
 /// A submit's place in line comes from the replica's view of the queues, not from reading
 /// them, and is exact for a client submitting one job after another, even while another
 /// application writes to the same etcd (its writes move the store's revision, and the
@@ -312,7 +300,7 @@ impl TxnHook for CountsQueueReads {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn places_in_line_come_from_the_view_while_others_share_the_etcd() {
     let backend = Backend::etcd().await;
-    let store = std::sync::Arc::new(Hooked { inner: backend.open().await, hook: CountsQueueReads::default() });
+    let store = std::sync::Arc::new(Hooked { inner: backend.open().await, hook: CountsReads::under(&[keys::QUEUE]) });
     let server = TestServer::start(store.clone()).await;
     // A worker serves the model, then leaves: jobs wait in line.
     let worker = TestWorker::start(&server.url, "w", 1);
@@ -326,7 +314,7 @@ async fn places_in_line_come_from_the_view_while_others_share_the_etcd() {
         }
     });
     let mut client = server.client().await;
-    let reads_before = store.hook.0.load(std::sync::atomic::Ordering::SeqCst);
+    let reads_before = store.hook.reads();
     for expected in 0..5 {
         let job = create(&mut client, diagnostic(1, 1)).await;
         let mut stream = watch(&mut client, &job.id, 0).await.expect("WatchJob");
@@ -335,22 +323,10 @@ async fn places_in_line_come_from_the_view_while_others_share_the_etcd() {
             other => panic!("expected the queued event, got {other:?}"),
         }
     }
-    let reads = store.hook.0.load(std::sync::atomic::Ordering::SeqCst) - reads_before;
+    let reads = store.hook.reads() - reads_before;
     assert_eq!(reads, 0, "submits read the queues {reads} times");
     elsewhere.abort();
     server.shutdown().await;
-}
-
-/// Counts reads of jobs' events.
-#[derive(Default)]
-struct CountsEventReads(std::sync::atomic::AtomicUsize);
-
-impl TxnHook for CountsEventReads {
-    fn read(&self, _operation: &'static str, key: &str) {
-        if key.starts_with(keys::EVENTS) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
 }
 
 /// A `RunJob` stream is subscribed before its job exists: it starts from the event that
@@ -359,12 +335,12 @@ impl TxnHook for CountsEventReads {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_job_stream_reads_none_of_its_events_back() {
     let backend = Backend::embedded().await;
-    let store = std::sync::Arc::new(Hooked { inner: backend.open().await, hook: CountsEventReads::default() });
+    let store = std::sync::Arc::new(Hooked { inner: backend.open().await, hook: CountsReads::under(&[keys::EVENTS]) });
     let server = TestServer::start(store.clone()).await;
     let worker = TestWorker::start(&server.url, "w", 1);
     wait_for_workers(&server.url, 1).await;
     let mut client = server.client().await;
-    let reads_before = store.hook.0.load(std::sync::atomic::Ordering::SeqCst);
+    let reads_before = store.hook.reads();
     for _ in 0..3 {
         let events = run(&mut client, diagnostic(4, 5), Duration::from_secs(20)).await;
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
@@ -373,7 +349,7 @@ async fn a_run_job_stream_reads_none_of_its_events_back() {
         assert!(matches!(events.last().unwrap().event, Some(Event::Result(_))), "{:?}", events.last());
         assert!(events.len() >= 6, "queued, started, 4 steps' progress, result: {events:?}");
     }
-    let reads = store.hook.0.load(std::sync::atomic::Ordering::SeqCst) - reads_before;
+    let reads = store.hook.reads() - reads_before;
     assert_eq!(reads, 0, "RunJob read its job's events {reads} times");
     worker.stop().await;
     server.shutdown().await;

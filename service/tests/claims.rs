@@ -16,12 +16,12 @@ use deephardway::v1::JobState;
 use deephardway_service::{
     dispatch::Dispatcher,
     hub::Hub,
-    jobs::{JobLifecycle, ServedModel, WorkerRecord},
+    jobs::JobLifecycle,
     keys,
     store::{Op, SharedStore, StoreError, Txn, TxnOutcome},
 };
 use support::{
-    hooked::{Hooked, TxnHook},
+    hooked::{CountsReads, Hooked, TxnHook},
     *,
 };
 use tokio::sync::mpsc;
@@ -52,17 +52,8 @@ async fn a_claim_that_committed_without_an_answer_is_handed_over() {
     let lifecycle = JobLifecycle::new(store.clone(), test_config());
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, shutdown.clone());
 
-    let worker = WorkerRecord {
-        worker_id: "w".into(),
-        name: "w".into(),
-        device: "cpu".into(),
-        slots: 1,
-        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
-        key: String::new(),
-    };
-    let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
-    let record = Op::put_with_lease(keys::worker(&worker.worker_id), serde_json::to_vec(&worker).unwrap(), lease);
-    store.txn(Txn::new().then(record)).await.unwrap();
+    let worker = diagnostic_worker("w");
+    let lease = connect_worker(&store, &worker).await;
     let (job, _) =
         lifecycle.submit(diagnostic(1, 1), "", &deephardway_service::auth::Caller::anonymous()).await.unwrap();
     let (assignments, mut handed) = mpsc::channel(1);
@@ -97,26 +88,11 @@ async fn only_the_current_claims_secret_proves_it() {
     let backend = Backend::embedded().await;
     let store = backend.open().await;
     let lifecycle = JobLifecycle::new(store.clone(), test_config());
-    let worker = |id: &str| WorkerRecord {
-        worker_id: id.into(),
-        name: id.into(),
-        device: "cpu".into(),
-        slots: 1,
-        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
-        key: String::new(),
-    };
-    let connect = async |record: &WorkerRecord| {
-        let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
-        let put = Op::put_with_lease(keys::worker(&record.worker_id), serde_json::to_vec(record).unwrap(), lease);
-        store.txn(Txn::new().then(put)).await.unwrap();
-        lease
-    };
-    let queue_head = async || store.range(&keys::queue("diagnostic"), 1).await.unwrap().kvs.pop().expect("queued");
-    let (a, b) = (worker("a"), worker("b"));
-    let lease_a = connect(&a).await;
+    let (a, b) = (diagnostic_worker("a"), diagnostic_worker("b"));
+    let lease_a = connect_worker(&store, &a).await;
     let anonymous = deephardway_service::auth::Caller::anonymous();
     let (job, _) = lifecycle.submit(diagnostic(1, 1), "", &anonymous).await.unwrap();
-    let first = lifecycle.claim(&queue_head().await, &a, lease_a).await.unwrap().expect("claimed by a");
+    let first = lifecycle.claim(&queue_head(&store).await, &a, lease_a).await.unwrap().expect("claimed by a");
 
     let (held, fence) = lifecycle.held(&job.id, first.fence.secret, "").await.expect("the secret proves the claim");
     assert_eq!((held.id.as_str(), fence), (job.id.as_str(), first.fence));
@@ -135,8 +111,8 @@ async fn only_the_current_claims_secret_proves_it() {
     let refused = lifecycle.held(&job.id, first.fence.secret, "").await.expect_err("the session is gone");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     lifecycle.recover_orphan(&job.id).await.unwrap();
-    let lease_b = connect(&b).await;
-    let second = lifecycle.claim(&queue_head().await, &b, lease_b).await.unwrap().expect("claimed by b");
+    let lease_b = connect_worker(&store, &b).await;
+    let second = lifecycle.claim(&queue_head(&store).await, &b, lease_b).await.unwrap().expect("claimed by b");
     assert_ne!(first.fence.secret, second.fence.secret);
     assert_eq!(
         lifecycle.held(&job.id, first.fence.secret, "").await.unwrap_err().code(),
@@ -145,49 +121,27 @@ async fn only_the_current_claims_secret_proves_it() {
     lifecycle.held(&job.id, second.fence.secret, "").await.expect("b's secret proves b's claim");
 }
 
-/// Counts the reads of job records and requests.
-#[derive(Default)]
-struct CountsJobReads {
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl TxnHook for CountsJobReads {
-    fn read(&self, _operation: &'static str, key: &str) {
-        if key.starts_with(keys::JOBS) || key.starts_with(keys::SPECS) {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
 /// A job is claimed as the replica that queued it wrote it, with no read of its record or
 /// request; one queued by another replica is read. A copy made stale by another
 /// replica's change (a cancel) does not get the job claimed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_claims_the_jobs_it_queued_without_reading_them() {
     let backend = Backend::embedded().await;
-    let wrapper = Arc::new(Hooked { inner: backend.open().await, hook: CountsJobReads::default() });
+    // Job records and requests.
+    let wrapper =
+        Arc::new(Hooked { inner: backend.open().await, hook: CountsReads::under(&[keys::JOBS, keys::SPECS]) });
     let store: SharedStore = wrapper.clone();
-    let reads = || wrapper.hook.reads.load(Ordering::SeqCst);
+    let reads = || wrapper.hook.reads();
     let (here, elsewhere) =
         (JobLifecycle::new(store.clone(), test_config()), JobLifecycle::new(store.clone(), test_config()));
-    let worker = WorkerRecord {
-        worker_id: "w".into(),
-        name: "w".into(),
-        device: "cpu".into(),
-        slots: 4,
-        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
-        key: String::new(),
-    };
-    let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
-    let record = Op::put_with_lease(keys::worker(&worker.worker_id), serde_json::to_vec(&worker).unwrap(), lease);
-    store.txn(Txn::new().then(record)).await.unwrap();
+    let worker = diagnostic_worker("w");
+    let lease = connect_worker(&store, &worker).await;
     let anonymous = deephardway_service::auth::Caller::anonymous();
-    let queue_head = async || store.range(&keys::queue("diagnostic"), 1).await.unwrap().kvs.pop().expect("queued");
 
     // Queued and claimed here: no read of the job.
     let (job, _) = here.submit(diagnostic(3, 1), "", &anonymous).await.unwrap();
     let before = reads();
-    let claimed = here.claim(&queue_head().await, &worker, lease).await.unwrap().expect("claimed");
+    let claimed = here.claim(&queue_head(&store).await, &worker, lease).await.unwrap().expect("claimed");
     assert_eq!(reads(), before, "the claim read the job it queued");
     assert_eq!((claimed.job.id.as_str(), claimed.job.attempts), (job.id.as_str(), 1));
     assert_eq!(claimed.job.spec, job.spec, "the assignment carries the whole request");
@@ -196,14 +150,14 @@ async fn a_replica_claims_the_jobs_it_queued_without_reading_them() {
     // Queued elsewhere, claimed here: read.
     let (other, _) = elsewhere.submit(diagnostic(3, 1), "", &anonymous).await.unwrap();
     let before = reads();
-    let claimed = here.claim(&queue_head().await, &worker, lease).await.unwrap().expect("claimed");
+    let claimed = here.claim(&queue_head(&store).await, &worker, lease).await.unwrap().expect("claimed");
     assert!(reads() > before, "a job queued elsewhere is read");
     assert_eq!((claimed.job.id.as_str(), claimed.job.spec.clone()), (other.id.as_str(), other.spec));
 
     // Queued here, cancelled elsewhere: not claimed from the stale copy. The entry read
     // before the cancel is the one a dispatcher would hold.
     let (cancelled, _) = here.submit(diagnostic(3, 1), "", &anonymous).await.unwrap();
-    let entry = queue_head().await;
+    let entry = queue_head(&store).await;
     elsewhere.cancel(&cancelled.id, "test").await.unwrap();
     assert!(here.claim(&entry, &worker, lease).await.unwrap().is_none(), "a cancelled job is not claimed");
     assert_eq!(here.get(&cancelled.id).await.unwrap().state, JobState::Cancelled as i32);
@@ -215,7 +169,7 @@ async fn a_replica_claims_the_jobs_it_queued_without_reading_them() {
     let stored = store.get(&keys::job(&rewritten.id)).await.unwrap().expect("stored");
     store.txn(Txn::new().then(Op::put(keys::job(&rewritten.id), stored.value))).await.unwrap();
     let before = reads();
-    let claimed = here.claim(&queue_head().await, &worker, lease).await.unwrap().expect("claimed from the store");
+    let claimed = here.claim(&queue_head(&store).await, &worker, lease).await.unwrap().expect("claimed from the store");
     assert!(reads() > before, "read after the stale copy");
     assert_eq!((claimed.job.id.as_str(), claimed.job.spec.clone()), (rewritten.id.as_str(), rewritten.spec));
 }

@@ -228,17 +228,8 @@ async fn records_from_before_the_split_read_whole_and_move_their_input_out() {
     let backend = Backend::embedded().await;
     let store = backend.open().await;
     let lifecycle = JobLifecycle::new(store.clone(), test_config());
-    let worker = WorkerRecord {
-        worker_id: "w".into(),
-        name: "w".into(),
-        device: "cpu".into(),
-        slots: 1,
-        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
-        key: String::new(),
-    };
-    let lease = store.lease_grant(Duration::from_secs(60)).await.unwrap();
-    let put = Op::put_with_lease(keys::worker("w"), serde_json::to_vec(&worker).unwrap(), lease);
-    store.txn(Txn::new().then(put)).await.unwrap();
+    let worker = diagnostic_worker("w");
+    let lease = connect_worker(&store, &worker).await;
     let (submitted, _) = lifecycle.submit(diagnostic(5, 1), "", &Caller::anonymous()).await.unwrap();
     let id = submitted.id.clone();
 

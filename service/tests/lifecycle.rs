@@ -7,34 +7,11 @@ use std::time::Duration;
 
 use deephardway::v1::{DiagnosticResult, JobProgress, JobResult, JobState, job_event::Event};
 use deephardway_service::{
-    jobs::{JobLifecycle, Rejected, ServedModel, WorkerRecord},
+    jobs::{JobLifecycle, Rejected},
     keys,
-    store::{Op, SharedStore, Txn},
+    store::{SharedStore, Txn},
 };
 use support::*;
-
-fn worker(id: &str) -> WorkerRecord {
-    WorkerRecord {
-        worker_id: id.into(),
-        name: id.into(),
-        device: "cpu".into(),
-        slots: 1,
-        models: vec![ServedModel { name: "diagnostic".into(), kind: 1, description: String::new(), context_length: 0 }],
-        key: String::new(),
-    }
-}
-
-/// Registers a worker under a fresh lease, as a worker session does.
-async fn connect(store: &SharedStore, record: &WorkerRecord) -> i64 {
-    let lease = store.lease_grant(Duration::from_secs(30)).await.unwrap();
-    let put = Op::put_with_lease(keys::worker(&record.worker_id), serde_json::to_vec(record).unwrap(), lease);
-    store.txn(Txn::new().then(put)).await.unwrap();
-    lease
-}
-
-async fn queue_head(store: &SharedStore) -> deephardway_service::store::KeyValue {
-    store.range(&keys::queue("diagnostic"), 1).await.unwrap().kvs.pop().expect("a queued job")
-}
 
 fn result() -> Event {
     Event::Result(JobResult {
@@ -52,9 +29,9 @@ async fn on_both(test: impl AsyncFn(SharedStore)) {
 async fn a_stale_worker_cannot_overwrite_a_rerun() {
     on_both(async |store: SharedStore| {
         let lifecycle = JobLifecycle::new(store.clone(), test_config());
-        let (a, b) = (worker("a"), worker("b"));
-        let lease_a = connect(&store, &a).await;
-        let lease_b = connect(&store, &b).await;
+        let (a, b) = (diagnostic_worker("a"), diagnostic_worker("b"));
+        let lease_a = connect_worker(&store, &a).await;
+        let lease_b = connect_worker(&store, &b).await;
         let (job, _) =
             lifecycle.submit(diagnostic(1, 1), "", &deephardway_service::auth::Caller::anonymous()).await.unwrap();
 
@@ -88,14 +65,14 @@ async fn a_stale_worker_cannot_overwrite_a_rerun() {
 async fn a_job_fails_after_its_last_attempt() {
     on_both(async |store: SharedStore| {
         let lifecycle = JobLifecycle::new(store.clone(), test_config());
-        let w = worker("w");
+        let w = diagnostic_worker("w");
         // Some worker must serve the model for a submit to be accepted.
-        connect(&store, &worker("registry")).await;
+        connect_worker(&store, &diagnostic_worker("registry")).await;
         let mut request = diagnostic(1, 1);
         request.max_attempts = 2;
         let (job, _) = lifecycle.submit(request, "", &deephardway_service::auth::Caller::anonymous()).await.unwrap();
         for attempt in 1..=2 {
-            let lease = connect(&store, &w).await;
+            let lease = connect_worker(&store, &w).await;
             let claimed = lifecycle.claim(&queue_head(&store).await, &w, lease).await.unwrap().expect("claimed");
             assert_eq!(claimed.job.attempts, attempt);
             store.lease_revoke(lease).await.unwrap();
@@ -120,8 +97,8 @@ async fn a_retried_report_that_landed_is_not_written_twice() {
     on_both(async |store: SharedStore| {
         use deephardway::v1::JobOutput;
         let lifecycle = JobLifecycle::new(store.clone(), test_config());
-        let w = worker("w");
-        let lease = connect(&store, &w).await;
+        let w = diagnostic_worker("w");
+        let lease = connect_worker(&store, &w).await;
         let (job, _) =
             lifecycle.submit(diagnostic(1, 1), "", &deephardway_service::auth::Caller::anonymous()).await.unwrap();
         let claimed = lifecycle.claim(&queue_head(&store).await, &w, lease).await.unwrap().expect("claimed");
@@ -194,8 +171,8 @@ async fn retention_removes_finished_jobs_with_writes_that_overlap() {
         let store: SharedStore = std::sync::Arc::new(support::hooked::Hooked { inner, hook: hook.clone() });
         let config = deephardway_service::ServiceConfig { retention: Duration::ZERO, ..test_config() };
         let lifecycle = JobLifecycle::new(store.clone(), config);
-        let w = worker("w");
-        let lease = connect(&store, &w).await;
+        let w = diagnostic_worker("w");
+        let lease = connect_worker(&store, &w).await;
         const JOBS: usize = 100;
         for _ in 0..JOBS {
             let caller = deephardway_service::auth::Caller::anonymous();

@@ -89,3 +89,28 @@ impl<H: TxnHook> Store for Hooked<H> {
         self.inner.name()
     }
 }
+
+/// Counts the reads of keys under any of its prefixes (a test's check that a path reads
+/// nothing of some kind).
+pub struct CountsReads {
+    prefixes: Vec<&'static str>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl CountsReads {
+    pub fn under(prefixes: &[&'static str]) -> Self {
+        CountsReads { prefixes: prefixes.to_vec(), reads: Default::default() }
+    }
+
+    pub fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl TxnHook for CountsReads {
+    fn read(&self, _operation: &'static str, key: &str) {
+        if self.prefixes.iter().any(|p| key.starts_with(p)) {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
