@@ -81,6 +81,8 @@ pub async fn serve(
     let lifecycle = JobLifecycle::new(store.clone(), config).with_metrics(metrics).with_queues(hub.queues().clone());
     usage::start(store.clone(), &hub, token.clone());
     let dispatcher = Dispatcher::start(lifecycle.clone(), &hub, token.clone());
+    // The lifecycle the RPCs use starts a submitted job at once where a worker has room.
+    let lifecycle = lifecycle.with_free_slots(Arc::new(dispatcher.clone()));
     reaper::start(lifecycle.clone(), &hub, token.clone());
     let reporter = tonic_health::server::HealthReporter::new();
     let health_service = health::service(reporter.clone(), token.clone());

@@ -86,6 +86,31 @@ pub struct BenchArgs {
 struct Latencies {
     first_event: Vec<Duration>,
     done: Vec<Duration>,
+    /// Where each job's time went, by the times its events carry (see [`Stages`]).
+    stages: Vec<Stages>,
+}
+
+/// One job's time split at its events' commit times (`JobEvent.time`, written just before
+/// each event's transaction; the clients share the service's clock): submit received to
+/// `queued` written, `queued` to `started` (its commit, the watch hop, the dispatcher's
+/// claim), `started` to the final event (the claim's commit, the worker's run and its
+/// reports), and the final event to its arrival at the client.
+#[derive(Clone, Copy, Default)]
+struct Stages([Duration; 4]);
+
+impl Stages {
+    const NAMES: [&str; 4] = ["to queued", "queued→started", "started→final", "final→client"];
+
+    /// From the client's send time, its events' times and the final event's arrival.
+    fn of(
+        sent: std::time::SystemTime,
+        times: &[std::time::SystemTime],
+        arrived: std::time::SystemTime,
+    ) -> Option<Stages> {
+        let [queued, started, .., last] = times else { return None };
+        let gap = |a: &std::time::SystemTime, b: &std::time::SystemTime| b.duration_since(*a).unwrap_or_default();
+        Some(Stages([gap(&sent, queued), gap(queued, started), gap(started, last), gap(last, &arrived)]))
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -146,6 +171,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut etcd_jobs_per_s = None;
     let mut per_job_operations = Vec::new();
     let mut goals = Vec::new();
+    let mut stage_lines = Vec::new();
     let (mut embedded_dir, mut embedded_bytes) = (None, None);
     for store_name in &stores {
         let store: SharedStore = match *store_name {
@@ -185,6 +211,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             put_rate,
             jobs_per_s / put_rate
         );
+        stage_lines.push(format!("where a job's time goes, {store_name}: {}", stage_medians(&latencies.stages)));
         if *store_name == "etcd" {
             etcd_jobs_per_s = Some(jobs_per_s);
         }
@@ -199,6 +226,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!();
     for goal in &goals {
         println!("{goal}");
+    }
+    println!();
+    for line in &stage_lines {
+        println!("{line}");
     }
 
     if let Some(bytes) = embedded_bytes {
@@ -231,6 +262,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     drop(local_etcd);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each stage's median, in milliseconds.
+fn stage_medians(stages: &[Stages]) -> String {
+    let parts: Vec<String> = Stages::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut times: Vec<Duration> = stages.iter().map(|s| s.0[i]).collect();
+            times.sort();
+            format!("{name} p50 {:.2} ms", ms(percentile(&times, 50.0)))
+        })
+        .collect();
+    parts.join(", ")
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -313,26 +358,31 @@ async fn measure(store: SharedStore, args: &BenchArgs, dir: Option<&std::path::P
         let mut client = JobServiceClient::new(deephardway::connect(&url).await?);
         let (request, finished) = (request.clone(), finished.clone());
         clients.push(tokio::spawn(async move {
-            let mut latencies = Latencies { first_event: Vec::new(), done: Vec::new() };
+            let mut latencies = Latencies { first_event: Vec::new(), done: Vec::new(), stages: Vec::new() };
             for _ in 0..per_client {
-                let t0 = Instant::now();
+                let (t0, sent) = (Instant::now(), std::time::SystemTime::now());
                 let mut stream = client.run_job(request.clone()).await?.into_inner();
                 let mut first = None;
-                while let Some(_event) = stream.message().await? {
+                let mut times = Vec::new();
+                while let Some(message) = stream.message().await? {
                     first.get_or_insert_with(|| t0.elapsed());
+                    let time = message.event.and_then(|e| e.time).and_then(|t| std::time::SystemTime::try_from(t).ok());
+                    times.extend(time);
                 }
                 latencies.first_event.push(first.unwrap_or_default());
                 latencies.done.push(t0.elapsed());
+                latencies.stages.extend(Stages::of(sent, &times, std::time::SystemTime::now()));
                 finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             Ok::<_, tonic::Status>(latencies)
         }));
     }
-    let mut all = Latencies { first_event: Vec::new(), done: Vec::new() };
+    let mut all = Latencies { first_event: Vec::new(), done: Vec::new(), stages: Vec::new() };
     for client in clients {
         let latencies = client.await??;
         all.first_event.extend(latencies.first_event);
         all.done.extend(latencies.done);
+        all.stages.extend(latencies.stages);
     }
     let elapsed = started.elapsed();
     if let Some(sizes) = sizes {

@@ -19,6 +19,7 @@
 //! - [`recovery`]: jobs whose worker was lost; [`retention`]: removing old jobs;
 //! - [`served`]: models workers served lately, so their jobs queue while no worker is connected;
 //! - [`submitted`]: jobs this replica queued, as written, so that claiming them reads nothing;
+//! - [`slots`]: free slots of the workers connected here, where a submit starts its job at once;
 //! - [`records`]: the JSON records of workers and claims; request checks are in
 //!   [`crate::validate`].
 
@@ -27,6 +28,7 @@ mod records;
 mod recovery;
 mod retention;
 mod served;
+mod slots;
 mod specs;
 mod submitted;
 
@@ -34,6 +36,7 @@ pub use fence::Fence;
 use records::ClaimRecord;
 pub use records::{ServedModel, WorkerRecord};
 pub use served::{RememberedModel, SERVED_MEMORY};
+pub use slots::{FreeSlots, HeldSlot};
 pub use specs::join as join_spec;
 
 use deephardway::{
@@ -184,6 +187,8 @@ pub struct JobLifecycle {
     written: std::sync::Arc<std::sync::atomic::AtomicI64>,
     /// Jobs this replica queued and has not claimed, as written (see [`submitted`]).
     submitted: std::sync::Arc<submitted::Submitted>,
+    /// The free slots of the workers connected here, for jobs that can start at once.
+    free_slots: Option<std::sync::Arc<dyn FreeSlots>>,
 }
 
 /// A worker list and when it was read.
@@ -238,6 +243,15 @@ fn finish(job: &mut Job, state: JobState, change: &mut Change) {
     job.end_time = Some(finished);
 }
 
+/// What starting a job writes besides its record (see [`JobLifecycle::start`]).
+struct Started {
+    event: JobEvent,
+    /// The claim's secret, the worker's fence.
+    secret: u64,
+    /// The claim and the keys that count the job as running.
+    ops: Vec<Op>,
+}
+
 /// How one try at a claim ended.
 #[allow(clippy::large_enum_variant)] // one a claim, returned at once
 enum Attempt {
@@ -269,7 +283,14 @@ impl JobLifecycle {
             queues: None,
             written: Default::default(),
             submitted: Default::default(),
+            free_slots: None,
         }
+    }
+
+    /// Starts a submitted job at once on a free slot from `slots` (the replica's
+    /// dispatcher) where the jobs in its line leave one free (see [`slots`]).
+    pub fn with_free_slots(self, slots: std::sync::Arc<dyn FreeSlots>) -> Self {
+        Self { free_slots: Some(slots), ..self }
     }
 
     /// Answers submits' queue questions from `queues` (the hub's view) instead of the store.
@@ -392,28 +413,52 @@ impl JobLifecycle {
 
         // The request is written once, under its own key; the record holds the rest.
         let mut record = job.clone();
-        let spec = specs::split(&mut record).expect("a validated spec has an input");
-        // The queue entry first: stores report a transaction's changes in the order of its
-        // operations, so once the queue view has seen any of them it has the entry (see
-        // `place_in_line`, which waits for the view to reach this revision).
-        let mut txn = Txn::new()
-            .when(Compare::absent(keys::job(&id)))
-            .then(Op::put(entry, id.clone()))
-            .then(spec)
-            .then(Op::put(keys::job(&id), record.encode_to_vec()))
-            .then(Op::put(keys::event(&id, 1), queued.encode_to_vec()));
-        if !request_id.is_empty() {
+        let spec_op = specs::split(&mut record).expect("a validated spec has an input");
+        let traceparent = deephardway::traces::traceparent_of(&span);
+        let mut slot = self.free_slot(deephardway::served_model(kind, &job.model), &job).await?;
+        let (written, started, outcome) = loop {
+            let mut written = record.clone();
+            let mut txn = Txn::new().when(Compare::absent(keys::job(&id)));
+            let started = match &slot {
+                // The queue entry first: stores report a transaction's changes in the
+                // order of its operations, so once the queue view has seen any of them it
+                // has the entry (see `place_in_line`, which waits for the view to reach
+                // this revision).
+                None => {
+                    txn = txn.then(Op::put(entry.clone(), id.clone()));
+                    None
+                }
+                Some(slot) => Some(self.start(&mut written, slot.worker(), slot.lease())),
+            };
             txn = txn
-                .when(Compare::absent(keys::request(tenant, request_id)))
-                .then(Op::put(keys::request(tenant, request_id), id.clone()));
-        }
-        if !job.key.is_empty() {
-            txn = txn.then(Op::put(keys::active(tenant, &job.key, &id), Vec::new()));
-        }
-        if let Some(traceparent) = deephardway::traces::traceparent_of(&span) {
-            txn = txn.then(Op::put(keys::trace(&id), traceparent));
-        }
-        let outcome = self.store.txn(txn).await?;
+                .then(spec_op.clone())
+                .then(Op::put(keys::job(&id), written.encode_to_vec()))
+                .then(Op::put(keys::event(&id, 1), queued.encode_to_vec()));
+            if let Some(started) = &started {
+                txn = txn.then(Op::put(keys::event(&id, 2), started.event.encode_to_vec()));
+                txn.ops.extend(started.ops.iter().cloned());
+            }
+            if !request_id.is_empty() {
+                txn = txn
+                    .when(Compare::absent(keys::request(tenant, request_id)))
+                    .then(Op::put(keys::request(tenant, request_id), id.clone()));
+            }
+            if !job.key.is_empty() {
+                txn = txn.then(Op::put(keys::active(tenant, &job.key, &id), Vec::new()));
+            }
+            if let Some(traceparent) = &traceparent {
+                txn = txn.then(Op::put(keys::trace(&id), traceparent.clone()));
+            }
+            match (self.store.txn(txn).await, slot.take()) {
+                // The worker's session ended meanwhile: the job waits in line instead.
+                (Err(StoreError::LeaseNotFound(_)), Some(_)) => {}
+                (Err(e), Some(slot)) => return self.resolve_started(&id, e.into(), slot, queued).await,
+                (outcome, held) => {
+                    slot = held;
+                    break (written, started, outcome?);
+                }
+            }
+        };
         self.wrote(outcome.revision);
         if !outcome.succeeded {
             // Another submit with the same request_id won the race: return its job.
@@ -422,11 +467,97 @@ impl JobLifecycle {
                 None => Err(Status::aborted("concurrent submit conflict; retry")),
             };
         }
-        tracing::info!(job = %id, model = %job.model, position, "job queued");
         self.metrics.submitted(&job);
         let spec = job.spec.clone().expect("validated");
-        self.submitted.insert(submitted::Written { record, revision: outcome.revision, spec });
+        let (Some(slot), Some(started)) = (slot, started) else {
+            tracing::info!(job = %id, model = %job.model, position, "job queued");
+            self.submitted.insert(submitted::Written { record: written, revision: outcome.revision, spec });
+            return Ok((job, Some(queued)));
+        };
+        tracing::info!(job = %id, model = %job.model, worker = %slot.worker().worker_id, "job started on submit");
+        self.metrics.started(&written);
+        let job = Job { spec: Some(spec), ..written.clone() };
+        let fence = Fence { secret: started.secret, revision: outcome.revision };
+        let record = StoredRecord { job: written, revision: outcome.revision };
+        slot.hand_over(Claimed { job: job.clone(), fence, record });
         Ok((job, Some(queued)))
+    }
+
+    /// A submit that would have started its job and whose transaction failed without a
+    /// clear answer: the job may be running on the slot's worker, which has not been told.
+    /// Read back, as a claim is ([`JobLifecycle::resolve_claim`]), never dropped: the job
+    /// is handed over if it started; if it cannot be told, the worker's session is ended,
+    /// and with its lease any claim that did commit (the job then goes back in line).
+    async fn resolve_started(
+        &self,
+        id: &str,
+        error: Status,
+        slot: Box<dyn HeldSlot>,
+        queued: JobEvent,
+    ) -> Result<(Job, Option<JobEvent>), Status> {
+        match self.resolve_claim_of(id, slot.worker()).await {
+            Ok(Some(claimed)) => {
+                self.metrics.submitted(&claimed.job);
+                self.metrics.started(&claimed.job);
+                let job = claimed.job.clone();
+                slot.hand_over(claimed);
+                Ok((job, Some(queued)))
+            }
+            // Not started: not written, or written and its claim already gone with the
+            // session (the reaper puts it in line; a retry with the request id finds it).
+            Ok(None) => Err(error),
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "a started submit's outcome could not be read back");
+                slot.drop_worker("a job started on submit could not be read back");
+                Err(error)
+            }
+        }
+    }
+
+    /// A free slot of a connected worker for `job`, held, where the job can start at once:
+    /// the jobs in its line, as this replica sees it, leave a free slot (see [`slots`]),
+    /// and its key has no running limit (counted under the claim's lock, see `claim_from`).
+    async fn free_slot(&self, served_model: &str, job: &Job) -> Result<Option<Box<dyn HeldSlot>>, Status> {
+        let (Some(slots), Some(queues)) = (&self.free_slots, &self.queues) else { return Ok(None) };
+        if !job.key.is_empty() && crate::auth::api_keys::max_running_jobs(&self.store, &job.key).await? > 0 {
+            return Ok(None);
+        }
+        Ok(slots.hold(served_model, queues.len(served_model)))
+    }
+
+    /// Starts `job` on `worker`: its record's new state, and what the transition writes
+    /// besides the record: the `started` event, and the claim under the worker's `lease`
+    /// with the keys that count the job as running.
+    fn start(&self, job: &mut Job, worker: &WorkerRecord, lease: i64) -> Started {
+        job.state = JobState::Running as i32;
+        job.attempts += 1;
+        job.worker_id = worker.worker_id.clone();
+        job.worker_name = worker.name.clone();
+        job.device = worker.device.clone();
+        job.start_time = Some(now());
+        job.progress = 0.0;
+        job.last_seq += 1;
+        let event = self.event(
+            &job.id,
+            job.last_seq,
+            Event::Started(JobStarted {
+                worker_id: worker.worker_id.clone(),
+                worker_name: worker.name.clone(),
+                device: worker.device.clone(),
+                attempt: job.attempts,
+            }),
+        );
+        let secret = fence::new_secret();
+        let claim =
+            ClaimRecord { worker_id: worker.worker_id.clone(), attempt: job.attempts, secret, key: worker.key.clone() };
+        let mut ops = vec![
+            Op::put_with_lease(keys::claim(&job.id), serde_json::to_vec(&claim).expect("serialisable"), lease),
+            Op::put(keys::running(&job.id), job.id.clone()),
+        ];
+        if !job.key.is_empty() {
+            ops.push(Op::put(keys::running_of(tenant_of(&job.tenant), &job.key, &job.id), Vec::new()));
+        }
+        Started { event, secret, ops }
     }
 
     async fn by_request_id(&self, tenant: &str, request_id: &str) -> Result<Option<Job>, Status> {
@@ -752,40 +883,15 @@ impl JobLifecycle {
                 return Ok(Attempt::Made(None));
             }
         }
-        job.state = JobState::Running as i32;
-        job.attempts += 1;
-        job.worker_id = worker.worker_id.clone();
-        job.worker_name = worker.name.clone();
-        job.device = worker.device.clone();
-        job.start_time = Some(now());
-        job.progress = 0.0;
-        job.last_seq += 1;
-        let started = self.event(
-            &id,
-            job.last_seq,
-            Event::Started(JobStarted {
-                worker_id: worker.worker_id.clone(),
-                worker_name: worker.name.clone(),
-                device: worker.device.clone(),
-                attempt: job.attempts,
-            }),
-        );
-        let secret = fence::new_secret();
+        let started = self.start(&mut job, worker, lease);
         let move_spec = specs::split(&mut job);
-        let claim =
-            ClaimRecord { worker_id: worker.worker_id.clone(), attempt: job.attempts, secret, key: worker.key.clone() };
-        let txn = Txn::new()
+        let mut txn = Txn::new()
             .when(Compare::ModRevision(entry.key.clone(), entry.mod_revision))
             .when(Compare::ModRevision(keys::job(&id), revision))
             .then(Op::delete(&entry.key))
-            .then(Op::put_with_lease(keys::claim(&id), serde_json::to_vec(&claim).expect("serialisable"), lease))
-            .then(Op::put(keys::running(&id), id.clone()))
             .then(Op::put(keys::job(&id), job.encode_to_vec()))
-            .then(Op::put(keys::event(&id, job.last_seq), started.encode_to_vec()));
-        let mut txn = match job.key.is_empty() {
-            true => txn,
-            false => txn.then(Op::put(keys::running_of(tenant_of(&job.tenant), &job.key, &id), Vec::new())),
-        };
+            .then(Op::put(keys::event(&id, job.last_seq), started.event.encode_to_vec()));
+        txn.ops.extend(started.ops);
         txn.ops.extend(move_spec);
         let outcome = match self.store.txn(txn).await {
             Ok(outcome) => outcome,
@@ -809,7 +915,11 @@ impl JobLifecycle {
             Ok(Some(spec)) => Job { spec: Some(spec), ..job },
             _ => self.with_spec(job).await?,
         };
-        Ok(Attempt::Made(Some(Claimed { job, fence: Fence { secret, revision: outcome.revision }, record })))
+        Ok(Attempt::Made(Some(Claimed {
+            job,
+            fence: Fence { secret: started.secret, revision: outcome.revision },
+            record,
+        })))
     }
 
     /// Applies a worker's events (in order, as one write) if its claim is still current:
@@ -935,11 +1045,15 @@ impl JobLifecycle {
     /// the job back). Reads that fail are retried a few times with backoff; the error is
     /// returned only if the store stays unavailable.
     pub async fn resolve_claim(&self, entry: &KeyValue, worker: &WorkerRecord) -> Result<Option<Claimed>, Status> {
-        let id = keys::last_segment(&entry.key).to_string();
+        self.resolve_claim_of(keys::last_segment(&entry.key), worker).await
+    }
+
+    /// [`JobLifecycle::resolve_claim`], of the job `id`.
+    async fn resolve_claim_of(&self, id: &str, worker: &WorkerRecord) -> Result<Option<Claimed>, Status> {
         let mut backoff = std::time::Duration::from_millis(50);
         let mut tries = 0;
         loop {
-            match self.read_claim(&id, worker).await {
+            match self.read_claim(id, worker).await {
                 Err(e) if tries < 5 => {
                     tracing::debug!(job = %id, error = %e, "claim read-back failed; retrying");
                     tries += 1;
