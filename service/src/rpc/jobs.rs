@@ -23,11 +23,10 @@ use deephardway::{
 };
 use futures::{Stream, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::SharedContext;
-use super::page_token;
+use super::{inline_stream, page_token};
 use crate::{
     auth::{self, Caller},
     validate,
@@ -201,9 +200,8 @@ impl JobService for JobsRpc {
         }
         let snapshot_size = if snapshot_size == 0 { 50 } else { snapshot_size as usize };
         let view = view(asked, JobView::Basic)?;
-        let (tx, rx) = mpsc::channel(256);
         let ctx = self.ctx.clone();
-        tokio::spawn(async move {
+        Ok(Response::new(Box::pin(inline_stream::stream(move |tx| async move {
             let _open = ctx.lifecycle.metrics().stream("watch_jobs");
             let updates = forward_job_updates(&ctx, &caller, snapshot_size, view, &tx);
             let ended = tokio::select! {
@@ -211,10 +209,9 @@ impl JobService for JobsRpc {
                 _ = caller.revoked() => Err(auth::revoked_status()),
             };
             if let Err(status) = ended {
-                let _ = tx.send(Err(status)).await;
+                tx.send(Err(status)).await;
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }))))
     }
 
     async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
@@ -246,6 +243,8 @@ pub(crate) fn follow(
 type Start = (mpsc::Receiver<Arc<JobEvent>>, Vec<JobEvent>);
 
 /// [`follow`], from `first` where the caller has it.
+/// The stream is driven by its consumer (see [`inline_stream`]): it ends when the client
+/// goes away, wherever it was waiting.
 fn follow_from(
     ctx: SharedContext,
     rpc: &'static str,
@@ -254,21 +253,19 @@ fn follow_from(
     after_seq: u64,
     first: Option<Start>,
 ) -> EventStream {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
+    Box::pin(inline_stream::stream(move |tx| async move {
         let _open = ctx.lifecycle.metrics().stream(rpc);
         let ended = tokio::select! {
             ended = forward(&ctx, &job_id, after_seq, first, &tx) => ended,
             _ = caller.revoked() => Err(auth::revoked_status()),
         };
         if let Err(status) = ended {
-            let _ = tx.send(Err(status)).await;
+            tx.send(Err(status)).await;
         }
-    });
-    Box::pin(ReceiverStream::new(rx))
+    }))
 }
 
-type Sink = mpsc::Sender<Result<Update, Status>>;
+type Sink = inline_stream::Sender<Result<Update, Status>>;
 
 /// Sends one event unless it is a duplicate. Returns `Some(done)`, or `None` on a gap.
 async fn deliver(tx: &Sink, event: JobEvent, last: &mut u64) -> Option<bool> {
@@ -280,8 +277,8 @@ async fn deliver(tx: &Sink, event: JobEvent, last: &mut u64) -> Option<bool> {
     }
     *last = event.seq;
     let done = event.event.as_ref().is_some_and(is_final);
-    // A closed channel means the client went away: nothing more to do.
-    Some(tx.send(Ok(Update::Event(Box::new(event)))).await.is_err() || done)
+    tx.send(Ok(Update::Event(Box::new(event)))).await;
+    Some(done)
 }
 
 /// Queue statuses are sent at most this often per stream.
@@ -319,18 +316,18 @@ impl QueueStatusSent {
 
     /// Sends the job's queue status if it is queued, changed, and the last was sent long
     /// enough ago (`force` skips both checks: right after the stored events, and when
-    /// the job becomes next). Returns false if the client went away.
-    async fn send(&mut self, ctx: &SharedContext, job_id: &str, tx: &Sink, force: bool) -> bool {
+    /// the job becomes next).
+    async fn send(&mut self, ctx: &SharedContext, job_id: &str, tx: &Sink, force: bool) {
         if !force && self.at.is_some_and(|at| at.elapsed() < QUEUE_STATUS_INTERVAL) {
-            return true;
+            return;
         }
-        let Some(status) = ctx.hub.queues().status(job_id) else { return true };
+        let Some(status) = ctx.hub.queues().status(job_id) else { return };
         if !force && !self.differs(&status) {
-            return true;
+            return;
         }
         self.last = Some(status);
         self.at = Some(Instant::now());
-        tx.send(Ok(Update::Queue(status))).await.is_ok()
+        tx.send(Ok(Update::Queue(status))).await
     }
 }
 
@@ -378,9 +375,7 @@ async fn forward(
         }
         // Where a queued job stands now, whatever was sent before (a resumed watcher
         // gets it again at once).
-        if !sent.send(ctx, job_id, tx, true).await {
-            return Ok(());
-        }
+        sent.send(ctx, job_id, tx, true).await;
         // A queue change within the interval is sent when the interval ends.
         let mut pending = false;
         loop {
@@ -399,8 +394,8 @@ async fn forward(
                         }
                         // Back in line after a lost worker: its new place, at once (the
                         // hub applied the entry to the view before routing the event).
-                        if requeued && !sent.send(ctx, job_id, tx, true).await {
-                            return Ok(());
+                        if requeued {
+                            sent.send(ctx, job_id, tx, true).await;
                         }
                     }
                     None => break, // dropped by the hub: list again
@@ -413,25 +408,16 @@ async fn forward(
                     // before the interval ends, and "next" should not be skipped.
                     let now_next = sent.last.is_some_and(|s| s.position != 0) && ctx.hub.queues().is_next(job_id);
                     if now_next {
-                        if !sent.send(ctx, job_id, tx, true).await {
-                            return Ok(());
-                        }
+                        sent.send(ctx, job_id, tx, true).await;
                     } else {
                         pending = true;
                     }
                 }
                 _ = tokio::time::sleep(wait), if pending && in_line => {
                     pending = false;
-                    if !sent.send(ctx, job_id, tx, false).await {
-                        return Ok(());
-                    }
+                    sent.send(ctx, job_id, tx, false).await;
                 }
-                _ = recheck.tick(), if in_line => {
-                    if !sent.send(ctx, job_id, tx, false).await {
-                        return Ok(());
-                    }
-                }
-                _ = tx.closed() => return Ok(()),
+                _ = recheck.tick(), if in_line => sent.send(ctx, job_id, tx, false).await,
                 _ = ctx.shutdown.cancelled() => return Err(shutting_down(last)),
             }
         }
@@ -445,7 +431,7 @@ async fn forward_job_updates(
     caller: &Caller,
     snapshot_size: usize,
     view: JobView,
-    tx: &mpsc::Sender<Result<WatchJobsResponse, Status>>,
+    tx: &inline_stream::Sender<Result<WatchJobsResponse, Status>>,
 ) -> Result<(), Status> {
     use tokio::sync::broadcast::error::RecvError;
 
@@ -463,14 +449,11 @@ async fn forward_job_updates(
                 shown.insert(job.id.clone());
                 let job = with_queue_status(ctx, viewed(ctx, job, view).await?);
                 let update = WatchJobsResponse { job: Some(job), removed: false, snapshot: true };
-                if tx.send(Ok(update)).await.is_err() {
-                    return Ok(());
-                }
+                tx.send(Ok(update)).await;
             }
         }
         let change = tokio::select! {
             change = changes.recv() => change,
-            _ = tx.closed() => return Ok(()),
             _ = ctx.shutdown.cancelled() => return Err(Status::unavailable("server shutting down")),
         };
         let update = match change {
@@ -496,9 +479,7 @@ async fn forward_job_updates(
             }
             Err(RecvError::Closed) => return Err(Status::unavailable("server shutting down")),
         };
-        if tx.send(Ok(update)).await.is_err() {
-            return Ok(());
-        }
+        tx.send(Ok(update)).await;
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod datasets;
+mod inline_stream;
 pub mod jobs;
 pub mod models;
 mod page_token;
