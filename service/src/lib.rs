@@ -18,7 +18,8 @@
 //!   [`traces`]: a job's spans (submit, queued, dispatch) in the client's trace.
 //! - [`hub`]: the replica's single store watch, fanned out to job watchers and to the
 //!   background tasks below.
-//! - [`dispatch`]: hands queued jobs to this replica's connected workers.
+//! - [`dispatch`]: hands queued jobs to this replica's connected workers, and lends their free
+//!   slots to submits that can start a job at once.
 //! - [`queue_view`]: every queue in memory, for live positions and start estimates.
 //! - [`reaper`]: puts jobs of lost workers back in line; removes expired jobs.
 //! - [`rpc`]: the gRPC handlers (`JobService`, `ModelService`, `DatasetService`,
