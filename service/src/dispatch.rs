@@ -213,6 +213,12 @@ async fn run(dispatcher: Dispatcher, lifecycle: JobLifecycle, hub: Hub, shutdown
             _ = dispatcher.wake.notified() => {}
             change = changes.recv() => match change {
                 Ok(Change::QueueChanged { .. }) | Err(RecvError::Lagged(_)) => {}
+                // Claims read the copies of jobs this replica queued: one claimed elsewhere
+                // or cancelled needs its copy no more.
+                Ok(Change::JobUpdated(job)) => {
+                    lifecycle.left_the_line(&job);
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(RecvError::Closed) => return,
             },

@@ -1,6 +1,7 @@
-//! A claim whose outcome is unknown: the store committed the claim's transaction but its
-//! answer was lost. The dispatcher must read the outcome back and hand the job over, not
-//! leave it running on a worker that never got it.
+//! Claims: one whose outcome is unknown (the store committed the claim's transaction but
+//! its answer was lost) is read back and handed over, not left running on a worker that
+//! never got it; a fence proves only the current claim; a replica claims the jobs it
+//! queued from its submit's copy, and drops the copies of jobs that left the line elsewhere.
 
 mod support;
 
@@ -172,4 +173,47 @@ async fn a_replica_claims_the_jobs_it_queued_without_reading_them() {
     let claimed = here.claim(&queue_head(&store).await, &worker, lease).await.unwrap().expect("claimed from the store");
     assert!(reads() > before, "read after the stale copy");
     assert_eq!((claimed.job.id.as_str(), claimed.job.spec.clone()), (rewritten.id.as_str(), rewritten.spec));
+}
+
+/// A replica forgets the copy of a job it queued once the job leaves the line some other
+/// way: claimed by another replica's dispatcher, or cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_forgets_the_copies_of_jobs_that_left_the_line_elsewhere() {
+    let backend = Backend::embedded().await;
+    let store = backend.open().await;
+    let shutdown = CancellationToken::new();
+    let anonymous = deephardway_service::auth::Caller::anonymous();
+    // Two replicas on one store, each with its watch and dispatcher; a worker on the second.
+    let here = JobLifecycle::new(store.clone(), test_config());
+    let _here_dispatcher =
+        Dispatcher::start(here.clone(), &Hub::start(store.clone(), shutdown.clone()).await.unwrap(), shutdown.clone());
+    let there = JobLifecycle::new(store.clone(), test_config());
+    let there_dispatcher =
+        Dispatcher::start(there.clone(), &Hub::start(store.clone(), shutdown.clone()).await.unwrap(), shutdown.clone());
+    let worker = diagnostic_worker("w");
+    let lease = connect_worker(&store, &worker).await;
+
+    let (cancelled, _) = here.submit(diagnostic(1, 1), "", &anonymous).await.unwrap();
+    assert_eq!(here.submitted_copies(), 1, "the submit keeps its copy");
+    there.cancel(&cancelled.id, "test").await.unwrap();
+    eventually(|| here.submitted_copies() == 0, "the copy of a job cancelled elsewhere is dropped").await;
+
+    let (claimed, _) = here.submit(diagnostic(1, 1), "", &anonymous).await.unwrap();
+    assert_eq!(here.submitted_copies(), 1);
+    let (assignments, mut handed) = mpsc::channel(1);
+    there_dispatcher.register(worker, lease, assignments);
+    let job = tokio::time::timeout(Duration::from_secs(5), handed.recv()).await.unwrap().unwrap();
+    assert_eq!(job.job.id, claimed.id, "claimed by the other replica");
+    eventually(|| here.submitted_copies() == 0, "the copy of a job claimed elsewhere is dropped").await;
+    shutdown.cancel();
+}
+
+async fn eventually(done: impl Fn() -> bool, what: &str) {
+    for _ in 0..100 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within 5 s");
 }

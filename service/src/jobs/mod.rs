@@ -483,6 +483,20 @@ impl JobLifecycle {
         Ok((job, Some(queued)))
     }
 
+    /// `job`'s record as just written. Once it no longer waits in line (claimed, here or by
+    /// another replica, or cancelled), the copy its submit kept here for the claim (see
+    /// [`submitted`]) is dropped, rather than kept until newer jobs push it out.
+    pub fn left_the_line(&self, job: &Job) {
+        if job.state != JobState::Queued as i32 {
+            self.submitted.take(&job.id);
+        }
+    }
+
+    /// How many queued jobs' copies this replica keeps for their claims (see [`submitted`]).
+    pub fn submitted_copies(&self) -> usize {
+        self.submitted.count()
+    }
+
     /// A submit that would have started its job and whose transaction failed without a
     /// clear answer: the job may be running on the slot's worker, which has not been told.
     /// Read back, as a claim is ([`JobLifecycle::resolve_claim`]), never dropped: the job

@@ -10,7 +10,9 @@
 //! Nothing here can be stale in a way that matters: the claim's transaction still
 //! compares the record's revision, so a job changed since (cancelled, say, by another
 //! replica) fails that comparison and is not claimed, and the next claim of it reads the
-//! store. An entry is taken out by the claim that uses it, whatever its outcome.
+//! store. An entry is taken out by the claim that uses it, whatever its outcome, or when
+//! the replica sees the job leave the line otherwise (claimed by another replica,
+//! cancelled: see [`JobLifecycle::left_the_line`](super::JobLifecycle::left_the_line)).
 //!
 //! Bounded: at most [`MAX_JOBS`] jobs and [`MAX_BYTES`] of requests; past either the
 //! oldest go (ids are UUIDv7s, so their order is the order of submission), and their
@@ -70,6 +72,11 @@ impl Submitted {
         let (written, size) = inner.jobs.remove(id)?;
         inner.bytes -= size;
         Some(written)
+    }
+
+    /// How many jobs are kept.
+    pub(super) fn count(&self) -> usize {
+        self.inner.lock().expect("not poisoned").jobs.len()
     }
 
     #[cfg(test)]
