@@ -42,11 +42,20 @@ async fn counters_move_by_exactly_the_jobs_run_and_gauges_drain() {
     wait_for_workers(&server.url, 1).await;
     let mut client = server.client().await;
     run(&mut client, diagnostic(1, 1), Duration::from_secs(10)).await; // so that every family has a sample
-    let (status, before) = scrape(&server.url, None).await;
-    assert_eq!(status, 200, "{before}");
-    let before = samples(&before);
-
     let succeeded = r#"deephardway_jobs_finished_total{kind="diagnostic",model="diagnostic",outcome="succeeded"}"#;
+    // A job's end is counted when its write returns to the worker's session, which can be
+    // a moment after the client has seen the final event.
+    let mut before = BTreeMap::new();
+    for _ in 0..100 {
+        let (status, text) = scrape(&server.url, None).await;
+        assert_eq!(status, 200, "{text}");
+        before = samples(&text);
+        if value(&before, succeeded) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let failed = r#"deephardway_jobs_finished_total{kind="diagnostic",model="diagnostic",outcome="failed"}"#;
     let submitted = r#"deephardway_jobs_submitted_total{kind="diagnostic",model="diagnostic"}"#;
     let latency_count =
@@ -95,8 +104,11 @@ async fn counters_move_by_exactly_the_jobs_run_and_gauges_drain() {
     let mut after = BTreeMap::new();
     for _ in 0..100 {
         after = samples(&scrape(&server.url, None).await.1);
+        let ended =
+            total(&after, "deephardway_jobs_finished_total") - total(&before, "deephardway_jobs_finished_total");
         if value(&after, r#"deephardway_jobs{state="running",model="diagnostic"}"#) == 0.0
             && value(&after, r#"deephardway_open_streams{rpc="watch_job"}"#) == 0.0
+            && ended >= 8.0
         {
             break;
         }
