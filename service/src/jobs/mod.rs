@@ -13,7 +13,8 @@
 //! *fence*, a random secret of their claim ([`fence`]); a report is applied only while
 //! that same claim exists, so a worker presumed dead cannot overwrite a rerun.
 //!
-//! - this file: submit, claim, report, cancel, reads;
+//! - this file: the lifecycle's state, report, cancel, reads; [`submit`] and [`claim`]:
+//!   the transitions into the line and out of it;
 //! - [`fence`]: what proves that a worker holds a job;
 //! - [`specs`]: the job's request, written once apart from its often-rewritten record;
 //! - [`recovery`]: jobs whose worker was lost; [`retention`]: removing old jobs;
@@ -23,6 +24,7 @@
 //! - [`records`]: the JSON records of workers and claims; request checks are in
 //!   [`crate::validate`].
 
+mod claim;
 mod fence;
 mod records;
 mod recovery;
@@ -30,6 +32,7 @@ mod retention;
 mod served;
 mod slots;
 mod specs;
+mod submit;
 mod submitted;
 
 pub use fence::Fence;
@@ -41,11 +44,8 @@ pub use specs::join as join_spec;
 
 use deephardway::{
     errors::invalid_field,
-    is_final, kind_of,
-    v1::{
-        Job, JobCancelled, JobEvent, JobKind, JobQueued, JobSpec, JobStarted, JobState, job_event::Event,
-        job_spec::Input,
-    },
+    is_final,
+    v1::{Job, JobCancelled, JobEvent, JobKind, JobState, job_event::Event, job_spec::Input},
 };
 use prost::Message;
 use tonic::Status;
@@ -243,25 +243,6 @@ fn finish(job: &mut Job, state: JobState, change: &mut Change) {
     job.end_time = Some(finished);
 }
 
-/// What starting a job writes besides its record (see [`JobLifecycle::start`]).
-struct Started {
-    event: JobEvent,
-    /// The claim's secret, the worker's fence.
-    secret: u64,
-    /// The claim and the keys that count the job as running.
-    ops: Vec<Op>,
-}
-
-/// How one try at a claim ended.
-#[allow(clippy::large_enum_variant)] // one a claim, returned at once
-enum Attempt {
-    /// Claimed, or found not claimable (the job is gone, not queued, or over its key's
-    /// running limit).
-    Made(Option<Claimed>),
-    /// The copy the try started from was not the record as stored.
-    StaleCopy,
-}
-
 trait JobExt {
     fn priority(&self) -> i32;
 }
@@ -313,322 +294,6 @@ impl JobLifecycle {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.config
-    }
-
-    /// Validates and queues a job for `owner` (the job belongs to its tenant). Returns
-    /// the job and whether `request_id` matched an earlier one of the tenant (which is
-    /// returned instead). Nothing is written unless it succeeds.
-    ///
-    /// Its span (a child of the client's trace, see [`crate::traces`]) is the root of the
-    /// job's spans: its context is stored with the job for the worker's run to continue.
-    pub async fn submit(&self, spec: JobSpec, request_id: &str, owner: &Caller) -> Result<(Job, bool), Status> {
-        let (job, queued) = self.submit_as(spec, request_id, owner, new_job_id()).await?;
-        Ok((job, queued.is_none()))
-    }
-
-    /// [`JobLifecycle::submit`] under `id` (from [`new_job_id`]), for a caller that
-    /// subscribed to the job's events before it existed. Returns the job, and the event
-    /// that queued it if this call made it (`None` when `request_id` matched an earlier
-    /// job, which is returned instead, under its own id).
-    #[tracing::instrument(name = "submit", skip_all, fields(deephardway.job.id = tracing::field::Empty))]
-    pub async fn submit_as(
-        &self,
-        mut spec: JobSpec,
-        request_id: &str,
-        owner: &Caller,
-        id: String,
-    ) -> Result<(Job, Option<JobEvent>), Status> {
-        validate::spec(&spec)?;
-        validate::request_id(request_id)?;
-        let tenant = owner.tenant();
-        let input = spec.input.as_ref().expect("validated");
-        let kind = kind_of(input);
-        if spec.model.is_empty() {
-            spec.model = default_model(kind).to_string();
-        }
-        if !request_id.is_empty()
-            && let Some(job) = self.by_request_id(tenant, request_id).await?
-        {
-            return Ok((job, None));
-        }
-        self.quotas.check_rate(owner)?;
-        // Names of stored things are resolved now, so that the job records what it uses.
-        match spec.input.as_mut() {
-            Some(Input::Train(train)) if train.dataset_path.is_empty() => {
-                crate::datasets::find(&self.store, tenant, &train.dataset)
-                    .await
-                    .map_err(|s| Status::new(s.code(), format!("train.dataset: {}", s.message())))?;
-                if train.output_model.is_empty() {
-                    train.output_model = train.dataset.clone();
-                }
-            }
-            Some(Input::Train(train)) => {
-                // A worker's local folder: only the worker can check it.
-                if train.output_model.is_empty() {
-                    train.output_model = folder_model_name(&train.dataset_path);
-                }
-                validate::artifact_name("train.output_model", &train.output_model)?;
-            }
-            Some(Input::Classify(_)) => {
-                let trained = crate::trained_models::resolve(&self.store, tenant, &spec.model).await?;
-                spec.model = format!("{}@{}", trained.name, trained.version);
-            }
-            _ => {}
-        }
-        let input = spec.input.as_ref().expect("validated");
-        self.check_served(deephardway::served_model(kind, &spec.model), input).await?;
-        self.quotas.check_active(&self.store, owner).await?;
-
-        let created = now();
-        let span = tracing::Span::current();
-        span.record("deephardway.job.id", id.as_str());
-        let job = Job {
-            id: id.clone(),
-            state: JobState::Queued as i32,
-            kind: kind as i32,
-            model: spec.model.clone(),
-            attempts: 0,
-            max_attempts: if spec.max_attempts == 0 { self.config.default_max_attempts } else { spec.max_attempts },
-            timeout: Some(match spec.timeout {
-                Some(timeout) => timeout,
-                None => self.config.default_timeout.try_into().expect("the default timeout fits a Duration"),
-            }),
-            create_time: Some(created),
-            last_seq: 1,
-            spec: Some(spec),
-            request_id: request_id.to_string(),
-            tenant: tenant.to_string(),
-            key: owner.key().to_string(),
-            ..Default::default()
-        };
-        let entry = queue_key(&job);
-        let (depth, position) = self.place_in_line(deephardway::served_model(kind, &job.model), &entry).await?;
-        if depth >= self.config.max_queue_depth {
-            return Err(Status::resource_exhausted(format!(
-                "the queue is full ({depth} jobs waiting, limit {}); retry later",
-                self.config.max_queue_depth
-            )));
-        }
-        let queued = self.event(&id, 1, Event::Queued(JobQueued { position, attempt: 1, reason: "submitted".into() }));
-
-        // The request is written once, under its own key; the record holds the rest.
-        let mut record = job.clone();
-        let spec_op = specs::split(&mut record).expect("a validated spec has an input");
-        let traceparent = deephardway::traces::traceparent_of(&span);
-        let mut slot = self.free_slot(deephardway::served_model(kind, &job.model), &job).await?;
-        let (written, started, outcome) = loop {
-            let mut written = record.clone();
-            let mut txn = Txn::new().when(Compare::absent(keys::job(&id)));
-            let started = match &slot {
-                // The queue entry first: stores report a transaction's changes in the
-                // order of its operations, so once the queue view has seen any of them it
-                // has the entry (see `place_in_line`, which waits for the view to reach
-                // this revision).
-                None => {
-                    txn = txn.then(Op::put(entry.clone(), id.clone()));
-                    None
-                }
-                Some(slot) => Some(self.start(&mut written, slot.worker(), slot.lease())),
-            };
-            txn = txn
-                .then(spec_op.clone())
-                .then(Op::put(keys::job(&id), written.encode_to_vec()))
-                .then(Op::put(keys::event(&id, 1), queued.encode_to_vec()));
-            if let Some(started) = &started {
-                txn = txn.then(Op::put(keys::event(&id, 2), started.event.encode_to_vec()));
-                txn.ops.extend(started.ops.iter().cloned());
-            }
-            if !request_id.is_empty() {
-                txn = txn
-                    .when(Compare::absent(keys::request(tenant, request_id)))
-                    .then(Op::put(keys::request(tenant, request_id), id.clone()));
-            }
-            if !job.key.is_empty() {
-                txn = txn.then(Op::put(keys::active(tenant, &job.key, &id), Vec::new()));
-            }
-            if let Some(traceparent) = &traceparent {
-                txn = txn.then(Op::put(keys::trace(&id), traceparent.clone()));
-            }
-            match (self.store.txn(txn).await, slot.take()) {
-                // The worker's session ended meanwhile: the job waits in line instead.
-                (Err(StoreError::LeaseNotFound(_)), Some(_)) => {}
-                (Err(e), Some(slot)) => return self.resolve_started(&id, e.into(), slot, queued).await,
-                (outcome, held) => {
-                    slot = held;
-                    break (written, started, outcome?);
-                }
-            }
-        };
-        self.wrote(outcome.revision);
-        if !outcome.succeeded {
-            // Another submit with the same request_id won the race: return its job.
-            return match self.by_request_id(tenant, request_id).await? {
-                Some(job) => Ok((job, None)),
-                None => Err(Status::aborted("concurrent submit conflict; retry")),
-            };
-        }
-        self.metrics.submitted(&job);
-        let spec = job.spec.clone().expect("validated");
-        let (Some(slot), Some(started)) = (slot, started) else {
-            tracing::info!(job = %id, model = %job.model, position, "job queued");
-            self.submitted.insert(submitted::Written { record: written, revision: outcome.revision, spec });
-            return Ok((job, Some(queued)));
-        };
-        tracing::info!(job = %id, model = %job.model, worker = %slot.worker().worker_id, "job started on submit");
-        self.metrics.started(&written);
-        let job = Job { spec: Some(spec), ..written.clone() };
-        let fence = Fence { secret: started.secret, revision: outcome.revision };
-        let record = StoredRecord { job: written, revision: outcome.revision };
-        slot.hand_over(Claimed { job: job.clone(), fence, record });
-        Ok((job, Some(queued)))
-    }
-
-    /// `job`'s record as just written. Once it no longer waits in line (claimed, here or by
-    /// another replica, or cancelled), the copy its submit kept here for the claim (see
-    /// [`submitted`]) is dropped, rather than kept until newer jobs push it out.
-    pub fn left_the_line(&self, job: &Job) {
-        if job.state != JobState::Queued as i32 {
-            self.submitted.take(&job.id);
-        }
-    }
-
-    /// How many queued jobs' copies this replica keeps for their claims (see [`submitted`]).
-    pub fn submitted_copies(&self) -> usize {
-        self.submitted.count()
-    }
-
-    /// A submit that would have started its job and whose transaction failed without a
-    /// clear answer: the job may be running on the slot's worker, which has not been told.
-    /// Read back, as a claim is ([`JobLifecycle::resolve_claim`]), never dropped: the job
-    /// is handed over if it started; if it cannot be told, the worker's session is ended,
-    /// and with its lease any claim that did commit (the job then goes back in line).
-    async fn resolve_started(
-        &self,
-        id: &str,
-        error: Status,
-        slot: Box<dyn HeldSlot>,
-        queued: JobEvent,
-    ) -> Result<(Job, Option<JobEvent>), Status> {
-        match self.resolve_claim_of(id, slot.worker()).await {
-            Ok(Some(claimed)) => {
-                self.metrics.submitted(&claimed.job);
-                self.metrics.started(&claimed.job);
-                let job = claimed.job.clone();
-                slot.hand_over(claimed);
-                Ok((job, Some(queued)))
-            }
-            // Not started: not written, or written and its claim already gone with the
-            // session (the reaper puts it in line; a retry with the request id finds it).
-            Ok(None) => Err(error),
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "a started submit's outcome could not be read back");
-                slot.drop_worker("a job started on submit could not be read back");
-                Err(error)
-            }
-        }
-    }
-
-    /// A free slot of a connected worker for `job`, held, where the job can start at once:
-    /// the jobs in its line, as this replica sees it, leave a free slot (see [`slots`]),
-    /// and its key has no running limit (counted under the claim's lock, see `claim_from`).
-    async fn free_slot(&self, served_model: &str, job: &Job) -> Result<Option<Box<dyn HeldSlot>>, Status> {
-        let (Some(slots), Some(queues)) = (&self.free_slots, &self.queues) else { return Ok(None) };
-        if !job.key.is_empty() && crate::auth::api_keys::max_running_jobs(&self.store, &job.key).await? > 0 {
-            return Ok(None);
-        }
-        Ok(slots.hold(served_model, queues.len(served_model)))
-    }
-
-    /// Starts `job` on `worker`: its record's new state, and what the transition writes
-    /// besides the record: the `started` event, and the claim under the worker's `lease`
-    /// with the keys that count the job as running.
-    fn start(&self, job: &mut Job, worker: &WorkerRecord, lease: i64) -> Started {
-        job.state = JobState::Running as i32;
-        job.attempts += 1;
-        job.worker_id = worker.worker_id.clone();
-        job.worker_name = worker.name.clone();
-        job.device = worker.device.clone();
-        job.start_time = Some(now());
-        job.progress = 0.0;
-        job.last_seq += 1;
-        let event = self.event(
-            &job.id,
-            job.last_seq,
-            Event::Started(JobStarted {
-                worker_id: worker.worker_id.clone(),
-                worker_name: worker.name.clone(),
-                device: worker.device.clone(),
-                attempt: job.attempts,
-            }),
-        );
-        let secret = fence::new_secret();
-        let claim =
-            ClaimRecord { worker_id: worker.worker_id.clone(), attempt: job.attempts, secret, key: worker.key.clone() };
-        let mut ops = vec![
-            Op::put_with_lease(keys::claim(&job.id), serde_json::to_vec(&claim).expect("serialisable"), lease),
-            Op::put(keys::running(&job.id), job.id.clone()),
-        ];
-        if !job.key.is_empty() {
-            ops.push(Op::put(keys::running_of(tenant_of(&job.tenant), &job.key, &job.id), Vec::new()));
-        }
-        Started { event, secret, ops }
-    }
-
-    async fn by_request_id(&self, tenant: &str, request_id: &str) -> Result<Option<Job>, Status> {
-        let Some(kv) = self.store.get(&keys::request(tenant, request_id)).await? else {
-            return Ok(None);
-        };
-        let id = String::from_utf8_lossy(&kv.value).to_string();
-        match self.find(&id).await? {
-            Some((job, _)) => Ok(Some(self.with_spec(job).await?)),
-            None => Ok(None),
-        }
-    }
-
-    /// FAILED_PRECONDITION unless a connected worker serves `model` for this kind of job,
-    /// or one served it within [`SERVED_MEMORY`] (the job then waits in line for the next
-    /// worker that does; see [`served`]); INVALID_ARGUMENT if the request does not fit the
-    /// model (see [`fits`]), as the worker last described it.
-    async fn check_served(&self, model: &str, input: &Input) -> Result<(), Status> {
-        let kind = kind_of(input);
-        // A worker list read within the last moment serves every submit that finds its
-        // model there: a read of every worker record per submit was a good part of a
-        // job's store time. A worker that left since is no harm (the job waits, as for a
-        // model served lately); a model not found is checked against a fresh read.
-        let seen = self.workers_seen.lock().expect("workers lock").clone();
-        if let Some((at, workers)) = seen
-            && at.elapsed() < WORKERS_SEEN_FOR
-            && let Some(m) = workers.iter().flat_map(|w| &w.models).find(|m| m.name == model && m.kind == kind as i32)
-        {
-            return fits(m, input);
-        }
-        let workers = self.workers().await?;
-        *self.workers_seen.lock().expect("workers lock") =
-            Some((std::time::Instant::now(), std::sync::Arc::new(workers.clone())));
-        let mut other_kind = None;
-        for w in &workers {
-            for m in w.models.iter().filter(|m| m.name == model) {
-                if m.kind == kind as i32 {
-                    return fits(m, input);
-                }
-                other_kind = Some(m.kind);
-            }
-        }
-        if let Some(remembered) = self.recently_served(kind as i32, model).await? {
-            return fits(&remembered, input);
-        }
-        use deephardway::kind_name;
-        Err(match other_kind {
-            Some(k) => {
-                invalid_field("model", format!("{model:?} runs {} jobs, not {}", kind_name(k), kind_name(kind as i32)))
-            }
-            None => Status::failed_precondition(format!(
-                "no connected worker serves model {model:?} for {} jobs (connected workers: {}); \
-                 ModelService.ListModels shows what is served",
-                kind_name(kind as i32),
-                workers.len()
-            )),
-        })
     }
 
     /// The connected workers.
@@ -824,118 +489,6 @@ impl JobLifecycle {
         Err(Status::aborted(format!("job {id}: too many concurrent updates; retry")).into())
     }
 
-    /// Claims a queued job for a worker in one transaction: the queue entry must still
-    /// exist; it is replaced by a claim on the worker's lease and the job starts.
-    ///
-    /// A job this replica queued is claimed as its submit wrote it (see [`submitted`]);
-    /// if that copy turns out stale (the transaction's comparison of the record fails),
-    /// the claim is tried again as for any other job, from the store.
-    pub async fn claim(&self, entry: &KeyValue, worker: &WorkerRecord, lease: i64) -> Result<Option<Claimed>, Status> {
-        let id = keys::last_segment(&entry.key);
-        if let Some(copy) = self.submitted.take(id)
-            && let Attempt::Made(claimed) = self.claim_from(entry, worker, lease, Some(copy)).await?
-        {
-            return Ok(claimed);
-        }
-        match self.claim_from(entry, worker, lease, None).await? {
-            Attempt::Made(claimed) => Ok(claimed),
-            Attempt::StaleCopy => unreachable!("no copy was used"),
-        }
-    }
-
-    /// [`JobLifecycle::claim`] from `copy` (the job as this replica's submit wrote it), or
-    /// from the store without one.
-    async fn claim_from(
-        &self,
-        entry: &KeyValue,
-        worker: &WorkerRecord,
-        lease: i64,
-        copy: Option<submitted::Written>,
-    ) -> Result<Attempt, Status> {
-        let id = keys::last_segment(&entry.key).to_string();
-        let from_copy = copy.is_some();
-        let drop_stale_entry = || async {
-            // A queue entry whose job is gone or not waiting cannot be run; drop it.
-            let txn = Txn::new()
-                .when(Compare::ModRevision(entry.key.clone(), entry.mod_revision))
-                .then(Op::delete(&entry.key));
-            self.store.txn(txn).await
-        };
-        // Without a copy, the request is read beside the record, not after the claim: it
-        // never changes once submitted, and the worker's assignment needs it (one round
-        // trip less).
-        let (found, spec) = match copy {
-            Some(written) => (Ok(Some((written.record, written.revision))), Ok(Some(written.spec))),
-            None => {
-                let (found, spec) = tokio::join!(self.find(&id), specs::read(self.store.as_ref(), &id));
-                (found.map(|found| found.map(|(job, kv)| (job, kv.mod_revision))), spec)
-            }
-        };
-        let Some((mut job, revision)) = found? else {
-            drop_stale_entry().await?;
-            return Ok(Attempt::Made(None));
-        };
-        if job.state != JobState::Queued as i32 {
-            tracing::warn!(job = %id, "dropping a queue entry of a job that is not queued");
-            drop_stale_entry().await?;
-            return Ok(Attempt::Made(None));
-        }
-        // A key with a running limit is claimed for one job at a time on this replica, so
-        // that its count cannot be read twice before either claim is written.
-        let max_running = match job.key.is_empty() {
-            true => 0,
-            false => crate::auth::api_keys::max_running_jobs(&self.store, &job.key).await?,
-        };
-        let _one_at_a_time = match max_running {
-            0 => None,
-            _ => Some(self.quotas.claim_lock(&job.key).lock_owned().await),
-        };
-        if max_running > 0 {
-            let running = self.store.count(&keys::running_jobs_of(tenant_of(&job.tenant), &job.key)).await?;
-            if running >= max_running as usize {
-                // It stays in line; the dispatcher tries the jobs behind it.
-                return Ok(Attempt::Made(None));
-            }
-        }
-        let started = self.start(&mut job, worker, lease);
-        let move_spec = specs::split(&mut job);
-        let mut txn = Txn::new()
-            .when(Compare::ModRevision(entry.key.clone(), entry.mod_revision))
-            .when(Compare::ModRevision(keys::job(&id), revision))
-            .then(Op::delete(&entry.key))
-            .then(Op::put(keys::job(&id), job.encode_to_vec()))
-            .then(Op::put(keys::event(&id, job.last_seq), started.event.encode_to_vec()));
-        txn.ops.extend(started.ops);
-        txn.ops.extend(move_spec);
-        let outcome = match self.store.txn(txn).await {
-            Ok(outcome) => outcome,
-            Err(StoreError::LeaseNotFound(_)) => {
-                return Err(Status::unavailable("worker lease expired"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if !outcome.succeeded {
-            // The queue entry is gone (claimed or cancelled), or the record changed since
-            // it was read or written here: only in the second case can a read do better.
-            return Ok(if from_copy { Attempt::StaleCopy } else { Attempt::Made(None) });
-        }
-        self.wrote(outcome.revision);
-        tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started");
-        self.metrics.started(&job);
-        let record = StoredRecord { job: job.clone(), revision: outcome.revision };
-        // The worker's assignment carries the whole request (read again only for a
-        // record from before requests were stored apart, or if that read failed).
-        let job = match spec {
-            Ok(Some(spec)) => Job { spec: Some(spec), ..job },
-            _ => self.with_spec(job).await?,
-        };
-        Ok(Attempt::Made(Some(Claimed {
-            job,
-            fence: Fence { secret: started.secret, revision: outcome.revision },
-            record,
-        })))
-    }
-
     /// Applies a worker's events (in order, as one write) if its claim is still current:
     /// the one created at `fence.revision` (the caller, the session holding the claim,
     /// has checked the worker's secret against `fence.secret`). A final event ends the
@@ -1046,56 +599,5 @@ impl JobLifecycle {
             })
             .await?;
         Ok(job)
-    }
-}
-
-impl JobLifecycle {
-    /// Reads back the outcome of a claim whose transaction failed without a clear answer
-    /// (the store may have committed it and lost the reply). The job was claimed if its
-    /// claim names `worker` and the job is running there on that attempt: it is returned
-    /// with the claim's fence, as [`JobLifecycle::claim`] would have.
-    /// Otherwise the claim did not commit (the queue entry is still there, and a later
-    /// round may claim it), or it committed and has since been released (the reaper puts
-    /// the job back). Reads that fail are retried a few times with backoff; the error is
-    /// returned only if the store stays unavailable.
-    pub async fn resolve_claim(&self, entry: &KeyValue, worker: &WorkerRecord) -> Result<Option<Claimed>, Status> {
-        self.resolve_claim_of(keys::last_segment(&entry.key), worker).await
-    }
-
-    /// [`JobLifecycle::resolve_claim`], of the job `id`.
-    async fn resolve_claim_of(&self, id: &str, worker: &WorkerRecord) -> Result<Option<Claimed>, Status> {
-        let mut backoff = std::time::Duration::from_millis(50);
-        let mut tries = 0;
-        loop {
-            match self.read_claim(id, worker).await {
-                Err(e) if tries < 5 => {
-                    tracing::debug!(job = %id, error = %e, "claim read-back failed; retrying");
-                    tries += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                outcome => return outcome,
-            }
-        }
-    }
-
-    async fn read_claim(&self, id: &str, worker: &WorkerRecord) -> Result<Option<Claimed>, Status> {
-        let Some(claim) = self.store.get(&keys::claim(id)).await? else { return Ok(None) };
-        let Ok(record) = serde_json::from_slice::<ClaimRecord>(&claim.value) else { return Ok(None) };
-        if record.worker_id != worker.worker_id {
-            return Ok(None);
-        }
-        let Some((job, kv)) = self.find(id).await? else { return Ok(None) };
-        let ours = job.state == JobState::Running as i32
-            && job.worker_id == worker.worker_id
-            && job.attempts == record.attempt;
-        if !ours {
-            return Ok(None);
-        }
-        tracing::info!(job = %id, worker = %worker.worker_id, attempt = job.attempts, "job started (claim read back)");
-        let stored = StoredRecord { job: job.clone(), revision: kv.mod_revision };
-        let job = self.with_spec(job).await?;
-        let fence = Fence { secret: record.secret, revision: claim.create_revision };
-        Ok(Some(Claimed { job, fence, record: stored }))
     }
 }
