@@ -316,18 +316,19 @@ impl QueueStatusSent {
 
     /// Sends the job's queue status if it is queued, changed, and the last was sent long
     /// enough ago (`force` skips both checks: right after the stored events, and when
-    /// the job becomes next).
-    async fn send(&mut self, ctx: &SharedContext, job_id: &str, tx: &Sink, force: bool) {
+    /// the job becomes next). Returns false if the view does not have the job in line.
+    async fn send(&mut self, ctx: &SharedContext, job_id: &str, tx: &Sink, force: bool) -> bool {
         if !force && self.at.is_some_and(|at| at.elapsed() < QUEUE_STATUS_INTERVAL) {
-            return;
+            return true;
         }
-        let Some(status) = ctx.hub.queues().status(job_id) else { return };
+        let Some(status) = ctx.hub.queues().status(job_id) else { return false };
         if !force && !self.differs(&status) {
-            return;
+            return true;
         }
         self.last = Some(status);
         self.at = Some(Instant::now());
-        tx.send(Ok(Update::Queue(status))).await
+        tx.send(Ok(Update::Queue(status))).await;
+        true
     }
 }
 
@@ -378,6 +379,8 @@ async fn forward(
         sent.send(ctx, job_id, tx, true).await;
         // A queue change within the interval is sent when the interval ends.
         let mut pending = false;
+        // A status to send at once that the view could not give yet (see below).
+        let mut owed = false;
         loop {
             let wait = sent.at.map_or(Duration::ZERO, |at| QUEUE_STATUS_INTERVAL.saturating_sub(at.elapsed()));
             tokio::select! {
@@ -392,10 +395,13 @@ async fn forward(
                             Some(false) => {}
                             None => break, // a gap: list again
                         }
-                        // Back in line after a lost worker: its new place, at once (the
-                        // hub applied the entry to the view before routing the event).
+                        // Back in line after a lost worker: its new place, at once. The
+                        // requeue's transaction writes the event before the queue entry,
+                        // so the view may not have the entry yet: then it is sent at the
+                        // view's next change (unforced, a place equal to the last one sent,
+                        // 0 before the job started, would never be sent).
                         if requeued {
-                            sent.send(ctx, job_id, tx, true).await;
+                            owed = !sent.send(ctx, job_id, tx, true).await;
                         }
                     }
                     None => break, // dropped by the hub: list again
@@ -407,8 +413,8 @@ async fn forward(
                     // Becoming next is sent at once: with one slot the job may start
                     // before the interval ends, and "next" should not be skipped.
                     let now_next = sent.last.is_some_and(|s| s.position != 0) && ctx.hub.queues().is_next(job_id);
-                    if now_next {
-                        sent.send(ctx, job_id, tx, true).await;
+                    if now_next || owed {
+                        owed = !sent.send(ctx, job_id, tx, true).await;
                     } else {
                         pending = true;
                     }
@@ -417,7 +423,9 @@ async fn forward(
                     pending = false;
                     sent.send(ctx, job_id, tx, false).await;
                 }
-                _ = recheck.tick(), if in_line => sent.send(ctx, job_id, tx, false).await,
+                _ = recheck.tick(), if in_line => {
+                    sent.send(ctx, job_id, tx, false).await;
+                }
                 _ = ctx.shutdown.cancelled() => return Err(shutting_down(last)),
             }
         }
