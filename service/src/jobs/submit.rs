@@ -107,7 +107,8 @@ impl JobLifecycle {
             ..Default::default()
         };
         let entry = queue_key(&job);
-        let (depth, position) = self.place_in_line(deephardway::served_model(kind, &job.model), &entry).await?;
+        let served_model = deephardway::served_model(kind, &job.model);
+        let (depth, position) = self.place_in_line(served_model, &entry).await?;
         if depth >= self.config.max_queue_depth {
             return Err(Status::resource_exhausted(format!(
                 "the queue is full ({depth} jobs waiting, limit {}); retry later",
@@ -120,7 +121,7 @@ impl JobLifecycle {
         let mut record = job.clone();
         let spec_op = specs::split(&mut record).expect("a validated spec has an input");
         let traceparent = deephardway::traces::traceparent_of(&span);
-        let mut slot = self.free_slot(deephardway::served_model(kind, &job.model), &job).await?;
+        let mut slot = self.free_slot(served_model, &job).await?;
         let (written, started, outcome) = loop {
             let mut written = record.clone();
             let mut txn = Txn::new().when(Compare::absent(keys::job(&id)));
@@ -238,10 +239,13 @@ impl JobLifecycle {
     /// and its key has no running limit (counted under the claim's lock, see `claim_from`).
     async fn free_slot(&self, served_model: &str, job: &Job) -> Result<Option<Box<dyn HeldSlot>>, Status> {
         let (Some(slots), Some(queues)) = (&self.free_slots, &self.queues) else { return Ok(None) };
+        // The slot first: the key's limit is read only where the job could start (a held
+        // slot dropped here is free again).
+        let Some(slot) = slots.hold(served_model, queues.len(served_model)) else { return Ok(None) };
         if !job.key.is_empty() && crate::auth::api_keys::max_running_jobs(&self.store, &job.key).await? > 0 {
             return Ok(None);
         }
-        Ok(slots.hold(served_model, queues.len(served_model)))
+        Ok(Some(slot))
     }
 
     async fn by_request_id(&self, tenant: &str, request_id: &str) -> Result<Option<Job>, Status> {
