@@ -14,7 +14,10 @@
 //!
 //! Every accepted connection gets TCP keepalive (a peer that vanished without a word is
 //! found) and no Nagle delay (streamed events are small writes that Nagle and delayed
-//! ACKs would hold back by ~40 ms).
+//! ACKs would hold back by ~40 ms), and its writes batched ([`batched_writes`]): the
+//! frames of many streams woken by one event go out in one write.
+
+mod batched_writes;
 
 use std::{
     future::Future,
@@ -36,6 +39,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use batched_writes::BatchedWrites;
+
 /// TCP keepalive, for connections whose peer vanished without a word.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Connections that have spoken, waiting for the server to take them.
@@ -52,7 +57,7 @@ pub struct ConnectionLimits {
 /// a [`TlsStream`] over one (whose connect info carries the client's certificates, for
 /// `tonic::Request::peer_certs`).
 pub struct Counted<S = TcpStream> {
-    stream: S,
+    stream: BatchedWrites<S>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -60,7 +65,7 @@ impl<S: Connected> Connected for Counted<S> {
     type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.stream.get_ref().connect_info()
     }
 }
 
@@ -165,7 +170,7 @@ where
             tokio::spawn(async move {
                 match tokio::time::timeout(limits.start_timeout, started).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(Counted { stream, _permit: permit })).await;
+                        let _ = tx.send(Ok(Counted { stream: BatchedWrites::new(stream), _permit: permit })).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "closing a connection that did not start"),
                     Err(_) => tracing::debug!(%peer, "closing a connection that sent nothing"),

@@ -59,13 +59,14 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
          the clients in this process"
     );
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>13} {:>11} {:>11} {:>12} {:>10}",
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>13} {:>13} {:>11} {:>11} {:>12} {:>10}",
         "spread",
         "events",
         "p50 ms",
         "p99 ms",
         "max ms",
         "CPU µs/event",
+        "writes/event",
         "RSS MiB",
         "open MiB",
         "KiB/stream",
@@ -74,13 +75,14 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
     for jobs in [100, 1] {
         let spread = Spread::measure(&url, &channels, pid, watchers, jobs, args).await?;
         println!(
-            "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>13.1} {:>11.1} {:>11.1} {:>12.1} {:>10}",
+            "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>13.1} {:>13.3} {:>11.1} {:>11.1} {:>12.1} {:>10}",
             format!("{jobs} job(s) × {}", watchers / jobs),
             spread.delays.len(),
             ms(percentile(&spread.delays, 50.0)),
             ms(percentile(&spread.delays, 99.0)),
             ms(spread.delays.last().copied().unwrap_or_default()),
             spread.cpu.as_secs_f64() * 1e6 / spread.delays.len().max(1) as f64,
+            spread.writes as f64 / spread.delays.len().max(1) as f64,
             mib(spread.rss_before),
             mib(spread.rss_open),
             spread.kib_per_stream(watchers),
@@ -89,7 +91,8 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
     }
     println!(
         "goals: delivery p99 < {} ms; < {GOAL_KIB_PER_STREAM} KiB per stream. RSS is the service process's \
-         (VmRSS); CPU µs/event is the service process's CPU time while the jobs ran, per event delivered to a stream; \"returned\" is the share of the growth while streams were open given back 12 s after they closed (serve trims every 10 s).",
+         (VmRSS); CPU µs/event is the service process's CPU time while the jobs ran, per event delivered to a stream; \
+         writes/event its write system calls (all sockets, and its threads waking each other) per event delivered; \"returned\" is the share of the growth while streams were open given back 12 s after they closed (serve trims every 10 s).",
         GOAL_P99.as_millis()
     );
     serve.kill().await.ok();
@@ -104,6 +107,9 @@ struct Spread {
     /// The service's CPU time (user and system) while the jobs ran and their events
     /// were delivered.
     cpu: Duration,
+    /// The service's write system calls in the same time (`syscw`): with many streams on
+    /// a connection, one write should carry many of their events.
+    writes: u64,
     rss_before: u64,
     rss_open: u64,
     rss_after: u64,
@@ -165,6 +171,7 @@ impl Spread {
             })
             .collect();
         let cpu_before = cpu_time(pid)?;
+        let writes_before = write_calls(pid)?;
         let worker = Worker::start(url);
         let started = Instant::now();
         let mut delays = Vec::new();
@@ -172,13 +179,14 @@ impl Spread {
             delays.extend(reader.await?);
         }
         let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+        let writes = write_calls(pid)?.saturating_sub(writes_before);
         worker.stop().await;
         anyhow::ensure!(!delays.is_empty(), "no live event was delivered in {:?}", started.elapsed());
         delays.sort();
         // Longer than `serve`'s trim period (`memory::TRIM_EVERY`).
         tokio::time::sleep(crate::memory::TRIM_EVERY + Duration::from_secs(2)).await;
         let rss_after = rss(pid)?;
-        Ok(Spread { delays, cpu, rss_before, rss_open, rss_after })
+        Ok(Spread { delays, cpu, writes, rss_before, rss_open, rss_after })
     }
 
     fn kib_per_stream(&self, watchers: usize) -> f64 {
@@ -246,6 +254,15 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .context("no VmRSS in /proc/PID/status")?;
     Ok(kib * 1024)
+}
+
+/// The write system calls process `pid` has made so far (`syscw` in `/proc/PID/io`).
+fn write_calls(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no syscw in /proc/PID/io")
 }
 
 /// The CPU time (user and system) process `pid` has used so far.
