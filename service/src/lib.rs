@@ -30,7 +30,8 @@
 //! - [`web`]: what browsers need: CORS for grpc-web, and the built web client's files.
 //! - [`server`]: everything above on one port, with grpc-web, reflection and health;
 //!   [`decode_errors`]: INVALID_ARGUMENT for a request that does not decode;
-//!   [`connections`]: how many connections it keeps, and how soon each must speak;
+//!   [`connections`]: how many connections it keeps, how soon each must speak, and
+//!   its writes batched across streams;
 //!   [`tls`]: TLS and mutual TLS on that port (rustls).
 //! - [`local_etcd`]: a throwaway etcd process (or a cluster of them, to fail members), for
 //!   the benchmark and the tests.
