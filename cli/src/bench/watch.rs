@@ -247,22 +247,21 @@ async fn connect_when_up(url: &str) -> anyhow::Result<tonic::transport::Channel>
 
 /// The resident memory of process `pid`, in bytes.
 fn rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("no VmRSS in /proc/PID/status")?;
-    Ok(kib * 1024)
+    Ok(proc_field(pid, "status", "VmRSS")?.trim_end_matches("kB").trim().parse::<u64>()? * 1024)
 }
 
 /// The write system calls process `pid` has made so far (`syscw` in `/proc/PID/io`).
 fn write_calls(pid: u32) -> anyhow::Result<u64> {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("syscw:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no syscw in /proc/PID/io")
+    Ok(proc_field(pid, "io", "syscw")?.parse()?)
+}
+
+/// The value of the `name:` line of `/proc/PID/file`, trimmed.
+fn proc_field(pid: u32, file: &str, name: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .with_context(|| format!("no {name} in /proc/PID/{file}"))
 }
 
 /// The CPU time (user and system) process `pid` has used so far.
