@@ -59,13 +59,16 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
          the clients in this process"
     );
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>13} {:>13} {:>11} {:>11} {:>12} {:>10}",
+        "{:<22} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>13} {:>13} {:>13} {:>11} {:>11} {:>12} {:>10}",
         "spread",
         "events",
         "p50 ms",
         "p99 ms",
+        "others p99",
+        "ending p99",
         "max ms",
         "CPU µs/event",
+        "client µs/ev",
         "writes/event",
         "RSS MiB",
         "open MiB",
@@ -75,13 +78,16 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
     for jobs in [100, 1] {
         let spread = Spread::measure(&url, &channels, pid, watchers, jobs, args).await?;
         println!(
-            "{:<22} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>13.1} {:>13.3} {:>11.1} {:>11.1} {:>12.1} {:>10}",
+            "{:<22} {:>9} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>9.1} {:>13.1} {:>13.1} {:>13.3} {:>11.1} {:>11.1} {:>12.1} {:>10}",
             format!("{jobs} job(s) × {}", watchers / jobs),
             spread.delays.len(),
             ms(percentile(&spread.delays, 50.0)),
             ms(percentile(&spread.delays, 99.0)),
+            ms(spread.others_p99),
+            ms(spread.ending_p99),
             ms(spread.delays.last().copied().unwrap_or_default()),
             spread.cpu.as_secs_f64() * 1e6 / spread.delays.len().max(1) as f64,
+            spread.client_cpu.as_secs_f64() * 1e6 / spread.delays.len().max(1) as f64,
             spread.writes as f64 / spread.delays.len().max(1) as f64,
             mib(spread.rss_before),
             mib(spread.rss_open),
@@ -90,9 +96,10 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
         );
     }
     println!(
-        "goals: delivery p99 < {} ms; < {GOAL_KIB_PER_STREAM} KiB per stream. RSS is the service process's \
-         (VmRSS); CPU µs/event is the service process's CPU time while the jobs ran, per event delivered to a stream; \
-         writes/event its write system calls (all sockets, and its threads waking each other) per event delivered; \"returned\" is the share of the growth while streams were open given back 12 s after they closed (serve trims every 10 s).",
+        "goals: delivery p99 < {} ms; < {GOAL_KIB_PER_STREAM} KiB per stream. \"ending p99\" is the p99 of the events \
+         committed with a job's final one, whose delivery also ends the stream, \"others p99\" that of the rest. RSS is the service process's \
+         (VmRSS); CPU µs/event is the service process's CPU time while the jobs ran, per event delivered to a stream, \
+         client µs/ev this process's (the watchers' side); writes/event its write system calls (all sockets, and its threads waking each other) per event delivered; \"returned\" is the share of the growth while streams were open given back 12 s after they closed (serve trims every 10 s).",
         GOAL_P99.as_millis()
     );
     serve.kill().await.ok();
@@ -104,9 +111,17 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
 struct Spread {
     /// Sorted delivery delays of live events.
     delays: Vec<Duration>,
+    /// The p99 of the other events.
+    others_p99: Duration,
+    /// The p99 of the events committed with a job's final one: each of those deliveries
+    /// also ends its stream (trailers, the stream's teardown on both sides).
+    ending_p99: Duration,
     /// The service's CPU time (user and system) while the jobs ran and their events
     /// were delivered.
     cpu: Duration,
+    /// This process's CPU time in the same span: the watchers' side (and the in-process
+    /// worker, a small share), on the same cores as the service.
+    client_cpu: Duration,
     /// The service's write system calls in the same time (`syscw`): with many streams on
     /// a connection, one write should carry many of their events.
     writes: u64,
@@ -154,31 +169,48 @@ impl Spread {
             .into_iter()
             .map(|mut stream| {
                 tokio::spawn(async move {
+                    // (commit time, delay) of each live event.
                     let mut delays = Vec::new();
+                    let mut final_time = None;
                     while let Ok(Some(message)) = stream.message().await {
                         let Some(event) = message.event else { continue };
                         let arrived = SystemTime::now();
                         let Some(time) = event.time.and_then(|t| SystemTime::try_from(t).ok()) else { continue };
                         if time >= live_from {
-                            delays.push(arrived.duration_since(time).unwrap_or_default());
+                            delays.push((time, arrived.duration_since(time).unwrap_or_default()));
                         }
                         if event.event.as_ref().is_some_and(deephardway::is_final) {
+                            final_time = Some(time);
                             break;
                         }
                     }
-                    delays
+                    // Split: the events committed with the final one, and the others.
+                    let (ending, others): (Vec<_>, Vec<_>) =
+                        delays.into_iter().partition(|(time, _)| Some(*time) == final_time);
+                    (
+                        others.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
+                        ending.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
+                    )
                 })
             })
             .collect();
         let cpu_before = cpu_time(pid)?;
+        let client_cpu_before = cpu_time(std::process::id())?;
         let writes_before = write_calls(pid)?;
         let worker = Worker::start(url);
         let started = Instant::now();
-        let mut delays = Vec::new();
+        let (mut delays, mut ending) = (Vec::new(), Vec::new());
         for reader in readers {
-            delays.extend(reader.await?);
+            let (others, with_final) = reader.await?;
+            delays.extend(others);
+            ending.extend(with_final);
         }
+        ending.sort();
+        delays.sort();
+        let (others_p99, ending_p99) = (percentile(&delays, 99.0), percentile(&ending, 99.0));
+        delays.extend(ending);
         let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+        let client_cpu = cpu_time(std::process::id())?.saturating_sub(client_cpu_before);
         let writes = write_calls(pid)?.saturating_sub(writes_before);
         worker.stop().await;
         anyhow::ensure!(!delays.is_empty(), "no live event was delivered in {:?}", started.elapsed());
@@ -186,7 +218,7 @@ impl Spread {
         // Longer than `serve`'s trim period (`memory::TRIM_EVERY`).
         tokio::time::sleep(crate::memory::TRIM_EVERY + Duration::from_secs(2)).await;
         let rss_after = rss(pid)?;
-        Ok(Spread { delays, cpu, writes, rss_before, rss_open, rss_after })
+        Ok(Spread { delays, others_p99, ending_p99, cpu, client_cpu, writes, rss_before, rss_open, rss_after })
     }
 
     fn kib_per_stream(&self, watchers: usize) -> f64 {
