@@ -16,6 +16,12 @@
 //! and ordinary submits add at the back, both O(1) in a deque; an entry with a higher
 //! priority is inserted in the middle, moving at most half the line's keys (pointers).
 //!
+//! Every change to a line moves the place of every job behind it, so a watcher that woke
+//! at each one would cost the replica (waiting watchers × dispatches) wake-ups. A watcher
+//! follows [`QueueView::changes`] only until it has a status to send (sent at most every
+//! 250 ms); until then it waits on its job's [`QueueView::next_signal`], which changes
+//! only when that job becomes first in its line, so that "next" still goes out at once.
+//!
 //! The dispatch rate counts claims: a queue entry deleted in the same revision as the
 //! job's claim was put (one claim transaction does both). Cancels and dropped stale
 //! entries also delete entries but are not starts, so they do not count.
@@ -60,6 +66,9 @@ struct State {
     revision: i64,
     departed: HashMap<String, String>,
     claimed: HashSet<String>,
+    /// Job id → the signal its watchers wait on to learn, without following every
+    /// change to the lines, that it became first in its line (see [`QueueView::next_signal`]).
+    next_signals: HashMap<String, watch::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -161,6 +170,13 @@ impl QueueView {
                 state.lines.entry(model.to_string()).or_default().order.insert(order);
             }
         }
+        // Every signal fires: a job may have become next, or left the line, in the
+        // revisions the view missed (its watchers look again).
+        let State { next_signals, entries, .. } = &mut *state;
+        next_signals.retain(|id, signal| {
+            signal.send_replace(());
+            entries.contains_key(id)
+        });
         drop(state);
         self.seen_up_to(revision);
         self.bump();
@@ -224,6 +240,7 @@ impl QueueView {
             return;
         }
         let Some((model, order, id)) = entry else { return };
+        let head_before = state.lines.get(model).and_then(|line| line.order.first().cloned());
         match event.kind {
             EventKind::Put => {
                 state.entries.insert(id.to_string(), (model.to_string(), order.to_string()));
@@ -239,7 +256,16 @@ impl QueueView {
                 } else {
                     state.departed.insert(id.to_string(), model.to_string());
                 }
+                // Out of line: its watchers' signal closes (they stop waiting on it).
+                state.next_signals.remove(id);
             }
+        }
+        // A new first in line: its watchers' signal changes.
+        if let Some(head) = state.lines.get(model).and_then(|line| line.order.first())
+            && Some(head) != head_before.as_ref()
+            && let Some(signal) = state.next_signals.get(keys::last_segment(head))
+        {
+            signal.send_replace(());
         }
         drop(state);
         self.bump();
@@ -268,6 +294,19 @@ impl QueueView {
             prost_types::Timestamp::from(SystemTime::now() + wait)
         });
         Some(QueueStatus { position, estimated_start_time, dispatch_rate: rate.unwrap_or(0.0) })
+    }
+
+    /// A signal that changes when `job_id` becomes first in its line, and closes when it
+    /// leaves the line; `None` if it is not in line. A watcher waits on this instead of
+    /// on [`QueueView::changes`] between the statuses it sends: with many jobs waiting,
+    /// every dispatch changes every line's positions, and waking every watcher at each
+    /// one would cost the replica (watchers × dispatches) wake-ups.
+    pub fn next_signal(&self, job_id: &str) -> Option<watch::Receiver<()>> {
+        let mut state = self.state.lock().expect("queue view lock");
+        if !state.entries.contains_key(job_id) {
+            return None;
+        }
+        Some(state.next_signals.entry(job_id.to_string()).or_insert_with(|| watch::channel(()).0).subscribe())
     }
 
     /// Whether `job_id` is first in its line: cheap (no rank), for watchers deciding
@@ -345,6 +384,37 @@ mod tests {
         view.apply(&event(EventKind::Delete, &b, 6));
         assert_eq!(view.state.lock().unwrap().lines["m"].starts.len(), starts);
         assert!(view.is_empty("m"));
+    }
+
+    #[test]
+    fn a_next_signal_changes_only_when_its_job_becomes_first_and_closes_when_it_leaves() {
+        let view = QueueView::new();
+        let entries: Vec<String> = (0..4).map(|i| keys::queue_entry("m", 0, i, &format!("j{i}"))).collect();
+        view.reset(&entries.iter().map(|key| kv(key, 1)).collect::<Vec<_>>(), 1);
+        let mut last = view.next_signal("j3").expect("j3 is in line");
+        let mut third = view.next_signal("j2").expect("j2 is in line");
+        assert!(view.next_signal("elsewhere").is_none(), "no signal for a job not in line");
+        // Jobs join behind and in other lines, the first starts: j3 is not first yet.
+        view.apply(&event(EventKind::Put, &keys::queue_entry("m", 0, 9, "late"), 2));
+        view.apply(&event(EventKind::Put, &keys::queue_entry("other", 0, 1, "x"), 3));
+        view.apply(&event(EventKind::Delete, &entries[0], 4));
+        assert!(!last.has_changed().unwrap(), "three moves of the lines, and j3 is still behind");
+        assert!(!third.has_changed().unwrap());
+        view.apply(&event(EventKind::Delete, &entries[1], 5));
+        assert!(third.has_changed().unwrap(), "j2 is first now");
+        third.mark_unchanged();
+        // A higher priority goes ahead of j2, then starts: j2 is first again.
+        let urgent = keys::queue_entry("m", 50, 7, "urgent");
+        view.apply(&event(EventKind::Put, &urgent, 6));
+        view.apply(&event(EventKind::Delete, &urgent, 7));
+        assert!(third.has_changed().unwrap(), "first again after the urgent job");
+        view.apply(&event(EventKind::Delete, &entries[2], 8));
+        assert!(third.has_changed().is_err(), "j2 left the line: its signal is closed");
+        assert!(last.has_changed().unwrap(), "j3 is first now");
+        last.mark_unchanged();
+        view.apply(&event(EventKind::Delete, &entries[3], 9));
+        assert!(last.has_changed().is_err());
+        assert!(view.state.lock().unwrap().next_signals.is_empty(), "no signal outlives its job's place in line");
     }
 
     #[test]

@@ -79,9 +79,15 @@ pub struct BenchArgs {
     #[arg(long)]
     retention_s: Option<u64>,
     /// Measure watch fan-out instead: this many concurrent WatchJob streams on one
-    /// `serve` process, over 100 jobs and then one (steps at least 10 of 100 ms).
+    /// `serve` process, over 100 jobs and then one (see --spreads; steps at least 10 of
+    /// 100 ms).
     #[arg(long, conflicts_with_all = ["embed", "generate"])]
     watchers: Option<usize>,
+    /// With --watchers: the numbers of jobs to spread the streams over, one measurement
+    /// each. The in-process worker runs 128 jobs at a time, so with more jobs than that
+    /// the rest wait in line, their streams following their places.
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1], requires = "watchers")]
+    spreads: Vec<usize>,
 }
 
 struct Latencies {

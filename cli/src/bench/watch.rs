@@ -1,9 +1,11 @@
 //! `deephardway bench --watchers N`: watch fan-out. N concurrent `WatchJob` streams on one
 //! `deephardway serve` process (a child, embedded store, so that its memory is its own),
-//! spread over 100 jobs and then all on one job. For each spread it prints the delivery
-//! delay of live events (from the event's commit time, `JobEvent.time`, to its arrival at
-//! the watcher; same machine, same clock), the service's memory per open stream, and how
-//! much of that memory it gives back once the streams have closed — with the goals beside.
+//! spread over 100 jobs and then all on one job (or over the numbers of jobs `--spreads`
+//! names). For each spread it prints the delivery delay of live events (from the event's
+//! commit time, `JobEvent.time`, to its arrival at the watcher; same machine, same clock),
+//! the service's memory per open stream, and how much of that memory it gives back once
+//! the streams have closed — with the goals beside. With more jobs than the worker's 128
+//! slots, the rest wait in line and their streams follow their places.
 //!
 //! The streams are opened while the jobs wait in line (the worker is away: submits are
 //! accepted for a model served lately), so that every event measured is delivered live to
@@ -75,7 +77,7 @@ pub async fn run(args: &BenchArgs, watchers: usize) -> anyhow::Result<ExitCode> 
         "KiB/stream",
         "returned"
     );
-    for jobs in [100, 1] {
+    for &jobs in &args.spreads {
         let spread = Spread::measure(&url, &channels, pid, watchers, jobs, args).await?;
         println!(
             "{:<22} {:>9} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>9.1} {:>13.1} {:>13.1} {:>13.3} {:>11.1} {:>11.1} {:>12.1} {:>10}",

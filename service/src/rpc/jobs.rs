@@ -22,7 +22,10 @@ use deephardway::{
     },
 };
 use futures::{Stream, StreamExt};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tonic::{Request, Response, Status};
 
 use super::SharedContext;
@@ -283,6 +286,8 @@ async fn deliver(tx: &Sink, event: JobEvent, last: &mut u64) -> Option<bool> {
 
 /// Queue statuses are sent at most this often per stream.
 const QUEUE_STATUS_INTERVAL: Duration = Duration::from_millis(250);
+/// ... and no sooner than this after the change they report (see `forward`).
+const QUEUE_STATUS_SETTLE: Duration = Duration::from_millis(100);
 /// ... and re-checked at least this often, as the estimate moves with the rate even
 /// while the line does not.
 const QUEUE_STATUS_RECHECK: Duration = Duration::from_secs(1);
@@ -314,6 +319,11 @@ impl QueueStatusSent {
         }
     }
 
+    /// Whether the job is now first in its line and the last status sent did not say so.
+    fn became_next(&self, ctx: &SharedContext, job_id: &str) -> bool {
+        self.last.is_some_and(|s| s.position != 0) && ctx.hub.queues().is_next(job_id)
+    }
+
     /// Sends the job's queue status if it is queued, changed, and the last was sent long
     /// enough ago (`force` skips both checks: right after the stored events, and when
     /// the job becomes next). Returns false if the view does not have the job in line.
@@ -329,6 +339,14 @@ impl QueueStatusSent {
         self.at = Some(Instant::now());
         tx.send(Ok(Update::Queue(status))).await;
         true
+    }
+}
+
+/// The next change of `signal`, or never if there is none.
+async fn wait_for(signal: &mut Option<watch::Receiver<()>>) -> Result<(), watch::error::RecvError> {
+    match signal {
+        Some(signal) => signal.changed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -377,12 +395,15 @@ async fn forward(
         // Where a queued job stands now, whatever was sent before (a resumed watcher
         // gets it again at once).
         sent.send(ctx, job_id, tx, true).await;
-        // A queue change within the interval is sent when the interval ends.
-        let mut pending = false;
+        // A status due for the changes since the last one sent: when, if any.
+        let mut pending: Option<Instant> = None;
+        // While one is due, the stream stops following every change to the lines (each
+        // dispatch anywhere moves them: a wake-up per waiting watcher per dispatch) and
+        // waits on this instead, which changes only when its job becomes next.
+        let mut next_signal: Option<watch::Receiver<()>> = None;
         // A status to send at once that the view could not give yet (see below).
         let mut owed = false;
         loop {
-            let wait = sent.at.map_or(Duration::ZERO, |at| QUEUE_STATUS_INTERVAL.saturating_sub(at.elapsed()));
             tokio::select! {
                 event = live.recv() => match event {
                     Some(event) => {
@@ -401,29 +422,50 @@ async fn forward(
                         // view's next change (unforced, a place equal to the last one sent,
                         // 0 before the job started, would never be sent).
                         if requeued {
+                            (pending, next_signal) = (None, None);
                             owed = !sent.send(ctx, job_id, tx, true).await;
                         }
                     }
                     None => break, // dropped by the hub: list again
                 },
-                changed = queue_changes.changed(), if in_line => {
+                changed = queue_changes.changed(), if in_line && (pending.is_none() || owed) => {
                     if changed.is_err() {
                         return Err(shutting_down(last));
                     }
+                    // Signalled from here on (taken before the look below, so that
+                    // becoming next just after it is not missed).
+                    if next_signal.as_ref().is_none_or(|signal| signal.has_changed().is_err()) {
+                        next_signal = ctx.hub.queues().next_signal(job_id);
+                    }
                     // Becoming next is sent at once: with one slot the job may start
                     // before the interval ends, and "next" should not be skipped.
-                    let now_next = sent.last.is_some_and(|s| s.position != 0) && ctx.hub.queues().is_next(job_id);
-                    if now_next || owed {
+                    if owed || sent.became_next(ctx, job_id) {
                         owed = !sent.send(ctx, job_id, tx, true).await;
                     } else {
-                        pending = true;
+                        // Sent once the interval since the last status has passed, and no
+                        // sooner than a moment after this change: a dispatcher filling free
+                        // slots moves the line many times in a few milliseconds, and a
+                        // status sent at the first move would be stale on arrival (or, for
+                        // a job started in the same wave, superseded by `started`).
+                        let interval_end = sent.at.map_or(Instant::now(), |at| at + QUEUE_STATUS_INTERVAL);
+                        pending = Some(interval_end.max(Instant::now() + QUEUE_STATUS_SETTLE));
                     }
                 }
-                _ = tokio::time::sleep(wait), if pending && in_line => {
-                    pending = false;
+                signalled = wait_for(&mut next_signal), if in_line && pending.is_some() => {
+                    if signalled.is_err() {
+                        // Out of line (it started or was cancelled): its event follows.
+                        next_signal = None;
+                    } else if sent.became_next(ctx, job_id) {
+                        pending = None;
+                        owed = !sent.send(ctx, job_id, tx, true).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(pending.unwrap_or_else(Instant::now)), if in_line && pending.is_some() => {
+                    pending = None;
                     sent.send(ctx, job_id, tx, false).await;
                 }
-                _ = recheck.tick(), if in_line => {
+                // (Not while a status is due: that one goes out with what the check would.)
+                _ = recheck.tick(), if in_line && pending.is_none() => {
                     sent.send(ctx, job_id, tx, false).await;
                 }
                 _ = ctx.shutdown.cancelled() => return Err(shutting_down(last)),
