@@ -2,7 +2,8 @@
 //! of 20 queued jobs sees its position fall to 0, then `started`, with estimates close to
 //! the real wait; positions cost no store writes (writes per dispatch do not grow with
 //! the queue); a resumed watcher, GetJob and WatchJobs show the current position; a job
-//! put back in line after its worker was killed shows its new one.
+//! put back in line after its worker was killed shows its new one; the moves of a
+//! dispatch wave reach a waiting watcher as one status.
 
 mod support;
 
@@ -180,6 +181,58 @@ async fn writes_per_dispatch(queued: usize) -> f64 {
     server.shutdown().await;
     // The cancel of the long job is a few writes; spread over the jobs they are noise.
     (after - before) as f64 / queued as f64
+}
+
+/// Four slots free at once: the line moves four times within milliseconds. A waiting
+/// watcher gets those moves as one status, sent a moment (100 ms) after the first, not a
+/// status at the first move and another when the interval ends: before, every move woke
+/// every waiting stream, and the first one sent at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_wave_reaches_a_waiting_watcher_as_one_status_after_it() {
+    let backend = Backend::embedded().await;
+    let server = TestServer::start(backend.open().await).await;
+    let _worker = TestWorker::start(&server.url, "w1", 4);
+    wait_for_workers(&server.url, 1).await;
+    let mut client = server.client().await;
+    let mut blockers = Vec::new();
+    for _ in 0..4 {
+        blockers.push(block_the_slot(&mut client).await);
+    }
+    let mut queued = Vec::new();
+    for _ in 0..10 {
+        queued.push(create(&mut client, diagnostic(10_000, 10)).await);
+    }
+    let last = queued.last().unwrap().clone();
+    let mut stream = watch(&mut client, &last.id, 0).await.expect("WatchJob");
+    let mut seen = Vec::new();
+    let within = Duration::from_secs(60);
+    read_until(&mut stream, &mut seen, within, |s| matches!(s, Seen::Status(..))).await;
+    let Some(Seen::Status(first, _)) = seen.last() else { unreachable!() };
+    assert_eq!(first.position, 9);
+    // Longer than the interval between statuses, so that none is held back by it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let freed = Instant::now();
+    let cancels = blockers.iter().map(|job| {
+        let mut client = client.clone();
+        async move { cancel(&mut client, &job.id).await }
+    });
+    futures::future::join_all(cancels).await;
+    // The first status that shows the line moved (one with only a new estimate may come
+    // before it).
+    let moved = loop {
+        read_until(&mut stream, &mut seen, within, |s| matches!(s, Seen::Status(..))).await;
+        match seen.last() {
+            Some(Seen::Status(status, _)) if status.position < 9 => break *status,
+            _ => continue,
+        }
+    };
+    let after = freed.elapsed();
+    assert!(
+        after >= Duration::from_millis(100),
+        "the moves' status came {after:?} after the slots were freed, before the wave settled: {seen:?}"
+    );
+    assert!(moved.position >= 5, "{moved:?}");
+    eprintln!("status {after:?} after the slots were freed: position {}", moved.position);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
