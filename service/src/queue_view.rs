@@ -5,11 +5,13 @@
 //! dispatch (O(queue length)). Every replica already sees every change to `/dhw/queue/`
 //! through its one store watch ([`crate::hub`]), and queue keys sort in dispatch order,
 //! so each replica keeps an ordered set of keys per served model and answers
-//! "position of job X" as a rank query. The hub feeds it from its watch task, in
-//! revision order and before it routes the same revision's job events, so a watcher
-//! that receives a `started` event never sees the job in line afterwards; it loads the
-//! queues with one range at start and again whenever the watch had to restart from a
-//! newer revision (compaction).
+//! "position of job X" as a rank query. The hub feeds it from its watch task, each
+//! event in the order the store wrote it and before it routes the next. A claim deletes
+//! the queue entry before it writes `started`, so a watcher that receives `started` never
+//! sees the job in line afterwards; a requeue writes `queued` before the entry (see
+//! `rpc::jobs`, which sends that place when the view has it). The hub loads the queues
+//! with one range at start and again whenever the watch had to restart from a newer
+//! revision (compaction).
 //!
 //! A line is a sorted `VecDeque` of order keys, so a rank is a binary search: O(log n)
 //! for every watcher that asks, however long the line. Dispatch takes from the front
