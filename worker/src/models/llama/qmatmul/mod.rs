@@ -260,8 +260,13 @@ impl Stacked<'_> {
         }
         let starts = &starts;
         // Groups of eight weight rows are the unit of work: each is read from memory once
-        // and multiplied against the activation rows a few at a time.
-        candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
+        // and multiplied against the activation rows a few at a time. The pool hands out
+        // pairs of groups: the AVX-512 kernel takes two at once, and a share of an odd
+        // number of groups (the pool's shares are a sixteenth of the items, rounded up:
+        // 5 of a 576-row matrix's 72 groups) left one of every share to the AVX2 kernel.
+        let pairs = groups.div_ceil(2);
+        candle_core::utils::barrier_pool().execute_chunked(pairs, |pairs| {
+            let range = 2 * pairs.start..(2 * pairs.end).min(groups);
             let mut item = range.start;
             while item < range.end {
                 // The run of this range's groups that belong to one matrix, a few at a
