@@ -7,8 +7,8 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use deephardway::v1::{
     CancelJobRequest, ChatMessage, CreateDatasetRequest, CreateJobRequest, DeleteDatasetRequest, DiagnosticInput,
-    GenerateInput, GetDatasetRequest, GetJobRequest, Job, JobKind, JobSpec, JobState, JobView, ListDatasetsRequest,
-    ListJobsRequest, ListModelsRequest, RunJobRequest, TrainInput, WatchJobsRequest,
+    GenerateInput, GetDatasetRequest, GetJobRequest, Job, JobEvent, JobKind, JobSpec, JobState, JobView,
+    ListDatasetsRequest, ListJobsRequest, ListModelsRequest, RunJobRequest, TrainInput, WatchJobsRequest,
     dataset_service_client::DatasetServiceClient, job_event::Event, job_result, job_spec::Input,
     model_service_client::ModelServiceClient,
 };
@@ -52,6 +52,7 @@ on_both_backends!(
     full_queue_is_resource_exhausted,
     finished_jobs_are_removed_after_retention,
     output_bursts_are_coalesced,
+    a_jobs_first_output_is_written_at_once,
     watch_jobs_sends_a_snapshot_then_live_changes,
     list_jobs_pages_newest_first,
     views_leave_out_inputs_and_results_where_asked,
@@ -582,6 +583,34 @@ async fn output_bursts_are_coalesced(backend: Backend) {
     assert!(outputs.len() < 100, "300 chunks written as {} events", outputs.len());
     let steps = events.iter().filter(|e| matches!(&e.event, Some(Event::Progress(_)))).count();
     assert_eq!(steps, 300, "every step's progress is kept");
+    server.shutdown().await;
+}
+
+/// A job's first output (a streamed text's first token) is written as it comes, not at
+/// the session's next flush: with a 10 s flush interval, the first of two outputs half a
+/// second apart is committed before the second and the result, not with them.
+async fn a_jobs_first_output_is_written_at_once(backend: Backend) {
+    let config = ServiceConfig { output_coalesce: Duration::from_secs(10), ..test_config() };
+    let server = TestServer::start_with(backend.open().await, config).await;
+    let _worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+    let mut client = server.client().await;
+    let spec = JobSpec {
+        input: Some(Input::Diagnostic(DiagnosticInput {
+            steps: 2,
+            step_ms: 500,
+            output_per_step: "tok ".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let events = run(&mut client, spec, Duration::from_secs(20)).await;
+    let time = |e: &JobEvent| std::time::SystemTime::try_from(e.time.expect("a commit time")).expect("a valid time");
+    let first_output = events.iter().find(|e| matches!(e.event, Some(Event::Output(_)))).expect("an output");
+    let result = events.last().expect("events");
+    assert!(matches!(result.event, Some(Event::Result(_))), "{events:?}");
+    let ahead = time(result).duration_since(time(first_output)).unwrap_or_default();
+    assert!(ahead >= Duration::from_millis(250), "the first output was committed {ahead:?} before the result");
     server.shutdown().await;
 }
 

@@ -520,12 +520,18 @@ impl Session {
             }
         };
         let last = is_final(&event);
+        let first_output = matches!(event, Event::Output(_)) && running.first_output.is_none();
         observe_latency(self.ctx.lifecycle.metrics(), running, &event);
         running.wait(event);
         if last {
             // Don't make the job's watchers wait for the next tick; write everyone's
             // pending reports with it.
             self.flush_all();
+        } else if first_output {
+            // Nor for a job's first output (a streamed text's first token: the wait a
+            // user of streamed generation feels most). The outputs after it are
+            // coalesced until the tick, as ever.
+            self.write(&job_id);
         }
     }
 
