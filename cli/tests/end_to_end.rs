@@ -551,26 +551,29 @@ async fn finished_jobs_are_removed_after_retention(backend: Backend) {
     panic!("job {id} was still there 10 s after a 1 s retention");
 }
 
+/// A server whose worker sessions write reports every `interval`, with a worker of one
+/// slot connected.
+async fn flushing_every(backend: Backend, interval: Duration) -> (TestServer, TestWorker) {
+    let config = ServiceConfig { output_coalesce: interval, ..test_config() };
+    let server = TestServer::start_with(backend.open().await, config).await;
+    let worker = TestWorker::start(&server.url, "w1", 1);
+    wait_for_workers(&server.url, 1).await;
+    (server, worker)
+}
+
+/// A diagnostic job that emits the output "tok " after each step.
+fn output_per_step(steps: u32, step_ms: u32) -> JobSpec {
+    let input = DiagnosticInput { steps, step_ms, output_per_step: "tok ".into(), ..Default::default() };
+    JobSpec { input: Some(Input::Diagnostic(input)), ..Default::default() }
+}
+
 /// A burst of 300 steps, each with output: the outputs are merged into few events, none
 /// lost or reordered. The flush interval is longer than the burst, so the session holds
 /// all of it at once: more reports than one store transaction may carry (etcd refuses
 /// more than 128 operations), which it must write in several.
 async fn output_bursts_are_coalesced(backend: Backend) {
-    let config = ServiceConfig { output_coalesce: Duration::from_millis(500), ..test_config() };
-    let server = TestServer::start_with(backend.open().await, config).await;
-    let _worker = TestWorker::start(&server.url, "w1", 1);
-    wait_for_workers(&server.url, 1).await;
-    let mut client = server.client().await;
-    let spec = JobSpec {
-        input: Some(Input::Diagnostic(DiagnosticInput {
-            steps: 300,
-            step_ms: 0,
-            output_per_step: "tok ".into(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    let events = run(&mut client, spec, Duration::from_secs(20)).await;
+    let (server, _worker) = flushing_every(backend, Duration::from_millis(500)).await;
+    let events = run(&mut server.client().await, output_per_step(300, 0), Duration::from_secs(20)).await;
     assert_contiguous(&events, 1);
     let outputs: Vec<&str> = events
         .iter()
@@ -590,21 +593,8 @@ async fn output_bursts_are_coalesced(backend: Backend) {
 /// the session's next flush: with a 10 s flush interval, the first of two outputs half a
 /// second apart is committed before the second and the result, not with them.
 async fn a_jobs_first_output_is_written_at_once(backend: Backend) {
-    let config = ServiceConfig { output_coalesce: Duration::from_secs(10), ..test_config() };
-    let server = TestServer::start_with(backend.open().await, config).await;
-    let _worker = TestWorker::start(&server.url, "w1", 1);
-    wait_for_workers(&server.url, 1).await;
-    let mut client = server.client().await;
-    let spec = JobSpec {
-        input: Some(Input::Diagnostic(DiagnosticInput {
-            steps: 2,
-            step_ms: 500,
-            output_per_step: "tok ".into(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    let events = run(&mut client, spec, Duration::from_secs(20)).await;
+    let (server, _worker) = flushing_every(backend, Duration::from_secs(10)).await;
+    let events = run(&mut server.client().await, output_per_step(2, 500), Duration::from_secs(20)).await;
     let time = |e: &JobEvent| std::time::SystemTime::try_from(e.time.expect("a commit time")).expect("a valid time");
     let first_output = events.iter().find(|e| matches!(e.event, Some(Event::Output(_)))).expect("an output");
     let result = events.last().expect("events");
