@@ -551,9 +551,10 @@ async fn finished_jobs_are_removed_after_retention(backend: Backend) {
     panic!("job {id} was still there 10 s after a 1 s retention");
 }
 
-/// A server whose worker sessions write reports every `interval`, with a worker of one
+/// A server on `backend` (which the caller keeps: dropping it stops its etcd and removes
+/// its files) whose worker sessions write reports every `interval`, with a worker of one
 /// slot connected.
-async fn flushing_every(backend: Backend, interval: Duration) -> (TestServer, TestWorker) {
+async fn flushing_every(backend: &Backend, interval: Duration) -> (TestServer, TestWorker) {
     let config = ServiceConfig { output_coalesce: interval, ..test_config() };
     let server = TestServer::start_with(backend.open().await, config).await;
     let worker = TestWorker::start(&server.url, "w1", 1);
@@ -572,7 +573,7 @@ fn output_per_step(steps: u32, step_ms: u32) -> JobSpec {
 /// all of it at once: more reports than one store transaction may carry (etcd refuses
 /// more than 128 operations), which it must write in several.
 async fn output_bursts_are_coalesced(backend: Backend) {
-    let (server, _worker) = flushing_every(backend, Duration::from_millis(500)).await;
+    let (server, _worker) = flushing_every(&backend, Duration::from_millis(500)).await;
     let events = run(&mut server.client().await, output_per_step(300, 0), Duration::from_secs(20)).await;
     assert_contiguous(&events, 1);
     let outputs: Vec<&str> = events
@@ -593,7 +594,7 @@ async fn output_bursts_are_coalesced(backend: Backend) {
 /// the session's next flush: with a 10 s flush interval, the first of two outputs half a
 /// second apart is committed before the second and the result, not with them.
 async fn a_jobs_first_output_is_written_at_once(backend: Backend) {
-    let (server, _worker) = flushing_every(backend, Duration::from_secs(10)).await;
+    let (server, _worker) = flushing_every(&backend, Duration::from_secs(10)).await;
     let events = run(&mut server.client().await, output_per_step(2, 500), Duration::from_secs(20)).await;
     let time = |e: &JobEvent| std::time::SystemTime::try_from(e.time.expect("a commit time")).expect("a valid time");
     let first_output = events.iter().find(|e| matches!(e.event, Some(Event::Output(_)))).expect("an output");
