@@ -207,13 +207,15 @@ impl Spread {
             delays.extend(others);
             ending.extend(with_final);
         }
+        // Read before the sorting below, which is this process's own work, not the
+        // watchers'.
+        let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
+        let client_cpu = cpu_time(std::process::id())?.saturating_sub(client_cpu_before);
+        let writes = write_calls(pid)?.saturating_sub(writes_before);
         ending.sort();
         delays.sort();
         let (others_p99, ending_p99) = (percentile(&delays, 99.0), percentile(&ending, 99.0));
         delays.extend(ending);
-        let cpu = cpu_time(pid)?.saturating_sub(cpu_before);
-        let client_cpu = cpu_time(std::process::id())?.saturating_sub(client_cpu_before);
-        let writes = write_calls(pid)?.saturating_sub(writes_before);
         worker.stop().await;
         anyhow::ensure!(!delays.is_empty(), "no live event was delivered in {:?}", started.elapsed());
         delays.sort();
