@@ -229,13 +229,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             etcd_jobs_per_s = Some(jobs_per_s);
         }
         // The goal: half the rate the store's own writes allow a job (issue 12's scale goal).
-        let goal = 0.5 * put_rate / writes_per_job.max(1.0);
+        let goal_at = |put_rate: f64| 0.5 * put_rate / writes_per_job.max(1.0);
+        let goal = goal_at(put_rate);
         goals.push(format!(
             "goal, {store_name}: jobs/s >= 0.5 x raw puts/s / writes per job = {goal:.0} (raw puts/s {put_rate_before:.0} \
              before the jobs, {put_rate_after:.0} after; the goal from either alone: {:.0}-{:.0}); measured {jobs_per_s:.0} \
              ({:.2} of the goal{})",
-            0.5 * put_rate_before.min(put_rate_after) / writes_per_job.max(1.0),
-            0.5 * put_rate_before.max(put_rate_after) / writes_per_job.max(1.0),
+            goal_at(put_rate_before.min(put_rate_after)),
+            goal_at(put_rate_before.max(put_rate_after)),
             jobs_per_s / goal,
             if jobs_per_s >= goal { ", met" } else { ", not met" }
         ));
