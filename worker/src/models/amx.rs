@@ -15,6 +15,9 @@ use std::sync::OnceLock;
 pub enum Feature {
     /// `tdpbf16ps`; the rounding of inputs also uses AVX-512 BF16.
     Bf16,
+    /// `tdpbssd` and its kin (int8 products summed in i32); the quantized products'
+    /// scaling also uses AVX-512F and AVX-512BW.
+    Int8,
 }
 
 /// Whether this CPU has `feature` and this process may use AMX (asked of Linux once).
@@ -26,7 +29,8 @@ pub fn available(feature: Feature) -> bool {
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn has(feature: Feature) -> bool {
     use std::arch::is_x86_feature_detected as x86;
-    // CPUID leaf 7 (present wherever AVX-512F is): EDX bit 24 AMX-TILE, 22 AMX-BF16.
+    // CPUID leaf 7 (present wherever AVX-512F is): EDX bit 24 AMX-TILE, 22 AMX-BF16,
+    // 25 AMX-INT8.
     if !x86!("avx512f") {
         return false;
     }
@@ -37,12 +41,13 @@ fn has(feature: Feature) -> bool {
     bit(24)
         && match feature {
             Feature::Bf16 => bit(22) && x86!("avx512bf16"),
+            Feature::Int8 => bit(25) && x86!("avx512bw"),
         }
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn granted() -> bool {
-    if std::env::var_os("DEEPHARDWAY_NO_AMX").is_some() || !has(Feature::Bf16) {
+    if std::env::var_os("DEEPHARDWAY_NO_AMX").is_some() || !(has(Feature::Bf16) || has(Feature::Int8)) {
         return false;
     }
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;

@@ -15,7 +15,7 @@ use super::{ActivationRow, BLOCK, Format, GROUP_ROWS, RUN, avx2::prefetch_ahead}
 /// Both pointers must point at 32 readable bytes; the CPU must have AVX-512F.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn pair(block0: *const u8, block1: *const u8) -> __m512i {
+pub(super) unsafe fn pair(block0: *const u8, block1: *const u8) -> __m512i {
     // SAFETY: the caller's contract.
     unsafe {
         let low = _mm256_loadu_si256(block0 as *const __m256i);
@@ -30,7 +30,7 @@ unsafe fn pair(block0: *const u8, block1: *const u8) -> __m512i {
 /// Both pointers must point at sixteen readable bytes; the CPU must have AVX-512F.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn halves(at0: *const u8, at1: *const u8) -> __m512 {
+pub(super) unsafe fn halves(at0: *const u8, at1: *const u8) -> __m512 {
     // SAFETY: the caller's contract.
     unsafe {
         let low = _mm_loadu_si128(at0 as *const __m128i);
@@ -58,7 +58,7 @@ unsafe fn broadcast_run(x: *const i8) -> __m512i {
 /// The CPU must have AVX-512F.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store(acc: __m512, out0: &mut [f32; GROUP_ROWS], out1: &mut [f32; GROUP_ROWS]) {
+pub(super) unsafe fn store(acc: __m512, out0: &mut [f32; GROUP_ROWS], out1: &mut [f32; GROUP_ROWS]) {
     // SAFETY: each output holds eight f32.
     unsafe {
         _mm256_storeu_ps(out0.as_mut_ptr(), _mm512_castps512_ps256(acc));
