@@ -520,8 +520,7 @@ impl Session {
             }
         };
         let last = is_final(&event);
-        let first_output = matches!(event, Event::Output(_)) && running.first_output.is_none();
-        observe_latency(self.ctx.lifecycle.metrics(), running, &event);
+        let first_output = observe_latency(self.ctx.lifecycle.metrics(), running, &event);
         running.wait(event);
         if last {
             // Don't make the job's watchers wait for the next tick; write everyone's
@@ -698,12 +697,14 @@ impl Session {
 }
 
 /// Time to first output (any kind's first `output` event, a generate job's first token)
-/// and, when a generate job ends, its time per output token after the first.
-fn observe_latency(metrics: &crate::metrics::Metrics, running: &mut Running, event: &Event) {
+/// and, when a generate job ends, its time per output token after the first. Returns
+/// whether `event` is the job's first output.
+fn observe_latency(metrics: &crate::metrics::Metrics, running: &mut Running, event: &Event) -> bool {
     match event {
         Event::Output(_) if running.first_output.is_none() => {
             running.first_output = Some(Instant::now());
             metrics.first_output(running.kind, &running.model, running.assigned.elapsed().as_secs_f64());
+            return true;
         }
         Event::Result(result) => {
             if let (Some(first), Some(job_result::Value::Generate(generated))) = (running.first_output, &result.value) {
@@ -712,4 +713,5 @@ fn observe_latency(metrics: &crate::metrics::Metrics, running: &mut Running, eve
         }
         _ => {}
     }
+    false
 }
