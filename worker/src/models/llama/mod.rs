@@ -3,7 +3,8 @@
 //!
 //! - [`decoder`]: the decoder, run for many sequences per forward pass;
 //! - [`attention`]: attention over per-sequence caches on the CPU, all sequences in one call;
-//! - [`qmatmul`]: the SIMD quantized matrix multiplication (Q4_1, Q8_0) the CPU path uses;
+//! - [`qmatmul`]: the SIMD quantized matrix multiplication (Q4_1, Q8_0) the CPU path uses
+//!   (AVX2, AVX-512 VNNI, and AMX tiles for twelve rows or more);
 //! - [`tokenizer`]: the tokenizer rebuilt from the GGUF's metadata;
 //! - [`chat`]: chat messages rendered through the GGUF's Jinja chat template.
 //!
