@@ -331,6 +331,9 @@ impl Stacked<'_> {
     }
 }
 
+// `Amx::product` instantiates the kernel for tiles of 12 to 16 rows.
+const _: () = assert!(Amx::MIN_ROWS == 12);
+
 /// Proof that this process may multiply on AMX int8 tiles, and that a product is big
 /// enough to take them.
 #[derive(Clone, Copy)]
