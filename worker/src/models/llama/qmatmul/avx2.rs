@@ -59,8 +59,12 @@ unsafe fn halves(at: *const u8) -> __m256 {
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize(xs: &[f32]) -> Q8_1Rows {
     let blocks = xs.len() / BLOCK;
-    let mut out =
-        Q8_1Rows { qs: vec![0; blocks * BLOCK], d: Vec::with_capacity(blocks), s: Vec::with_capacity(blocks) };
+    let mut out = Q8_1Rows {
+        qs: vec![0; blocks * BLOCK],
+        d: Vec::with_capacity(blocks),
+        s: Vec::with_capacity(blocks),
+        sums: Vec::with_capacity(blocks),
+    };
     let sign = _mm256_set1_ps(-0.0);
     // `packs` interleaves 128-bit lanes; this puts the bytes back in element order.
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -91,6 +95,7 @@ pub unsafe fn quantize(xs: &[f32]) -> Q8_1Rows {
         let d = f16::from_f32(d).to_f32();
         out.d.push(d);
         out.s.push(f16::from_f32(d * sum as f32).to_f32());
+        out.sums.push(sum);
     }
     out
 }

@@ -110,6 +110,8 @@ struct Q8_1Rows {
     d: Vec<f32>,
     /// `d * Σq` rounded through f16, as llama.cpp's Q8_1 stores it (Q4_1's offset term).
     s: Vec<f32>,
+    /// `Σq` itself (what the AVX-512 Q8_0 kernel takes back off its offset products).
+    sums: Vec<i32>,
 }
 
 /// One activation row, as the kernels see it.
@@ -118,6 +120,7 @@ struct ActivationRow<'a> {
     qs: &'a [i8],
     d: &'a [f32],
     s: &'a [f32],
+    sums: &'a [i32],
 }
 
 /// One block of one weight row, unpacked: element = `d * q + m`.
@@ -430,7 +433,12 @@ impl Q8_1Rows {
     /// What [`avx2::quantize`] computes, bit for bit, in plain code.
     fn quantize_generic(xs: &[f32]) -> Self {
         let blocks = xs.len() / BLOCK;
-        let mut out = Q8_1Rows { qs: vec![0; xs.len()], d: Vec::with_capacity(blocks), s: Vec::with_capacity(blocks) };
+        let mut out = Q8_1Rows {
+            qs: vec![0; xs.len()],
+            d: Vec::with_capacity(blocks),
+            s: Vec::with_capacity(blocks),
+            sums: Vec::with_capacity(blocks),
+        };
         for (block, qs) in xs.chunks_exact(BLOCK).zip(out.qs.chunks_exact_mut(BLOCK)) {
             // Eight lanes and a plain comparison, so it vectorizes (`f32::max` does not).
             let mut lanes = [0f32; 8];
@@ -451,6 +459,7 @@ impl Q8_1Rows {
             let d = f16::from_f32(d).to_f32();
             out.d.push(d);
             out.s.push(f16::from_f32(d * sum as f32).to_f32());
+            out.sums.push(sum);
         }
         out
     }
@@ -471,6 +480,7 @@ impl Q8_1Rows {
             qs: &self.qs[i * blocks * BLOCK..(i + 1) * blocks * BLOCK],
             d: &self.d[i * blocks..(i + 1) * blocks],
             s: &self.s[i * blocks..(i + 1) * blocks],
+            sums: &self.sums[i * blocks..(i + 1) * blocks],
         }
     }
 }
@@ -562,7 +572,10 @@ impl Kernel {
         assert!((1..=MAX_TILE_ACTIVATIONS).contains(&xs.len()), "no tile of {} activation rows", xs.len());
         assert_eq!(out.len(), groups.len() * xs.len(), "one result per group and activation row");
         for x in xs {
-            assert!(x.d.len() == blocks && x.s.len() == blocks && x.qs.len() == blocks * BLOCK, "row lengths differ");
+            assert!(
+                x.d.len() == blocks && x.s.len() == blocks && x.sums.len() == blocks && x.qs.len() == blocks * BLOCK,
+                "row lengths differ"
+            );
         }
         match self {
             Kernel::Scalar => {
@@ -678,6 +691,7 @@ mod tests {
         assert_eq!(fast.qs, generic.qs);
         assert_eq!(fast.d, generic.d);
         assert_eq!(fast.s, generic.s);
+        assert_eq!(fast.sums, generic.sums);
     }
 
     /// The repacked groups hold every row's blocks exactly: `d * q + m` equals candle's
