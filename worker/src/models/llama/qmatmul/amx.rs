@@ -2,12 +2,13 @@
 //! a prompt's tokens) against a pair of weight groups, one `tdpbssd` per block.
 //!
 //! A tile row of 64 bytes holds, for one run of four elements, the four quants of each of
-//! the pair's sixteen weight rows: exactly the vector the AVX-512 kernel builds from the
-//! two groups (Q4_1's low or high nibbles, or Q8_0's signed quants). Eight such rows make
-//! the weight tile of one block; the activation tile is up to sixteen activation rows'
-//! 32 quants of that block, read in place from [`Q8_1Rows`]. `tdpbssd` multiplies the
-//! two into sixteen sums per activation row, one per weight row: the exact integers the
-//! AVX-512 kernel adds up with 128 `vpdpbusd` and as many broadcasts for sixteen rows.
+//! the pair's sixteen weight rows: the two groups' bytes as the AVX-512 kernel loads them
+//! into one vector (for Q4_1, its low or high nibbles). Eight such rows make the weight
+//! tile of one block; the activation tile is up to sixteen activation rows' 32 quants of
+//! that block, read in place from [`super::Q8_1Rows`]. `tdpbssd` (signed by signed)
+//! multiplies the two into sixteen sums per activation row, one per weight row: the
+//! exact integers the AVX-512 kernel comes to with 128 `vpdpbusd` and as many broadcasts
+//! for sixteen rows.
 //! The sums are stored and scaled per block with AVX-512 in the AVX-512 kernel's own
 //! float steps, in its order, so every result is bit for bit what that kernel gives: a
 //! sequence's tokens do not depend on how many are decoded with it.
