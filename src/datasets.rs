@@ -1,6 +1,6 @@
 //! A dataset's image files before they are decoded: read from a folder on disk or an
 //! uploaded archive (zip, tar, tar.gz) into memory and checked, without decoding a pixel.
-//! The service checks an upload with [`Source::check`] before storing it; the worker
+//! The service checks an upload with [`Source::check_archive`] before storing it; the worker
 //! decodes the images into tensors (its `models::vision::dataset`). Nothing here needs
 //! candle, so the service and clients (the CLI archives a folder with [`tar_folder`]) use
 //! it without the worker.
@@ -110,7 +110,7 @@ impl Source {
     /// [`MAX_FILE_BYTES`] and the archive's [`unpacked_limit`] as they are unpacked, and
     /// only the first [`HEADER_BYTES`] of each are buffered, so memory stays O(that)
     /// however large the archive unpacks. Every image's header is checked (format, size,
-    /// and for a PNG its chunk structure, see [`check_png`]), and the pixels all images
+    /// and for a PNG its chunk structure, see `check_png`), and the pixels all images
     /// declare are capped by [`MAX_DATASET_PIXELS`]. Only names and classes are kept.
     pub fn check_archive(bytes: &[u8]) -> anyhow::Result<Summary> {
         // Per file: what the image check found (pixels, or why it is not an image). A

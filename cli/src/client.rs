@@ -81,6 +81,7 @@ enum InputArgs {
     /// Train an image classifier on an uploaded dataset (see `datasets upload`).
     Train(TrainArgs),
     /// Classify image files (PNG or JPEG) with a trained model (--model NAME[@VERSION]).
+    #[allow(rustdoc::broken_intra_doc_links)] // clap's help text, not a link
     Classify {
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,

@@ -7,7 +7,7 @@
 //! - [`worker`]: `worker`, and the local worker `up` starts, from `deephardway-worker`;
 //! - [`client`]: `submit`, `watch`, `cancel`, `jobs`, `models`, `datasets`: a client of
 //!   the gRPC API like any other;
-//! - [`bench`]: job throughput on each store, and model speed;
+//! - [`bench`](mod@bench): job throughput on each store, and model speed;
 //! - [`tls`]: the client side's TLS flags (`--ca-cert`, `--client-cert`, `--client-key`);
 //! - [`signal`], [`logging`], [`telemetry`], [`memory`], [`file_limit`]: process plumbing
 //!   shared by the roles (logs, traces over OTLP, memory given back by `serve`, a

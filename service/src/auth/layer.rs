@@ -1,5 +1,5 @@
 //! The middleware in front of every gRPC route (grpc-web calls reach it translated):
-//! it authenticates the call, checks the role against [`policy`](super::policy), and
+//! it authenticates the call, checks the role against [`policy`], and
 //! puts the [`Caller`] in the request's extensions, where tonic hands it to the handler.
 
 use std::sync::Arc;

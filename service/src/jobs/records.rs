@@ -20,7 +20,7 @@ pub struct WorkerRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServedModel {
     pub name: String,
-    /// A [`JobKind`] as its protobuf number.
+    /// A [`JobKind`](deephardway::v1::JobKind) as its protobuf number.
     pub kind: i32,
     pub description: String,
     /// The most tokens a sequence may hold (generative models; 0 where it does not apply).

@@ -15,11 +15,11 @@
 //!   an error and it resumes from its next revision (the service's hub does).
 //!
 //! - **A bounded file.** redb never gives freed pages back to the file system; the
-//!   writer compacts the file when it is large and mostly free ([`file`]).
+//!   writer compacts the file when it is large and mostly free ([`file`](mod@file)).
 //!
 //! Files: this one is the handle and the reads; [`writer`] the thread that owns every
 //! write; [`encoding`] the bytes of entries and log records; [`history`] what of the
-//! log is kept; [`file`] when the file is compacted.
+//! log is kept; [`file`](mod@file) when the file is compacted.
 
 mod encoding;
 mod file;

@@ -144,7 +144,7 @@ impl Writer {
         }
     }
 
-    /// Compacts the file if it is worth it (see [`file`]). Every read and write waits.
+    /// Compacts the file if it is worth it (see [`file`](mod@super::file)). Every read and write waits.
     fn compact_file(&mut self) -> Result<(), StoreError> {
         let db = Arc::clone(&self.db);
         if !file::worth_compacting(&file::hold(&db), &self.path, self.file_limits)? {

@@ -8,7 +8,7 @@
 //! sentence-transformers does). A text's vector does not depend on what it is batched
 //! with; batching jobs together is the embed runner's business.
 //!
-//! Two encoders: on the CPU, [`cpu_encoder`] (packed kernels, no padding; its products in
+//! Two encoders: on the CPU, `cpu_encoder` (packed kernels, no padding; its products in
 //! bfloat16 on Intel AMX where the CPU has it, else f32); on a GPU, candle-transformers'
 //! `BertModel`, fed texts sorted by length in padded sub-batches.
 

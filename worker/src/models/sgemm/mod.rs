@@ -9,13 +9,13 @@
 //! (rayon) beside candle's own, and has no AVX-512 kernels in its stable build: profiled,
 //! packing and thread hand-offs took as long as the arithmetic, and in training the two
 //! pools' spinning threads took turns on two cores. Here the right-hand matrix is packed
-//! in panels of [`NR`] columns laid out k-major (a linear layer's weight once, when the
+//! in panels of `NR` columns laid out k-major (a linear layer's weight once, when the
 //! model loads), so the kernel streams one panel with one or two vector loads per step,
-//! and the left-hand rows in micro-panels of [`MR`] rows, depth-major. The AVX2 kernel
-//! computes [`MR`] rows × [`NR`] columns with twelve accumulators (six rows × two 8-lane
+//! and the left-hand rows in micro-panels of `MR` rows, depth-major. The AVX2 kernel
+//! computes `MR` rows × `NR` columns with twelve accumulators (six rows × two 8-lane
 //! vectors), broadcasting one input value per row per step: twelve fused multiply-adds
 //! per eight loads, so it is bound by the multiply-add units, not memory. With AVX-512 a
-//! row's [`NR`] columns are one vector, and the kernel takes two micro-panels at once
+//! row's `NR` columns are one vector, and the kernel takes two micro-panels at once
 //! (twelve rows, twelve accumulators, each input value broadcast inside its
 //! multiply-add): half the instructions for the same products. A bias (per column or
 //! per row) or the output's own values start the accumulators, and an optional GELU or

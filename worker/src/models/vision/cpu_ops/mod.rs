@@ -1,6 +1,6 @@
 //! The CNN's steps as candle custom ops for the CPU, each with its backward written
 //! directly: a 3×3 convolution with its bias, ReLU and 2×2 max pooling
-//! ([`conv3x3_relu_pool`]), and a linear layer ([`linear`]).
+//! ([`conv3x3_relu_pool`]), and a linear layer ([`linear`](mod@linear)).
 //!
 //! Composed of candle's general ops, these were mostly copies, zero-fills and element-wise
 //! passes in training: the patches were nine `narrow`ed views of a padded copy `stack`ed
