@@ -346,8 +346,10 @@ impl Amx {
     /// Activation rows from which the AMX kernel beats the AVX-512 one. Its cost per
     /// block hardly depends on the rows (storing the sums tile and filling the weight
     /// tile dominate), the AVX-512 kernel's grows with them: on a 2-core Xeon (Sapphire
-    /// Rapids or later) a 576 × 576 Q4_1 product took 21.4 µs on AMX against 16.9 with
-    /// AVX-512 at 8 rows, 29.0 against 34.6 at 16.
+    /// Rapids or later), the two kernels alone on one core (a probe not kept; see
+    /// docs/benchmarks.md) took 21.4 against 16.9 µs for a 576 × 576 Q4_1 product at 8
+    /// rows, 29.0 against 34.6 at 16. `examples/qmatmul` compares the whole products from
+    /// twelve rows up.
     const MIN_ROWS: usize = 12;
 
     /// Invariant: made only where the AVX-512 VNNI kernel runs (AVX-512F and BW) and
