@@ -406,6 +406,10 @@ async fn forward(
         loop {
             tokio::select! {
                 event = live.recv() => match event {
+                    // Already delivered: the hub can route an event after the stored
+                    // events that held it were read. Taken for new, a `queued` would
+                    // force a second status with the same place right after the first.
+                    Some(event) if event.seq <= last => {}
                     Some(event) => {
                         let requeued = matches!(event.event, Some(Event::Queued(_)));
                         if requeued || matches!(event.event, Some(Event::Started(_))) {
